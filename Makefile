@@ -1,0 +1,48 @@
+# The two commands: `make run` (set-up + the whole pipeline) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+INSTALLED := $(VENV)/.installed
+BASE ?= main
+
+# Stages call `python -m overfit...`: make sure that is the project's interpreter.
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS ?= 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+.PHONY: setup run test params lint ui lock clean
+
+setup: $(INSTALLED)
+
+# Re-install whenever the lock or the project's metadata changes.
+$(INSTALLED): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+run: setup
+	dvc repro
+	@$(BIN)/python -m overfit.outputs
+
+test: setup
+	$(BIN)/python -m pytest
+
+params: setup
+	$(BIN)/python -m overfit.config
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+ui: setup
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+# Pin every package at the versions installed in .venv.
+lock: setup
+	@{ echo "# Exact versions of every package, installed by \`make\` (Linux x86_64, Python 3.11)."; \
+	   echo "# Regenerate: make lock"; \
+	   $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock
+
+clean:
+	rm -rf $(VENV)

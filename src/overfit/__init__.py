@@ -1,0 +1,1 @@
+"""overfit: a reproducible pipeline that shows, measures and guards against overfitting."""

@@ -1,0 +1,319 @@
+"""The configuration: a typed schema, loading params.yaml, composing conf/, one-line errors.
+
+Every stage reads params.yaml through `load_params`; nothing reads conf/ except `compose_params`,
+which writes params.yaml exactly as `dvc exp run` does (Hydra compose, resolve, OmegaConf YAML).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+PENALTY_KINDS = ("none", "l1", "l2", "l1_l2")
+PARAMS_FILE = "params.yaml"
+ROOT_ENV = "OVERFIT_ROOT"
+
+
+class ConfigError(ValueError):
+    """A setting that is not allowed; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    n_samples: int = 100
+    noise: float = 0.2
+    random_state: int = 1
+    n_train: int = 30
+    fresh_samples: int = 10000
+    fresh_random_state: int = 10
+
+    def check(self) -> None:
+        _require(self.n_samples >= 3, "data.n_samples", "an integer >= 3", self.n_samples)
+        _require(self.noise >= 0, "data.noise", "a number >= 0", self.noise)
+        _require(self.n_train >= 2, "data.n_train", "an integer >= 2", self.n_train)
+        _require(
+            self.n_train < self.n_samples,
+            "data.n_train",
+            f"an integer below data.n_samples ({self.n_samples})",
+            self.n_train,
+        )
+        _require(
+            self.fresh_samples >= 1, "data.fresh_samples", "an integer >= 1", self.fresh_samples
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_units: int = 500
+    learning_rate: float = 0.001
+
+    def check(self) -> None:
+        _require(self.hidden_units > 0, "model.hidden_units", "an integer > 0", self.hidden_units)
+        _require(self.learning_rate > 0, "model.learning_rate", "a number > 0", self.learning_rate)
+
+
+@dataclass(frozen=True)
+class PenaltyConfig:
+    kind: Literal["none", "l1", "l2", "l1_l2"] = "none"
+    strength: float = 0.0
+    apply_to: Literal["hidden", "all"] = "hidden"
+
+    def check(self) -> None:
+        _require(self.strength >= 0, "penalty.strength", "a number >= 0", self.strength)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 4000
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+
+    def check(self) -> None:
+        _require(self.epochs > 0, "train.epochs", "an integer > 0", self.epochs)
+        _require(len(self.seeds) > 0, "train.seeds", "a non-empty list of integers", self.seeds)
+        _require(
+            len(set(self.seeds)) == len(self.seeds),
+            "train.seeds",
+            "a list of distinct integers",
+            self.seeds,
+        )
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str = "default"
+    kinds: list[Literal["l1", "l2", "l1_l2"]] = field(default_factory=lambda: ["l1", "l2"])
+    strengths: list[float] = field(default_factory=lambda: [0.01])
+    baseline: bool = True
+
+    def check(self) -> None:
+        _require(
+            len(self.kinds) > 0,
+            "sweep.kinds",
+            "a non-empty list of penalty kinds (l1, l2, l1_l2)",
+            self.kinds,
+        )
+        _require(
+            len(self.strengths) > 0,
+            "sweep.strengths",
+            "a non-empty list of numbers > 0",
+            self.strengths,
+        )
+        for s in self.strengths:
+            _require(s > 0, "sweep.strengths", "a non-empty list of numbers > 0", self.strengths)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    backend: Literal["local", "server"] = "local"
+    experiment: str = "overfit"
+    uri_env: str = "MLFLOW_TRACKING_URI"
+    # Set by the sweep launcher so that each job's run nests under the sweep's parent run.
+    parent_run_id: str | None = None
+
+    def check(self) -> None:
+        _require(
+            bool(self.experiment.strip()),
+            "tracking.experiment",
+            "a non-empty name",
+            self.experiment,
+        )
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    best_test_drop: float = 1 / 70
+    best_fresh_drop: float = 0.01
+    baseline_min_train: float = 0.99
+    baseline_min_gap: float = 0.03
+    best_beats_baseline_by: float = 0.0
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            _require(
+                getattr(self, f.name) >= 0, f"gate.{f.name}", "a number >= 0", getattr(self, f.name)
+            )
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).check()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _require(ok: bool, key: str, allowed: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: must be {allowed}, got {got!r}")
+
+
+# --- parsing a plain mapping into the schema -------------------------------------------------
+
+T = TypeVar("T")
+
+
+def parse_config(raw: Any) -> Config:
+    """Build and check a Config from a plain mapping (params.yaml or a Hydra job's config)."""
+    config = _parse_dataclass(Config, raw, "")
+    config.check()
+    return config
+
+
+def _parse_dataclass(cls: type[T], raw: Any, prefix: str) -> T:
+    where = prefix.rstrip(".") or "the configuration"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}: unknown key; allowed here: {', '.join(names)}")
+    values = {
+        name: _parse_value(hints[name], raw[name], f"{prefix}{name}")
+        for name in names
+        if name in raw
+    }
+    return cls(**values)
+
+
+def _parse_value(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _parse_dataclass(hint, value, key + ".")
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _parse_value(inner, value, key)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: must be a list, got {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_parse_value(inner, v, key) for v in value]
+    parser = _SCALARS.get(hint)
+    if parser is None:  # pragma: no cover - a schema mistake, not user input
+        raise TypeError(f"unsupported schema type {hint!r} for {key}")
+    return parser(value, key)
+
+
+def _parse_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: must be an integer, got {value!r}")
+    return value
+
+
+def _parse_float(value: Any, key: str) -> float:
+    # YAML 1.1 reads `1e-3` (no dot) as a string: accept it, as a person would mean it.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _parse_str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string, got {value!r}")
+    return value
+
+
+def _parse_bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    return value
+
+
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {
+    int: _parse_int,
+    float: _parse_float,
+    str: _parse_str,
+    bool: _parse_bool,
+}
+
+
+# --- the project root and params.yaml --------------------------------------------------------
+
+
+def project_root() -> Path:
+    """The project root: $OVERFIT_ROOT, else the nearest folder upwards holding dvc.yaml."""
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV]).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    raise ConfigError(f"no dvc.yaml in {here} or above: run from inside the project")
+
+
+def load_params(root: Path | None = None) -> Config:
+    """Read and check params.yaml (safe YAML loader)."""
+    path = (root or project_root()) / PARAMS_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run `make params`") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_config(raw)
+
+
+def compose_params(root: Path, overrides: list[str] | None = None) -> str:
+    """conf/ composed by Hydra and resolved, as YAML: what `dvc exp run` writes to params.yaml."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str((root / "conf").resolve()), version_base=None):
+        cfg = compose(config_name="config", overrides=overrides or [])
+    OmegaConf.resolve(cfg)
+    return OmegaConf.to_yaml(cfg)
+
+
+def exit_on_config_error(error: ConfigError) -> typing.NoReturn:
+    """The one-line error and exit status 2 shared by every entry point."""
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m overfit.config [override ...]`: compose conf/ into params.yaml, checked."""
+    root = project_root()
+    text = compose_params(root, argv if argv is not None else sys.argv[1:])
+    try:
+        parse_config(yaml.safe_load(text))
+    except ConfigError as error:
+        exit_on_config_error(error)
+    (root / PARAMS_FILE).write_text(text, encoding="utf-8")
+    print(f"wrote {root / PARAMS_FILE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Stages `generate` and `split`: the two-moons data, written as CSV files that carry their schema.
+
+`python -m overfit.data generate` writes data/raw/{moons,fresh}.csv;
+`python -m overfit.data split` writes data/split/{train,test}.csv.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from overfit.config import ConfigError, DataConfig, exit_on_config_error, load_params, project_root
+
+HEADER = ("x1", "x2", "label")
+RAW_DIR = Path("data/raw")
+SPLIT_DIR = Path("data/split")
+MOONS_CSV = RAW_DIR / "moons.csv"
+FRESH_CSV = RAW_DIR / "fresh.csv"
+TRAIN_CSV = SPLIT_DIR / "train.csv"
+TEST_CSV = SPLIT_DIR / "test.csv"
+
+
+class DataError(ValueError):
+    """A data file that is not what the pipeline wrote; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Points:
+    """Inputs x (n, 2) float64 and labels y (n,) int64 in {0, 1}."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def head(self, n: int) -> Points:
+        return Points(self.x[:n], self.y[:n])
+
+    def tail(self, n: int) -> Points:
+        return Points(self.x[n:], self.y[n:])
+
+
+# --- pure functions --------------------------------------------------------------------------
+
+
+def make_moons_points(n_samples: int, noise: float, random_state: int) -> Points:
+    """The article's generator: sklearn's make_moons, rows in the order it returns them."""
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=n_samples, noise=noise, random_state=random_state)
+    return Points(x.astype(np.float64), y.astype(np.int64))
+
+
+def split_points(points: Points, n_train: int) -> tuple[Points, Points]:
+    """The article's split: the first n_train rows train, the rest test."""
+    return points.head(n_train), points.tail(n_train)
+
+
+def to_csv_text(points: Points) -> str:
+    lines = [",".join(HEADER)]
+    # repr keeps every bit of a float64, so a reader gets back exactly what was generated.
+    lines += [
+        f"{a!r},{b!r},{int(c)}" for (a, b), c in zip(points.x.tolist(), points.y, strict=True)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_csv_text(text: str, name: str, expected_rows: int | None = None) -> Points:
+    """Parse and check a points CSV; any problem is a DataError naming the file and line."""
+    lines = text.splitlines()
+    if not lines or tuple(lines[0].split(",")) != HEADER:
+        got = lines[0] if lines else "an empty file"
+        raise DataError(f"{name}: header must be {','.join(HEADER)}, got {got!r}")
+    if not text.endswith("\n"):
+        raise DataError(f"{name}: truncated (the last line has no line ending)")
+    xs, ys = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split(",")
+        if len(fields) != len(HEADER):
+            raise DataError(f"{name}: line {number}: expected 3 values, got {len(fields)}")
+        try:
+            a, b, label = float(fields[0]), float(fields[1]), float(fields[2])
+        except ValueError:
+            raise DataError(f"{name}: line {number}: non-numeric value in {line!r}") from None
+        if not (math.isfinite(a) and math.isfinite(b)):
+            raise DataError(f"{name}: line {number}: x1 and x2 must be finite, got {line!r}")
+        if label not in (0.0, 1.0):
+            raise DataError(f"{name}: line {number}: label must be 0 or 1, got {fields[2]!r}")
+        xs.append((a, b))
+        ys.append(int(label))
+    if expected_rows is not None and len(ys) != expected_rows:
+        raise DataError(f"{name}: expected {expected_rows} rows, got {len(ys)}")
+    return Points(np.array(xs, dtype=np.float64).reshape(-1, 2), np.array(ys, dtype=np.int64))
+
+
+# --- I/O at the edges ------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_points(path: Path, expected_rows: int | None = None) -> Points:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file") from None
+    return parse_csv_text(text, str(path), expected_rows)
+
+
+def generate(root: Path, data: DataConfig) -> None:
+    moons = make_moons_points(data.n_samples, data.noise, data.random_state)
+    fresh = make_moons_points(data.fresh_samples, data.noise, data.fresh_random_state)
+    write_atomically(root / MOONS_CSV, to_csv_text(moons))
+    write_atomically(root / FRESH_CSV, to_csv_text(fresh))
+
+
+def split(root: Path, data: DataConfig) -> None:
+    moons = read_points(root / MOONS_CSV, expected_rows=data.n_samples)
+    train, test = split_points(moons, data.n_train)
+    write_atomically(root / TRAIN_CSV, to_csv_text(train))
+    write_atomically(root / TEST_CSV, to_csv_text(test))
+
+
+def load_split(root: Path, data: DataConfig) -> tuple[Points, Points, Points]:
+    """Train, test and fresh points, each checked against the configured sizes."""
+    train = read_points(root / TRAIN_CSV, expected_rows=data.n_train)
+    test = read_points(root / TEST_CSV, expected_rows=data.n_samples - data.n_train)
+    fresh = read_points(root / FRESH_CSV, expected_rows=data.fresh_samples)
+    return train, test, fresh
+
+
+STAGES = {"generate": generate, "split": split}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in STAGES:
+        print(f"usage: python -m overfit.data {{{','.join(STAGES)}}}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        root = project_root()
+        STAGES[args[0]](root, load_params(root).data)
+    except ConfigError as error:
+        exit_on_config_error(error)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""MLflow: the store URI, parent and child runs, batched metric histories, run status on exit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from overfit.config import ConfigError, TrackingConfig
+
+# MLflow caps one log_batch call at 1000 metrics, 100 params and 100 tags.
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+
+
+def tracking_uri(root: Path, tracking: TrackingConfig) -> str:
+    """Local: SQLite mlflow.db at the project root (absolute). Server: the URI from the env."""
+    if tracking.backend == "local":
+        return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    uri = os.environ.get(tracking.uri_env, "").strip()
+    if not uri:
+        raise ConfigError(
+            f"tracking.uri_env: environment variable {tracking.uri_env} is not set "
+            "(tracking=server needs the server's URI there)"
+        )
+    return uri
+
+
+def redact(uri: str) -> str:
+    """The URI without any user:password, fit for messages and logs."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast, before any training, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConnectionError(
+            f"cannot reach the MLflow tracking server at {redact(uri)}: {reason}"
+        ) from None
+
+
+def client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client: Any, name: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name)
+    except Exception:  # another process created it first
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the resolved config as MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """The commit the run came from, and whether the work tree had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def data_tags(root: Path) -> dict[str, str]:
+    """The md5 DVC recorded in dvc.lock for each data output the training reads."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    tags = {}
+    for stage in ("generate", "split"):
+        for out in stages.get(stage, {}).get("outs", []):
+            tags[f"data.md5.{out['path']}"] = out.get("md5", "")
+    return tags
+
+
+def log_metric_histories(
+    mlflow_client: Any, run_id: str, histories: Mapping[str, Any], start_ms: int | None = None
+) -> None:
+    """Per-epoch curves {name: values} logged in batches of 1000, not one call per point."""
+    from mlflow.entities import Metric
+
+    stamp = start_ms if start_ms is not None else int(time.time() * 1000)
+    points = [
+        Metric(name, float(value), stamp, step)
+        for name, values in histories.items()
+        for step, value in enumerate(values)
+    ]
+    for start in range(0, len(points), MAX_METRICS_PER_BATCH):
+        mlflow_client.log_batch(run_id, metrics=points[start : start + MAX_METRICS_PER_BATCH])
+
+
+def log_values(
+    mlflow_client: Any,
+    run_id: str,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> None:
+    from mlflow.entities import Metric, Param
+
+    stamp = int(time.time() * 1000)
+    param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
+    for start in range(0, len(param_list), MAX_PARAMS_PER_BATCH):
+        mlflow_client.log_batch(run_id, params=param_list[start : start + MAX_PARAMS_PER_BATCH])
+    metric_list = [Metric(k, float(v), stamp, 0) for k, v in (metrics or {}).items()]
+    for start in range(0, len(metric_list), MAX_METRICS_PER_BATCH):
+        mlflow_client.log_batch(run_id, metrics=metric_list[start : start + MAX_METRICS_PER_BATCH])
+
+
+@contextlib.contextmanager
+def run_status(mlflow_client: Any, run_id: str) -> Iterator[None]:
+    """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM: never RUNNING."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as stop:
+        status = (
+            "FAILED" if isinstance(stop, SystemExit) and stop.code not in (0, None) else "KILLED"
+        )
+        mlflow_client.set_terminated(run_id, status)
+        raise
+    except BaseException:
+        mlflow_client.set_terminated(run_id, "FAILED")
+        raise
+    mlflow_client.set_terminated(run_id, "FINISHED")
+
+
+def fail_orphaned_runs(mlflow_client: Any, exp_id: str) -> list[str]:
+    """Runs left RUNNING by a process that died (kill -9) and is gone: mark them FAILED."""
+    orphans = []
+    runs = mlflow_client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'")
+    for run in runs:
+        pid = run.data.tags.get("overfit.pid")
+        host = run.data.tags.get("overfit.host")
+        if pid and host == os.uname().nodename and not _alive(int(pid)):
+            mlflow_client.set_terminated(run.info.run_id, "FAILED")
+            orphans.append(run.info.run_id)
+    return orphans
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_tags() -> dict[str, str]:
+    """Which process owns a run, so a later run can tell that it died."""
+    return {"overfit.pid": str(os.getpid()), "overfit.host": os.uname().nodename}

@@ -1,0 +1,100 @@
+"""The schema, params.yaml against conf/, and the one-line errors for bad settings."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from overfit.config import ConfigError, compose_params, parse_config
+
+from .conftest import ROOT
+
+
+def test_params_yaml_is_conf_composed() -> None:
+    committed = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    assert committed == compose_params(ROOT), "params.yaml is stale: run `make params`"
+
+
+def test_defaults_are_the_article() -> None:
+    config = parse_config(yaml.safe_load(compose_params(ROOT)))
+    assert (config.data.n_samples, config.data.noise, config.data.random_state) == (100, 0.2, 1)
+    assert config.data.n_train == 30
+    assert config.model.hidden_units == 500
+    assert config.train.epochs == 4000
+    assert config.penalty.kind == "none"
+    assert len(config.sweep.kinds) * len(config.sweep.strengths) + config.sweep.baseline == 19
+
+
+def raw_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("penalty", "colour", "red", "penalty.colour: unknown key"),
+        ("penalty", "kind", "l3", "penalty.kind: must be one of none, l1, l2, l1_l2"),
+        ("penalty", "strength", -0.1, "penalty.strength: must be a number >= 0"),
+        ("penalty", "strength", "abc", "penalty.strength: must be a number"),
+        ("data", "n_train", 100, "data.n_train: must be an integer below data.n_samples"),
+        ("data", "n_train", 1, "data.n_train: must be an integer >= 2"),
+        ("data", "noise", -0.2, "data.noise: must be a number >= 0"),
+        ("train", "epochs", 0, "train.epochs: must be an integer > 0"),
+        ("model", "hidden_units", 0, "model.hidden_units: must be an integer > 0"),
+        ("train", "seeds", [], "train.seeds: must be a non-empty list"),
+        ("sweep", "kinds", [], "sweep.kinds: must be a non-empty list"),
+        ("sweep", "strengths", [], "sweep.strengths: must be a non-empty list"),
+        ("sweep", "kinds", ["l2", "elastic"], "sweep.kinds: must be one of l1, l2, l1_l2"),
+    ],
+)
+def test_bad_setting_is_named(section: str, key: str, value: object, message: str) -> None:
+    raw = raw_params()
+    raw[section][key] = value
+    with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.").replace("(", r"\(")):
+        parse_config(raw)
+
+
+def test_unknown_top_level_key() -> None:
+    raw = raw_params() | {"optimizer": {"name": "sgd"}}
+    with pytest.raises(ConfigError, match="^optimizer: unknown key"):
+        parse_config(raw)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("penalty.strength=-1", "error: penalty.strength: must be a number >= 0, got -1.0"),
+        ("penalty.kind=l3", "error: penalty.kind: must be one of none, l1, l2, l1_l2, got 'l3'"),
+        ("data.n_train=100", "error: data.n_train: must be an integer below data.n_samples (100)"),
+        ("train.epochs=0", "error: train.epochs: must be an integer > 0, got 0"),
+        ("train.seeds=[]", "error: train.seeds: must be a non-empty list of integers, got []"),
+        ("+penalty.colour=red", "error: penalty.colour: unknown key"),
+    ],
+)
+def test_stages_exit_2_with_one_line_and_write_nothing(
+    project: tuple[Path, object], override: str, message: str
+) -> None:
+    root, run = project
+    params = root / "params.yaml"
+    raw = yaml.safe_load(params.read_text(encoding="utf-8"))
+    section, key = override.lstrip("+").split("=")[0].split(".")
+    raw[section][key] = yaml.safe_load(override.split("=", 1)[1])
+    params.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    for stage in ("generate", "split"):
+        result = run(sys.executable, "-m", "overfit.data", stage, check=False)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not (root / "data").exists()
+
+
+def test_make_params_refuses_a_bad_override(project: tuple[Path, object]) -> None:
+    root, run = project
+    before = (root / "params.yaml").read_text(encoding="utf-8")
+    result = run(sys.executable, "-m", "overfit.config", "penalty.strength=abc", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: penalty.strength: must be a number, got 'abc'"
+    assert (root / "params.yaml").read_text(encoding="utf-8") == before

@@ -1,0 +1,83 @@
+"""Stages generate and split: the article's data, and clear errors for files that are wrong."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_moons
+
+from overfit.data import (
+    DataError,
+    make_moons_points,
+    parse_csv_text,
+    read_points,
+    split_points,
+    to_csv_text,
+)
+
+
+def test_generated_points_are_the_articles() -> None:
+    x, y = make_moons(n_samples=100, noise=0.2, random_state=1)
+    points = make_moons_points(100, 0.2, 1)
+    np.testing.assert_array_equal(points.x, x)
+    np.testing.assert_array_equal(points.y, y)
+
+
+def test_csv_round_trip_is_exact() -> None:
+    points = make_moons_points(50, 0.3, 7)
+    text = to_csv_text(points)
+    assert text.splitlines()[0] == "x1,x2,label"
+    back = parse_csv_text(text, "points.csv", expected_rows=50)
+    np.testing.assert_array_equal(back.x, points.x)
+    np.testing.assert_array_equal(back.y, points.y)
+
+
+def test_split_is_first_rows_train() -> None:
+    points = make_moons_points(100, 0.2, 1)
+    train, test = split_points(points, 30)
+    assert (len(train), len(test)) == (30, 70)
+    np.testing.assert_array_equal(train.x, points.x[:30])
+    np.testing.assert_array_equal(test.y, points.y[30:])
+
+
+GOOD = "x1,x2,label\n0.5,-0.25,1\n1.5,0.75,0\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x1,label\n0.5,1\n", "header must be x1,x2,label"),
+        ("x1,x2,label\n0.5,abc,1\n", "line 2: non-numeric value"),
+        ("x1,x2,label\n0.5,nan,1\n", "line 2: x1 and x2 must be finite"),
+        ("x1,x2,label\n0.5,0.1,2\n", "line 2: label must be 0 or 1"),
+        ("x1,x2,label\n0.5,0.1,1\n0.2,0.3", "truncated"),
+        ("x1,x2,label\n0.5,0.1\n", "line 2: expected 3 values, got 2"),
+        ("", "header must be x1,x2,label"),
+    ],
+)
+def test_bad_csv_is_named(text: str, message: str) -> None:
+    with pytest.raises(DataError, match=f"^bad.csv: .*{message}"):
+        parse_csv_text(text, "bad.csv")
+
+
+def test_wrong_row_count_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "points.csv"
+    path.write_text(GOOD, encoding="utf-8")
+    assert len(read_points(path, expected_rows=2)) == 2
+    with pytest.raises(DataError, match=f"^{path}: expected 3 rows, got 2$"):
+        read_points(path, expected_rows=3)
+
+
+def test_split_stage_refuses_bad_raw_data_and_writes_nothing(project) -> None:
+    root, run = project
+    run(sys.executable, "-m", "overfit.data", "generate")
+    moons = root / "data/raw/moons.csv"
+    lines = moons.read_text(encoding="utf-8").splitlines(keepends=True)
+    moons.write_text("".join(lines[:50]), encoding="utf-8")
+    result = run(sys.executable, "-m", "overfit.data", "split", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {moons}: expected 100 rows, got 49"
+    assert not (root / "data/split").exists()

@@ -1,0 +1,61 @@
+"""DVC behaves as users expect on the data stages, in a throw-away git repository."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import yaml
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def set_params(run, *overrides: str) -> None:
+    """Recompose params.yaml from conf/ with these overrides (what `dvc exp run -S` does)."""
+    run(sys.executable, "-m", "overfit.config", *overrides)
+
+
+def test_repro_builds_once_and_reruns_only_what_changed(project) -> None:
+    root, run = project
+    first = run("dvc", "repro", "split")
+    assert stages_run(first.stdout) == {"generate", "split"}
+    assert (root / "data/split/train.csv").read_text().count("\n") == 31
+    assert (root / "data/split/test.csv").read_text().count("\n") == 71
+    assert (root / "data/raw/fresh.csv").read_text().count("\n") == 10001
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]["generate"]["params"]["params.yaml"]) == {
+        "data.n_samples",
+        "data.noise",
+        "data.random_state",
+        "data.fresh_samples",
+        "data.fresh_random_state",
+    }
+    assert set(lock["stages"]["split"]["params"]["params.yaml"]) == {
+        "data.n_samples",
+        "data.n_train",
+    }
+
+    again = run("dvc", "repro", "split")
+    assert stages_run(again.stdout) == set()
+
+    set_params(run, "model.hidden_units=50", "sweep.strengths=[0.5]")
+    assert stages_run(run("dvc", "repro", "split").stdout) == set()
+
+    set_params(run, "data.noise=0.3")
+    assert stages_run(run("dvc", "repro", "split").stdout) == {"generate", "split"}
+
+    set_params(run, "data.noise=0.3", "data.n_train=40")
+    assert stages_run(run("dvc", "repro", "split").stdout) == {"split"}
+    assert (root / "data/split/train.csv").read_text().count("\n") == 41
+
+
+def test_outputs_are_in_the_dvc_cache(project) -> None:
+    root, run = project
+    run("dvc", "repro", "split")
+    cache = root / ".dvc/cache/files/md5"
+    assert any(cache.rglob("*")), "stage outputs were not cached"
+    (root / "data/split/train.csv").unlink()
+    run("dvc", "checkout", "data/split")
+    assert (root / "data/split/train.csv").read_text().startswith("x1,x2,label\n")
