@@ -70,6 +70,12 @@ class PenaltyConfig:
 
     def check(self) -> None:
         _require(self.strength >= 0, "penalty.strength", "a number >= 0", self.strength)
+        _require(
+            self.kind != "none" or self.strength == 0,
+            "penalty.strength",
+            "0 when penalty.kind is none",
+            self.strength,
+        )
 
 
 @dataclass(frozen=True)

@@ -140,12 +140,16 @@ def split(root: Path, data: DataConfig) -> None:
     write_atomically(root / TEST_CSV, to_csv_text(test))
 
 
-def load_split(root: Path, data: DataConfig) -> tuple[Points, Points, Points]:
-    """Train, test and fresh points, each checked against the configured sizes."""
+def load_train_test(root: Path, data: DataConfig) -> tuple[Points, Points]:
+    """The split's train and test points, each checked against the configured sizes."""
     train = read_points(root / TRAIN_CSV, expected_rows=data.n_train)
     test = read_points(root / TEST_CSV, expected_rows=data.n_samples - data.n_train)
-    fresh = read_points(root / FRESH_CSV, expected_rows=data.fresh_samples)
-    return train, test, fresh
+    return train, test
+
+
+def load_fresh(root: Path, data: DataConfig) -> Points:
+    """The large fresh draw that estimates real-world accuracy."""
+    return read_points(root / FRESH_CSV, expected_rows=data.fresh_samples)
 
 
 STAGES = {"generate": generate, "split": split}

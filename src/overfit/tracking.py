@@ -192,3 +192,44 @@ def _alive(pid: int) -> bool:
 def process_tags() -> dict[str, str]:
     """Which process owns a run, so a later run can tell that it died."""
     return {"overfit.pid": str(os.getpid()), "overfit.host": os.uname().nodename}
+
+
+def log_keras_model(
+    mlflow_client: Any, run_id: str, model: Any, input_example: Any, scratch: Path
+) -> None:
+    """The model in MLflow's Keras flavor, with a signature and an input example, as `model/`.
+
+    `mlflow.keras.log_model(..., input_example=...)` fails (mlflow/mlflow#16183); saving the
+    flavor into a folder and logging that folder gives the same artifact. Requirements are
+    given, not inferred: inference re-imports the model in a subprocess and costs seconds.
+    """
+    import importlib.metadata
+
+    import mlflow.keras
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    example = np.asarray(input_example, dtype=np.float32)
+    signature = infer_signature(example, np.asarray(model(example)))
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("keras", _tf_dist())]
+    scratch.mkdir(parents=True, exist_ok=True)  # the example is written before the folder is made
+    mlflow.keras.save_model(
+        model,
+        str(scratch),
+        signature=signature,
+        input_example=example,
+        pip_requirements=pins,
+    )
+    mlflow_client.log_artifacts(run_id, str(scratch), "model")
+
+
+def _tf_dist() -> str:
+    import importlib.metadata
+
+    for name in ("tensorflow-cpu", "tensorflow"):
+        try:
+            importlib.metadata.version(name)
+            return name
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "tensorflow"

@@ -1,0 +1,382 @@
+"""Stage train: one Hydra multirun over the penalty sweep, every job tracked in MLflow.
+
+`python -m overfit.train` (the DVC stage) sweeps what params.yaml's `sweep` says: kinds x strengths
+plus one unregularized run. With arguments it is a plain Hydra multirun over params.yaml:
+
+    python -m overfit.train --multirun penalty.kind=l2 penalty.strength=1e-3,1e-2
+
+Each job trains one configuration once per seed and writes models/<run>/: the .keras model per
+seed, history.csv, result.json (written last: a folder without it is incomplete) and Hydra's
+resolved config in .hydra/. Each job is one child MLflow run under the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from overfit import tracking
+from overfit.config import (
+    Config,
+    ConfigError,
+    PenaltyConfig,
+    SweepConfig,
+    exit_on_config_error,
+    load_params,
+    parse_config,
+    project_root,
+)
+
+# TensorFlow's C++ start-up chatter hides the sweep's progress lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MODELS_DIR = "models"
+SWEEP_FILE = "sweep.json"
+RESULT_FILE = "result.json"
+HISTORY_FILE = "history.csv"
+CURVES = ("loss", "accuracy", "val_loss", "val_accuracy")
+# What each curve is called in MLflow and in the reports.
+CURVE_NAMES = {
+    "loss": "train_loss",
+    "accuracy": "train_accuracy",
+    "val_loss": "test_loss",
+    "val_accuracy": "test_accuracy",
+}
+
+
+# --- naming and the sweep --------------------------------------------------------------------
+
+
+def run_name(penalty: PenaltyConfig | Any) -> str:
+    """`none`, `l2_1e-03`, `l1_2p50e-01`: no dots, since DVC flattens metric keys on dots."""
+    if penalty.kind == "none":
+        return "none"
+    strength = float(penalty.strength)
+    text = f"{strength:.0e}"
+    if float(text) != strength:
+        text = f"{strength:.6e}".rstrip("0").replace(".", "p")
+    suffix = "" if penalty.apply_to == "hidden" else f"_{penalty.apply_to}"
+    return f"{penalty.kind}_{text}{suffix}"
+
+
+def sweep_overrides(sweep: SweepConfig) -> list[str]:
+    """The sweep in params.yaml as one Hydra multirun argument: a list of whole penalties."""
+    specs = ["{kind:none,strength:0.0}"] if sweep.baseline else []
+    specs += [f"{{kind:{k},strength:{s!r}}}" for k in sweep.kinds for s in sweep.strengths]
+    return ["penalty=" + ",".join(specs)]
+
+
+def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
+    """Expand sweep syntax (a,b,c) into one override list per job, as Hydra's basic sweeper does."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as error:
+        raise ConfigError(f"bad override: {str(error).splitlines()[0]}") from None
+    ours = [o for o in parsed if not o.key_or_group.startswith("hydra")]
+    return [list(job) for job in BasicSweeper.split_arguments(ours, None)[0]]
+
+
+def compose_jobs(root: Path, overrides: Sequence[str]) -> list[Config]:
+    """Every job's config, composed from params.yaml and checked before anything runs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    configs = []
+    with initialize_config_dir(str(root), version_base=None):
+        for job in job_overrides(overrides):
+            try:
+                cfg = compose(config_name="params", overrides=job)
+            except HydraException as error:
+                raise ConfigError(f"{' '.join(job)}: {_first_line(error)}") from None
+            configs.append(parse_config(OmegaConf.to_container(cfg, resolve=True)))
+    names = [run_name(c.penalty) for c in configs]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(
+                f"penalty: two jobs would both be named {name!r}; sweep distinct values"
+            )
+    return configs
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+# --- one job: one configuration, every seed --------------------------------------------------
+
+
+def train_configuration(config: Config, train: Any, test: Any) -> tuple[list[Any], list[Any]]:
+    """Build one model per seed and train them together; returns (models, histories)."""
+    from overfit.model import build_model
+    from overfit.trainer import train_stacked
+
+    models = [
+        build_model(
+            hidden_units=config.model.hidden_units,
+            kind=config.penalty.kind,
+            strength=config.penalty.strength,
+            apply_to=config.penalty.apply_to,
+            learning_rate=config.model.learning_rate,
+            seed=seed,
+        )
+        for seed in config.train.seeds
+    ]
+    histories = train_stacked(models, train.x, train.y, test.x, test.y, config.train.epochs)
+    return models, histories
+
+
+def summarize(seeds: Sequence[int], finals: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """Per-seed final metrics, and their mean and spread (standard deviation over seeds)."""
+    per_seed = {
+        str(seed): {
+            "train_acc": f["accuracy"],
+            "test_acc": f["val_accuracy"],
+            "train_loss": f["loss"],
+            "test_loss": f["val_loss"],
+        }
+        for seed, f in zip(seeds, finals, strict=True)
+    }
+    for values in per_seed.values():
+        values["gap"] = values["train_acc"] - values["test_acc"]
+    names = list(next(iter(per_seed.values())))
+    table = np.array([[v[n] for n in names] for v in per_seed.values()], dtype=np.float64)
+    return {
+        "per_seed": per_seed,
+        "mean": dict(zip(names, table.mean(axis=0).tolist(), strict=True)),
+        "std": dict(zip(names, table.std(axis=0).tolist(), strict=True)),
+    }
+
+
+def history_csv(seeds: Sequence[int], histories: Sequence[Any]) -> str:
+    header = "seed,epoch," + ",".join(CURVE_NAMES[c] for c in CURVES)
+    rows = [header]
+    for seed, history in zip(seeds, histories, strict=True):
+        columns = np.stack([history.history[c] for c in CURVES], axis=1)
+        rows += [
+            f"{seed},{epoch}," + ",".join(f"{v:.7g}" for v in values)
+            for epoch, values in enumerate(columns.tolist(), start=1)
+        ]
+    return "\n".join(rows) + "\n"
+
+
+def mean_curves(histories: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Per-epoch curves averaged over seeds, named as MLflow shows them."""
+    return {
+        CURVE_NAMES[c]: np.mean([h.history[c] for h in histories], axis=0).astype(np.float64)
+        for c in CURVES
+    }
+
+
+def run_job(cfg: Any) -> None:
+    """Hydra task: train one configuration for every seed, save it, log it as a child run."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from overfit.data import load_train_test
+
+    started = time.perf_counter()
+    root = project_root()
+    config = parse_config(OmegaConf.to_container(cfg, resolve=True))
+    name = run_name(config.penalty)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    train, test = load_train_test(root, config.data)
+
+    uri = tracking.tracking_uri(root, config.tracking)
+    mlflow = tracking.client(uri)
+    exp_id = tracking.experiment_id(mlflow, config.tracking.experiment)
+    tags = {"overfit.run": name, "overfit.sweep": config.sweep.name, **tracking.process_tags()}
+    tags |= tracking.git_tags(root) | tracking.data_tags(root)
+    if config.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = config.tracking.parent_run_id
+    child = mlflow.create_run(exp_id, run_name=name, tags=tags).info.run_id
+
+    with tracking.run_status(mlflow, child):
+        models, histories = train_configuration(config, train, test)
+        summary = summarize(config.train.seeds, [h.final for h in histories])
+        for seed, model in zip(config.train.seeds, models, strict=True):
+            model.save(out_dir / f"seed_{seed}.keras")
+        (out_dir / HISTORY_FILE).write_text(
+            history_csv(config.train.seeds, histories), encoding="utf-8"
+        )
+        curves = mean_curves(histories)
+        log_child_run(mlflow, child, config, summary, curves, models[0], train.x, out_dir)
+        result = {
+            "run": name,
+            "penalty": config.to_dict()["penalty"],
+            "seeds": list(config.train.seeds),
+            "mlflow_run_id": child,
+            "seconds": round(time.perf_counter() - started, 2),
+            **summary,
+        }
+        _write_json(out_dir / RESULT_FILE, result)
+    print(progress_line(result), flush=True)
+
+
+def log_child_run(
+    mlflow: Any,
+    run_id: str,
+    config: Config,
+    summary: dict[str, Any],
+    curves: dict[str, np.ndarray],
+    model: Any,
+    x_example: np.ndarray,
+    out_dir: Path,
+) -> None:
+    """Params, final metrics, per-epoch curves, the model, a learning-curve figure, the config."""
+    from overfit.plots import learning_curve_figure, save_figure
+
+    params = tracking.flatten({k: v for k, v in config.to_dict().items() if k != "gate"})
+    params.pop("tracking.parent_run_id", None)
+    metrics = {f"{k}_mean": v for k, v in summary["mean"].items()}
+    metrics |= {f"{k}_std": v for k, v in summary["std"].items()}
+    tracking.log_values(mlflow, run_id, params=params, metrics=metrics)
+    tracking.log_metric_histories(mlflow, run_id, curves)
+    with tempfile.TemporaryDirectory() as tmp:
+        figure = Path(tmp) / "learning_curve.png"
+        save_figure(learning_curve_figure(curves, title=run_name(config.penalty)), figure)
+        mlflow.log_artifact(run_id, str(figure))
+        tracking.log_keras_model(mlflow, run_id, model, x_example[:5], Path(tmp) / "model")
+    mlflow.log_artifact(run_id, str(out_dir / ".hydra" / "config.yaml"), "config")
+
+
+def progress_line(result: dict[str, Any]) -> str:
+    mean, std = result["mean"], result["std"]
+    return (
+        f"  {result['run']:<14} train {mean['train_acc']:.3f} +- {std['train_acc']:.3f}   "
+        f"test {mean['test_acc']:.3f} +- {std['test_acc']:.3f}   {result['seconds']:5.1f} s"
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from overfit.data import write_atomically
+
+    write_atomically(path, json.dumps(data, indent=2) + "\n")
+
+
+# --- the sweep: checked, launched through Hydra, under one parent run -------------------------
+
+
+def hydra_settings(root: Path) -> list[str]:
+    """Where Hydra puts each job: models/<run>/, without changing the working directory."""
+    return [
+        f"hydra.sweep.dir={root / MODELS_DIR}",
+        "hydra.sweep.subdir=${run_name:}",
+        "hydra.job.chdir=False",
+    ]
+
+
+def _register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver(
+            "run_name", lambda *, _root_: run_name(_root_.penalty), use_cache=False
+        )
+
+
+_register_resolver()
+
+
+def launch(root: Path, overrides: list[str]) -> None:
+    """Run the Hydra multirun in this process (the launcher decides where jobs run)."""
+    import hydra
+
+    task = hydra.main(config_path=str(root), config_name="params", version_base=None)(run_job)
+    saved = sys.argv
+    sys.argv = [saved[0], "--multirun", *hydra_settings(root), *overrides]
+    try:
+        task()
+    finally:
+        sys.argv = saved
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--multirun", "-m")]
+    try:
+        root = project_root()
+        config = load_params(root)
+        overrides = args or sweep_overrides(config.sweep)
+        configs = compose_jobs(root, overrides)
+        uri = tracking.tracking_uri(root, config.tracking)
+    except ConfigError as error:
+        exit_on_config_error(error)
+    try:
+        tracking.check_reachable(uri)
+    except ConnectionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    mlflow = tracking.client(uri)
+    exp_id = tracking.experiment_id(mlflow, config.tracking.experiment)
+    for orphan in tracking.fail_orphaned_runs(mlflow, exp_id):
+        print(f"marked run {orphan} FAILED: the process that ran it is gone")
+    names = [run_name(c.penalty) for c in configs]
+    tags = {"overfit.sweep": config.sweep.name, "overfit.stage": "train"}
+    tags |= tracking.process_tags() | tracking.git_tags(root) | tracking.data_tags(root)
+    parent = mlflow.create_run(exp_id, run_name=f"sweep-{config.sweep.name}", tags=tags)
+    parent_id = parent.info.run_id
+    print(
+        f"sweep {config.sweep.name}: {len(names)} configurations x {len(config.train.seeds)} "
+        f"seeds, {config.train.epochs} epochs; MLflow parent run {parent_id}",
+        flush=True,
+    )
+    with tracking.run_status(mlflow, parent_id):
+        started = time.perf_counter()
+        launch(root, [*overrides, f"++tracking.parent_run_id={parent_id}"])
+        results = [read_result(root / MODELS_DIR / name) for name in names]
+        table = results_table(results)
+        mlflow.log_text(parent_id, table, "sweep_results.md")
+        _write_json(
+            root / MODELS_DIR / SWEEP_FILE,
+            {
+                "parent_run_id": parent_id,
+                "tracking_uri": tracking.redact(uri),
+                "runs": {r["run"]: r["mlflow_run_id"] for r in results},
+            },
+        )
+    print(f"\n{table}\n{len(results)} configurations in {time.perf_counter() - started:.1f} s")
+
+
+def read_result(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RESULT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; the job for {run_dir.name} did not finish")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def results_table(results: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of the sweep, best mean test accuracy first."""
+    lines = [
+        "| run | train acc | test acc | gap |",
+        "|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: (-r["mean"]["test_acc"], r["run"])):
+        m, s = r["mean"], r["std"]
+        lines.append(
+            f"| {r['run']} | {m['train_acc']:.3f} ± {s['train_acc']:.3f} "
+            f"| {m['test_acc']:.3f} ± {s['test_acc']:.3f} | {m['gap']:+.3f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
