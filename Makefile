@@ -10,7 +10,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test params lint ui lock clean
+.PHONY: setup run test params lint ui gate lock clean
 
 setup: $(INSTALLED)
 
@@ -37,6 +37,10 @@ lint: setup
 
 ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+# The CI gate: compare reports/metrics.json with the base revision's (exit 1 on a regression).
+gate: setup
+	$(BIN)/python -m overfit.gate --base $(BASE)
 
 # Pin every package at the versions installed in .venv.
 lock: setup
