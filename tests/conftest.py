@@ -89,6 +89,18 @@ def copy_project(dest: Path, overrides: list[str] | None = None) -> Run:
     return run
 
 
+@pytest.fixture(scope="session")
+def shrunk_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run, str]:
+    """The shrunk pipeline after one full `dvc repro`: (root, run, what dvc repro printed).
+
+    Shared by the tests that only read what it produced, so the pipeline runs once.
+    """
+    root = tmp_path_factory.mktemp("pipeline") / "project"
+    run = copy_project(root, SHRUNK)
+    result = run("dvc", "repro")
+    return root, run, result.stdout + result.stderr
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> tuple[Path, Run]:
     """A copy of the project with the real configuration."""

@@ -208,6 +208,8 @@ def run_job(cfg: Any) -> None:
         models, histories = train_configuration(config, train, test)
         summary = summarize(config.train.seeds, [h.final for h in histories])
         for seed, model in zip(config.train.seeds, models, strict=True):
+            # Built (fresh) optimizer state, so loading the file restores every variable.
+            model.optimizer.build(model.trainable_variables)
             model.save(out_dir / f"seed_{seed}.keras")
         (out_dir / HISTORY_FILE).write_text(
             history_csv(config.train.seeds, histories), encoding="utf-8"

@@ -1,0 +1,184 @@
+"""The whole shrunk pipeline, run once by `dvc repro` in a throw-away git repository.
+
+Checks what each stage left on disk and in the MLflow store, and what DVC reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from overfit.config import load_params
+from overfit.train import run_name
+
+EXPECTED_RUNS = {"none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"}
+SEEDS = [1, 2]
+EPOCHS = 60
+
+
+def mlflow_client(root):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def sweep(shrunk_pipeline):
+    root, _, _ = shrunk_pipeline
+    return json.loads((root / "models/sweep.json").read_text())
+
+
+def test_shrunk_settings_are_in_params(shrunk_pipeline) -> None:
+    root, _, _ = shrunk_pipeline
+    config = load_params(root)
+    assert config.train.seeds == SEEDS and config.train.epochs == EPOCHS
+
+
+def test_every_stage_ran_and_a_second_repro_does_nothing(shrunk_pipeline) -> None:
+    root, run, output = shrunk_pipeline
+    assert set(re.findall(r"Running stage '([^']+)'", output)) == {
+        "generate",
+        "split",
+        "train",
+        "evaluate",
+        "plot",
+    }
+    again = run("dvc", "repro")
+    assert "Running stage" not in again.stdout
+    assert run("dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_each_job_wrote_its_models_history_and_config(shrunk_pipeline, sweep) -> None:
+    root, _, _ = shrunk_pipeline
+    assert set(sweep["runs"]) == EXPECTED_RUNS
+    for name in EXPECTED_RUNS:
+        run_dir = root / "models" / name
+        assert "." not in name
+        for seed in SEEDS:
+            assert (run_dir / f"seed_{seed}.keras").stat().st_size > 10_000
+        history = (run_dir / "history.csv").read_text().splitlines()
+        assert history[0] == "seed,epoch,train_loss,train_accuracy,test_loss,test_accuracy"
+        assert len(history) == 1 + EPOCHS * len(SEEDS)
+        hydra_config = yaml.safe_load((run_dir / ".hydra/config.yaml").read_text())
+        assert run_name(type("P", (), hydra_config["penalty"])) == name
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["seeds"] == SEEDS and set(result["per_seed"]) == {"1", "2"}
+        for key in ("train_acc", "test_acc", "gap"):
+            values = [result["per_seed"][s][key] for s in ("1", "2")]
+            assert result["mean"][key] == pytest.approx(np.mean(values))
+            assert result["std"][key] == pytest.approx(np.std(values))
+
+
+def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sweep) -> None:
+    root, _, _ = shrunk_pipeline
+    client = mlflow_client(root)
+    parent = client.get_run(sweep["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["git.commit"] and parent.data.tags["git.dirty"] in ("true", "false")
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "reports")}
+    assert "reports/summary.md" in parent_artifacts
+    assert "reports/decision_boundaries.png" in parent_artifacts
+
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    assert {c.info.run_name for c in children} == EXPECTED_RUNS
+    for child in children:
+        name = child.info.run_name
+        assert child.info.status == "FINISHED"
+        params = child.data.params
+        assert params["train.epochs"] == str(EPOCHS)
+        assert params["train.seeds"] == str(SEEDS)
+        assert params["penalty.kind"] == name.split("_1e")[0]
+        assert "gate.best_test_drop" not in params
+        metrics = child.data.metrics
+        for key in ("train_acc", "test_acc", "train_loss", "test_loss", "gap"):
+            assert metrics[f"{key}_std"] >= 0 and np.isfinite(metrics[f"{key}_mean"])
+        result = json.loads((root / "models" / name / "result.json").read_text())
+        assert metrics["test_acc_mean"] == pytest.approx(result["mean"]["test_acc"])
+        history = client.get_metric_history(child.info.run_id, "test_accuracy")
+        assert [m.step for m in history] == list(range(EPOCHS))
+        assert child.data.tags["data.md5.data/split"]
+        assert child.data.tags["git.commit"] == parent.data.tags["git.commit"]
+        paths = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"model", "learning_curve.png", "config"} <= paths
+
+
+def test_logged_model_loads_and_predicts(shrunk_pipeline, sweep) -> None:
+    import mlflow.keras
+
+    root, _, _ = shrunk_pipeline
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    run_id = sweep["runs"]["l2_1e-03"]
+    model = mlflow.keras.load_model(f"runs:/{run_id}/model")
+    probabilities = np.asarray(model.predict(np.array([[0.0, 1.0], [1.0, -0.5]]), verbose=0))
+    assert probabilities.shape == (2, 1) and np.all((probabilities >= 0) & (probabilities <= 1))
+    local = mlflow_client(root).download_artifacts(run_id, "model")
+    model_file = yaml.safe_load(Path(local, "MLmodel").read_text())
+    assert model_file["signature"]["inputs"] and model_file["saved_input_example_info"]
+
+
+def test_metrics_file_matches_training_and_mlflow(shrunk_pipeline, sweep) -> None:
+    root, _, _ = shrunk_pipeline
+    report = json.loads((root / "reports/metrics.json").read_text())
+    assert set(report["configs"]) == EXPECTED_RUNS
+    assert report["baseline"]["run"] == "none"
+    best = report["best"]["run"]
+    assert best != "none"
+    assert report["best"]["test_acc"] == max(
+        c["test_acc"]["mean"] for n, c in report["configs"].items() if n != "none"
+    )
+    client = mlflow_client(root)
+    for name, c in report["configs"].items():
+        run = client.get_run(sweep["runs"][name])
+        for key in ("train_acc", "test_acc", "gap"):
+            assert c[key]["mean"] == pytest.approx(run.data.metrics[f"{key}_mean"], abs=1e-6)
+        assert 0 <= c["near_zero_share"]["mean"] <= 1
+        assert 0 < c["hidden_l2"]["mean"] < c["hidden_l1"]["mean"]
+        assert 0.5 < c["fresh_acc"]["mean"] <= 1
+
+
+def test_dvc_reads_metrics_and_plots(shrunk_pipeline) -> None:
+    root, run, _ = shrunk_pipeline
+    shown = json.loads(run("dvc", "metrics", "show", "--json").stdout)
+    data = shown[""]["data"]["reports/metrics.json"]["data"]
+    assert data["baseline"]["run"] == "none"
+    out = root / "plots-html"
+    run("dvc", "plots", "show", "-o", str(out))
+    page = (out / "index.html").read_text()
+    assert "Accuracy per epoch, baseline vs best" in page
+    assert "Accuracy vs penalty strength" in page
+
+
+def png_size(path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_figures_are_written(shrunk_pipeline) -> None:
+    root, _, _ = shrunk_pipeline
+    for name in (
+        "learning_curves",
+        "accuracy_vs_strength",
+        "decision_boundaries",
+        "weights_l1_vs_l2",
+    ):
+        width, height = png_size(root / "reports/figures" / f"{name}.png")
+        assert 400 <= width <= 3000 and 250 <= height <= 3000, (name, width, height)
+
+
+def test_summary_has_every_configuration(shrunk_pipeline) -> None:
+    root, _, _ = shrunk_pipeline
+    summary = (root / "reports/summary.md").read_text()
+    report = json.loads((root / "reports/metrics.json").read_text())
+    for name in EXPECTED_RUNS:
+        assert f"| {name} |" in summary
+    assert f"The best penalty, {report['best']['run']}" in summary
