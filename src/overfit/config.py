@@ -136,6 +136,22 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class LauncherConfig:
+    name: Literal["basic", "joblib", "submitit_local", "submitit_slurm"] = "basic"
+    n_jobs: int = 1
+    threads: int = 0
+    timeout_min: int = 30
+    partition: str | None = None
+
+    def check(self) -> None:
+        _require(self.n_jobs >= 1, "launcher.n_jobs", "an integer >= 1", self.n_jobs)
+        _require(
+            self.threads >= 0, "launcher.threads", "an integer >= 0 (0: every core)", self.threads
+        )
+        _require(self.timeout_min >= 1, "launcher.timeout_min", "an integer >= 1", self.timeout_min)
+
+
+@dataclass(frozen=True)
 class GateConfig:
     best_test_drop: float = 1 / 70
     best_fresh_drop: float = 0.01
@@ -158,6 +174,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
     def check(self) -> None:

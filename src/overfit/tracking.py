@@ -59,20 +59,53 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
         ) from None
 
 
+# Several pipelines may log to one SQLite file at once (`dvc queue start -j 2`): WAL lets readers
+# and a writer work together, and a writer waits for the lock instead of failing at once.
+SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=60000")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+        cursor.close()
+
+
 def client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
 
+    if uri.startswith("sqlite:") and not event.contains(Engine, "connect", _sqlite_pragmas):
+        event.listen(Engine, "connect", _sqlite_pragmas)
     return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(mlflow_client: Any, name: str) -> str:
-    experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
+    """The experiment's id, created if needed; the first use also creates or upgrades the store,
+    so it runs under a file lock: two processes must not build the SQLite schema at once."""
+    uri = mlflow_client.tracking_uri
+    lock = _store_lock(uri)
     try:
+        experiment = mlflow_client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
         return mlflow_client.create_experiment(name)
-    except Exception:  # another process created it first
-        return mlflow_client.get_experiment_by_name(name).experiment_id
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _store_lock(uri: str) -> Any:
+    """An exclusive lock on <db>.lock for a SQLite store; None for any other store."""
+    import fcntl
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    handle = open(uri.removeprefix("sqlite:///") + ".lock", "w")  # noqa: SIM115 - held by caller
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

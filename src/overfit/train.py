@@ -28,6 +28,7 @@ from overfit import tracking
 from overfit.config import (
     Config,
     ConfigError,
+    LauncherConfig,
     PenaltyConfig,
     SweepConfig,
     exit_on_config_error,
@@ -191,6 +192,7 @@ def run_job(cfg: Any) -> None:
     started = time.perf_counter()
     root = project_root()
     config = parse_config(OmegaConf.to_container(cfg, resolve=True))
+    limit_threads(config.launcher.threads)
     name = run_name(config.penalty)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     train, test = load_train_test(root, config.data)
@@ -281,6 +283,37 @@ def hydra_settings(root: Path) -> list[str]:
     ]
 
 
+def launcher_overrides(launcher: LauncherConfig) -> list[str]:
+    """params.yaml's `launcher` as Hydra overrides: which launcher, how many jobs at once."""
+    if launcher.name == "basic":
+        return []
+    settings = [f"hydra/launcher={launcher.name}"]
+    if launcher.name == "joblib":
+        return [*settings, f"hydra.launcher.n_jobs={launcher.n_jobs}"]
+    settings += [
+        f"hydra.launcher.array_parallelism={launcher.n_jobs}",
+        f"hydra.launcher.timeout_min={launcher.timeout_min}",
+        f"hydra.launcher.cpus_per_task={max(launcher.threads, 1)}",
+        f"hydra.launcher.submitit_folder={MODELS_DIR}/.submitit/%j",
+    ]
+    if launcher.name == "submitit_slurm" and launcher.partition:
+        settings.append(f"hydra.launcher.partition={launcher.partition}")
+    return settings
+
+
+def limit_threads(threads: int) -> None:
+    """Cap TensorFlow's thread pools, so parallel jobs do not fight over the cores."""
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already started in this process: keep its pools
+        pass
+
+
 def _register_resolver() -> None:
     from omegaconf import OmegaConf
 
@@ -343,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     with tracking.run_status(mlflow, parent_id):
         started = time.perf_counter()
-        launch(root, [*overrides, f"++tracking.parent_run_id={parent_id}"])
+        hydra_args = launcher_overrides(config.launcher) if not args else []
+        launch(root, [*hydra_args, *overrides, f"++tracking.parent_run_id={parent_id}"])
         results = [read_result(root / MODELS_DIR / name) for name in names]
         table = results_table(results)
         mlflow.log_text(parent_id, table, "sweep_results.md")
