@@ -23,9 +23,14 @@ MAX_PARAMS_PER_BATCH = 100
 
 
 def tracking_uri(root: Path, tracking: TrackingConfig) -> str:
-    """Local: SQLite mlflow.db at the project root (absolute). Server: the URI from the env."""
+    """Local: SQLite mlflow.db at the project root (absolute). Server: the URI from the env.
+
+    A queued DVC experiment runs in a temporary copy of the project; DVC then names the real
+    project in $DVC_ROOT, and its runs go to the project's store, not to the copy's.
+    """
     if tracking.backend == "local":
-        return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+        store_root = Path(os.environ.get("DVC_ROOT") or root)
+        return f"sqlite:///{(store_root / 'mlflow.db').resolve()}"
     uri = os.environ.get(tracking.uri_env, "").strip()
     if not uri:
         raise ConfigError(

@@ -12,8 +12,11 @@ resolved config in .hydra/. Each job is one child MLflow run under the sweep's p
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from overfit import tracking
 from overfit.config import (
@@ -42,6 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 MODELS_DIR = "models"
 SWEEP_FILE = "sweep.json"
+PARTIAL_DIR = ".partial"
 RESULT_FILE = "result.json"
 HISTORY_FILE = "history.csv"
 CURVES = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -76,6 +81,56 @@ def sweep_overrides(sweep: SweepConfig) -> list[str]:
     return ["penalty=" + ",".join(specs)]
 
 
+def expand_presets(root: Path, overrides: Sequence[str]) -> list[str]:
+    """`penalty=l2` (or `penalty=l1,l2`) picks conf/penalty/l2.yaml, as it would in conf/.
+
+    params.yaml has no defaults list, so a group choice becomes that preset's values.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    sections = {f.name for f in dataclasses.fields(Config)}
+    parser = OverridesParser.create()
+    expanded = []
+    for text in overrides:
+        override = parser.parse_override(text)
+        value = override.value() if override.key_or_group in sections else None
+        choices = value.list if isinstance(value, ChoiceSweep) else [value]
+        if value is None or override.is_delete() or not all(isinstance(c, str) for c in choices):
+            expanded.append(text)
+            continue
+        section = override.key_or_group
+        presets = [_hydra_literal(load_preset(root, section, c)) for c in choices]
+        expanded.append(f"{section}={','.join(presets)}")
+    return expanded
+
+
+def load_preset(root: Path, section: str, name: str) -> dict[str, Any]:
+    path = root / "conf" / section / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in (root / "conf" / section).glob("*.yaml"))
+        raise ConfigError(
+            f"{section}={name}: no such option; choose one of {', '.join(options)} "
+            f"(conf/{section}/), or set its keys ({section}.<key>=<value>)"
+        )
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def _hydra_literal(value: Any) -> str:
+    """A value written in Hydra's override grammar."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra_literal(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
     """Expand sweep syntax (a,b,c) into one override list per job, as Hydra's basic sweeper does."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -85,9 +140,8 @@ def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as error:
-        raise ConfigError(f"bad override: {str(error).splitlines()[0]}") from None
-    ours = [o for o in parsed if not o.key_or_group.startswith("hydra")]
-    return [list(job) for job in BasicSweeper.split_arguments(ours, None)[0]]
+        raise ConfigError(f"bad override: {_first_line(error)}") from None
+    return [list(job) for job in BasicSweeper.split_arguments(parsed, None)[0]]
 
 
 def compose_jobs(root: Path, overrides: Sequence[str]) -> list[Config]:
@@ -96,14 +150,26 @@ def compose_jobs(root: Path, overrides: Sequence[str]) -> list[Config]:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
+    def composed(job: list[str]) -> Config:
+        cfg = compose(config_name="params", overrides=job, return_hydra_config=True)
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        plain.pop("hydra", None)
+        return parse_config(OmegaConf.to_container(OmegaConf.create(plain), resolve=True))
+
     configs = []
     with initialize_config_dir(str(root), version_base=None):
         for job in job_overrides(overrides):
             try:
-                cfg = compose(config_name="params", overrides=job)
+                configs.append(composed(job))
             except HydraException as error:
-                raise ConfigError(f"{' '.join(job)}: {_first_line(error)}") from None
-            configs.append(parse_config(OmegaConf.to_container(cfg, resolve=True)))
+                # An unknown key: add it anyway, so the schema names it and what is allowed.
+                forced = [o if o.startswith(("+", "~", "hydra")) else "++" + o for o in job]
+                try:
+                    composed(forced)
+                except (HydraException, ConfigError) as schema_error:
+                    if isinstance(schema_error, ConfigError):
+                        raise schema_error from None
+                raise ConfigError(f"{' '.join(job)}: {_hydra_reason(error)}") from None
     names = [run_name(c.penalty) for c in configs]
     for name in names:
         if names.count(name) > 1:
@@ -111,6 +177,17 @@ def compose_jobs(root: Path, overrides: Sequence[str]) -> list[Config]:
                 f"penalty: two jobs would both be named {name!r}; sweep distinct values"
             )
     return configs
+
+
+def _hydra_reason(error: BaseException) -> str:
+    """Hydra's first line, plus its list of available options when it gives one."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__
+    if any(line.startswith("Available options") for line in lines):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
+        options = [line for line in lines[start + 1 :] if " " not in line and "=" not in line]
+        reason += f"; available: {', '.join(options)}"
+    return reason
 
 
 def _first_line(error: BaseException) -> str:
@@ -192,6 +269,8 @@ def run_job(cfg: Any) -> None:
     started = time.perf_counter()
     root = project_root()
     config = parse_config(OmegaConf.to_container(cfg, resolve=True))
+    # Hydra's folder for this job is models/.partial/<run>; it becomes models/<run> only when
+    # complete, so an interrupted job never leaves a folder that looks finished.
     limit_threads(config.launcher.threads)
     name = run_name(config.penalty)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -227,7 +306,15 @@ def run_job(cfg: Any) -> None:
             **summary,
         }
         _write_json(out_dir / RESULT_FILE, result)
+        publish(out_dir, root / MODELS_DIR / name)
     print(progress_line(result), flush=True)
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Move a finished job's folder into place with one rename."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
 
 
 def log_child_run(
@@ -278,7 +365,7 @@ def hydra_settings(root: Path) -> list[str]:
     """Where Hydra puts each job: models/<run>/, without changing the working directory."""
     return [
         f"hydra.sweep.dir={root / MODELS_DIR}",
-        "hydra.sweep.subdir=${run_name:}",
+        f"hydra.sweep.subdir={PARTIAL_DIR}/${{run_name:}}",
         "hydra.job.chdir=False",
     ]
 
@@ -348,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         root = project_root()
         config = load_params(root)
-        overrides = args or sweep_overrides(config.sweep)
+        overrides = expand_presets(root, args) if args else sweep_overrides(config.sweep)
         configs = compose_jobs(root, overrides)
         uri = tracking.tracking_uri(root, config.tracking)
     except ConfigError as error:
@@ -360,23 +447,41 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(1) from None
 
     signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run_sweep(root, config, configs, overrides, uri, by_hand=bool(args))
+    except KeyboardInterrupt:
+        print("error: interrupted; the sweep's MLflow runs are marked KILLED", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def run_sweep(
+    root: Path,
+    config: Config,
+    configs: list[Config],
+    overrides: list[str],
+    uri: str,
+    by_hand: bool,
+) -> None:
+    """One parent MLflow run around the Hydra multirun; the sweep's table at the end."""
     mlflow = tracking.client(uri)
     exp_id = tracking.experiment_id(mlflow, config.tracking.experiment)
     for orphan in tracking.fail_orphaned_runs(mlflow, exp_id):
         print(f"marked run {orphan} FAILED: the process that ran it is gone")
     names = [run_name(c.penalty) for c in configs]
-    tags = {"overfit.sweep": config.sweep.name, "overfit.stage": "train"}
+    sweep_name = "by-hand" if by_hand else config.sweep.name
+    tags = {"overfit.sweep": sweep_name, "overfit.stage": "train"}
     tags |= tracking.process_tags() | tracking.git_tags(root) | tracking.data_tags(root)
-    parent = mlflow.create_run(exp_id, run_name=f"sweep-{config.sweep.name}", tags=tags)
-    parent_id = parent.info.run_id
+    parent_id = mlflow.create_run(exp_id, run_name=f"sweep-{sweep_name}", tags=tags).info.run_id
+    seeds = sorted({len(c.train.seeds) for c in configs})
+    epochs = sorted({c.train.epochs for c in configs})
     print(
-        f"sweep {config.sweep.name}: {len(names)} configurations x {len(config.train.seeds)} "
-        f"seeds, {config.train.epochs} epochs; MLflow parent run {parent_id}",
+        f"sweep {sweep_name}: {len(names)} configurations x {'/'.join(map(str, seeds))} seeds, "
+        f"{'/'.join(map(str, epochs))} epochs; MLflow parent run {parent_id}",
         flush=True,
     )
     with tracking.run_status(mlflow, parent_id):
         started = time.perf_counter()
-        hydra_args = launcher_overrides(config.launcher) if not args else []
+        hydra_args = [] if by_hand else launcher_overrides(config.launcher)
         launch(root, [*hydra_args, *overrides, f"++tracking.parent_run_id={parent_id}"])
         results = [read_result(root / MODELS_DIR / name) for name in names]
         table = results_table(results)
@@ -389,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "runs": {r["run"]: r["mlflow_run_id"] for r in results},
             },
         )
+    with contextlib.suppress(OSError):  # left only if a job was interrupted
+        (root / MODELS_DIR / PARTIAL_DIR).rmdir()
     print(f"\n{table}\n{len(results)} configurations in {time.perf_counter() - started:.1f} s")
 
 
