@@ -41,7 +41,9 @@ def project_files() -> list[str]:
 
 
 def env_for(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "OVERFIT_", "DVC_ROOT"))}
+    # The caller's tracking server or project must not leak into a throw-away copy.
+    leaks = ("MLFLOW_TRACKING", "OVERFIT_", "DVC_ROOT")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(leaks)}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["HOME"] = env.get("HOME", str(root))
     return env
