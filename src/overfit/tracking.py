@@ -78,39 +78,38 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def client(uri: str) -> Any:
+    """An MlflowClient; its first use of a SQLite file creates or upgrades the schema, which
+    two processes must not do at once, hence the lock."""
     from mlflow.tracking import MlflowClient
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
     if uri.startswith("sqlite:") and not event.contains(Engine, "connect", _sqlite_pragmas):
         event.listen(Engine, "connect", _sqlite_pragmas)
-    return MlflowClient(tracking_uri=uri)
+    with store_lock(uri):
+        return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(mlflow_client: Any, name: str) -> str:
-    """The experiment's id, created if needed; the first use also creates or upgrades the store,
-    so it runs under a file lock: two processes must not build the SQLite schema at once."""
-    uri = mlflow_client.tracking_uri
-    lock = _store_lock(uri)
-    try:
+    """The experiment's id, created if needed (under the lock: another process may race us)."""
+    with store_lock(mlflow_client.tracking_uri):
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
         return mlflow_client.create_experiment(name)
-    finally:
-        if lock is not None:
-            lock.close()
 
 
-def _store_lock(uri: str) -> Any:
-    """An exclusive lock on <db>.lock for a SQLite store; None for any other store."""
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on <db>.lock for a SQLite store; nothing for any other store."""
     import fcntl
 
     if not uri.startswith("sqlite:///"):
-        return None
-    handle = open(uri.removeprefix("sqlite:///") + ".lock", "w")  # noqa: SIM115 - held by caller
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
+        yield
+        return
+    with open(uri.removeprefix("sqlite:///") + ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -188,18 +187,26 @@ def log_values(
 
 
 @contextlib.contextmanager
-def run_status(mlflow_client: Any, run_id: str) -> Iterator[None]:
-    """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM: never RUNNING."""
+def tracked_run(
+    mlflow_client: Any, exp_id: str, name: str, tags: Mapping[str, str]
+) -> Iterator[str]:
+    """A new run that ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
+
+    Creating the run and guarding it happen together, so no interruption can leave it RUNNING
+    (except kill -9: `fail_orphaned_runs` covers that on the next start).
+    """
+    run_id = None
     try:
-        yield
+        run_id = mlflow_client.create_run(exp_id, run_name=name, tags=dict(tags)).info.run_id
+        yield run_id
     except (KeyboardInterrupt, SystemExit) as stop:
-        status = (
-            "FAILED" if isinstance(stop, SystemExit) and stop.code not in (0, None) else "KILLED"
-        )
-        mlflow_client.set_terminated(run_id, status)
+        failed = isinstance(stop, SystemExit) and stop.code not in (0, None)
+        if run_id is not None:
+            mlflow_client.set_terminated(run_id, "FAILED" if failed else "KILLED")
         raise
     except BaseException:
-        mlflow_client.set_terminated(run_id, "FAILED")
+        if run_id is not None:
+            mlflow_client.set_terminated(run_id, "FAILED")
         raise
     mlflow_client.set_terminated(run_id, "FINISHED")
 

@@ -283,14 +283,10 @@ def run_job(cfg: Any) -> None:
     tags |= tracking.git_tags(root) | tracking.data_tags(root)
     if config.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = config.tracking.parent_run_id
-    child = mlflow.create_run(exp_id, run_name=name, tags=tags).info.run_id
-
-    with tracking.run_status(mlflow, child):
+    with tracking.tracked_run(mlflow, exp_id, name, tags) as child:
         models, histories = train_configuration(config, train, test)
         summary = summarize(config.train.seeds, [h.final for h in histories])
         for seed, model in zip(config.train.seeds, models, strict=True):
-            # Built (fresh) optimizer state, so loading the file restores every variable.
-            model.optimizer.build(model.trainable_variables)
             model.save(out_dir / f"seed_{seed}.keras")
         (out_dir / HISTORY_FILE).write_text(
             history_csv(config.train.seeds, histories), encoding="utf-8"
@@ -471,16 +467,15 @@ def run_sweep(
     sweep_name = "by-hand" if by_hand else config.sweep.name
     tags = {"overfit.sweep": sweep_name, "overfit.stage": "train"}
     tags |= tracking.process_tags() | tracking.git_tags(root) | tracking.data_tags(root)
-    parent_id = mlflow.create_run(exp_id, run_name=f"sweep-{sweep_name}", tags=tags).info.run_id
-    seeds = sorted({len(c.train.seeds) for c in configs})
-    epochs = sorted({c.train.epochs for c in configs})
-    print(
-        f"sweep {sweep_name}: {len(names)} configurations x {'/'.join(map(str, seeds))} seeds, "
-        f"{'/'.join(map(str, epochs))} epochs; MLflow parent run {parent_id}",
-        flush=True,
-    )
-    with tracking.run_status(mlflow, parent_id):
-        started = time.perf_counter()
+    seeds = "/".join(map(str, sorted({len(c.train.seeds) for c in configs})))
+    epochs = "/".join(map(str, sorted({c.train.epochs for c in configs})))
+    started = time.perf_counter()
+    with tracking.tracked_run(mlflow, exp_id, f"sweep-{sweep_name}", tags) as parent_id:
+        print(
+            f"sweep {sweep_name}: {len(names)} configurations x {seeds} seeds, {epochs} epochs; "
+            f"MLflow parent run {parent_id}",
+            flush=True,
+        )
         hydra_args = [] if by_hand else launcher_overrides(config.launcher)
         launch(root, [*hydra_args, *overrides, f"++tracking.parent_run_id={parent_id}"])
         results = [read_result(root / MODELS_DIR / name) for name in names]

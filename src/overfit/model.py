@@ -1,0 +1,57 @@
+"""The two-layer MLP of the experiment and its weight penalties."""
+
+from __future__ import annotations
+
+import keras
+
+PENALTY_KINDS = ("none", "l1", "l2", "l1_l2")
+APPLY_TO = ("hidden", "all")
+
+
+def make_regularizer(kind: str, strength: float) -> keras.regularizers.Regularizer | None:
+    """Keras regularizer for a penalty kind; l1_l2 uses the same strength for both terms."""
+    if kind == "none":
+        return None
+    if kind == "l1":
+        return keras.regularizers.L1(strength)
+    if kind == "l2":
+        return keras.regularizers.L2(strength)
+    if kind == "l1_l2":
+        return keras.regularizers.L1L2(l1=strength, l2=strength)
+    raise ValueError(f"unknown penalty kind {kind!r}, expected one of {PENALTY_KINDS}")
+
+
+def build_model(
+    hidden_units: int = 500,
+    kind: str = "none",
+    strength: float = 0.0,
+    apply_to: str = "hidden",
+    learning_rate: float = 0.001,
+    seed: int = 1,
+) -> keras.Model:
+    """Compiled Dense(hidden, relu) -> Dense(1, sigmoid) classifier with seeded initial weights."""
+    if apply_to not in APPLY_TO:
+        raise ValueError(f"unknown apply_to {apply_to!r}, expected one of {APPLY_TO}")
+    # Seeding right before building makes the Glorot draws a function of `seed` alone.
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(2,)),
+            keras.layers.Dense(
+                hidden_units,
+                activation="relu",
+                kernel_regularizer=make_regularizer(kind, strength),
+            ),
+            keras.layers.Dense(
+                1,
+                activation="sigmoid",
+                kernel_regularizer=make_regularizer(kind, strength) if apply_to == "all" else None,
+            ),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

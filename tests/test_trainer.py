@@ -1,0 +1,129 @@
+"""The compiled trainer against Keras' own `fit`, and its stacking and determinism guarantees."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import make_moons
+
+from overfit.model import build_model
+from overfit.trainer import evaluate, train_one, train_stacked
+
+
+@pytest.fixture(scope="module")
+def moons() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The article's data: first 30 rows train, the other 70 test."""
+    x, y = make_moons(n_samples=100, noise=0.2, random_state=1)
+    return x[:30], y[:30], x[30:], y[30:]
+
+
+def max_diff(a: list, b: list) -> float:
+    pairs = zip(a, b, strict=True)
+    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(w)))) for u, w in pairs)
+
+
+def max_weight_diff(a: keras.Model, b: keras.Model) -> float:
+    return max_diff(a.get_weights(), b.get_weights())
+
+
+# fit (oneDNN kernels) and the trainer (XLA) round differently by ~1 ulp per step; weights
+# stay ~1e-7 apart until a training point lands on a ReLU kink, after which Adam can move
+# them apart by ~lr. A 1-ulp nudge of the initial weights alone does the same, so these
+# cases use seed 1, which stays clear of kinks for this long. L1's sign gradient flips
+# sooner, so it gets fewer epochs.
+@pytest.mark.parametrize(
+    ("kind", "strength", "apply_to", "epochs"),
+    [("none", 0.0, "hidden", 200), ("l2", 1e-2, "all", 200), ("l1", 1e-3, "all", 100)],
+)
+def test_matches_keras_fit(moons, kind, strength, apply_to, epochs):
+    x_tr, y_tr, x_te, y_te = moons
+    by_fit = build_model(500, kind, strength, apply_to, 0.001, seed=1)
+    ours = build_model(500, kind, strength, apply_to, 0.001, seed=1)
+    assert max_weight_diff(by_fit, ours) == 0.0
+
+    fitted = by_fit.fit(x_tr, y_tr, batch_size=32, epochs=epochs, verbose=0, shuffle=False)
+    result = train_one(ours, x_tr, y_tr, x_te, y_te, epochs)
+
+    assert max_weight_diff(by_fit, ours) < 1e-4
+    # Adam's state is left as fit leaves it, so either model can carry on training.
+    fit_state, our_state = by_fit.optimizer.variables, ours.optimizer.variables
+    assert [v.shape for v in our_state] == [v.shape for v in fit_state]
+    assert int(ours.optimizer.iterations.numpy()) == epochs
+    assert max_diff(fit_state, our_state) < 1e-6
+    np.testing.assert_allclose(result.history["loss"], fitted.history["loss"], atol=1e-5)
+    np.testing.assert_allclose(result.history["accuracy"], fitted.history["accuracy"], atol=1e-6)
+    # fit's val_* would be Keras' evaluate after each epoch, penalty included.
+    on_test = evaluate(by_fit, x_te, y_te)
+    assert result.history["val_loss"][-1] == pytest.approx(on_test["loss"], abs=1e-5)
+    assert result.history["val_accuracy"][-1] == pytest.approx(on_test["accuracy"], abs=1e-6)
+    assert result.final["val_accuracy"] == result.history["val_accuracy"][-1]
+
+
+STACK = [(1, "none", 0.0, "hidden"), (2, "l1", 1e-3, "hidden"), (3, "l2", 1e-2, "all")]
+STACK += [(4, "l1_l2", 1e-4, "all")]
+
+
+def test_stacked_equals_alone_and_saves(moons, tmp_path):
+    x_tr, y_tr, x_te, y_te = moons
+    stacked = [build_model(500, k, s, a, 0.001, seed) for seed, k, s, a in STACK]
+    results = train_stacked(stacked, x_tr, y_tr, x_te, y_te, 500)
+
+    for (seed, k, s, a), model, result in zip(STACK, stacked, results, strict=True):
+        alone = build_model(500, k, s, a, 0.001, seed)
+        alone_result = train_one(alone, x_tr, y_tr, x_te, y_te, 500)
+        assert max_weight_diff(model, alone) < 1e-5
+        for name, curve in result.history.items():
+            assert curve.shape == (500,)
+            np.testing.assert_allclose(curve, alone_result.history[name], atol=1e-6)
+
+        path = tmp_path / f"seed{seed}.keras"
+        model.save(path)
+        loaded = keras.models.load_model(path, safe_mode=True)
+        predict = [m.predict(x_te, verbose=0) for m in (loaded, model)]
+        np.testing.assert_array_equal(*predict)
+        on_test = evaluate(loaded, x_te, y_te)
+        assert on_test["accuracy"] == pytest.approx(result.final["val_accuracy"])
+
+
+def test_same_inputs_give_identical_results(moons):
+    x_tr, y_tr, x_te, y_te = moons
+    runs = []
+    for _ in range(2):
+        models = [build_model(500, "l2", 1e-3, "hidden", 0.001, seed) for seed in (5, 6)]
+        runs.append((train_stacked(models, x_tr, y_tr, x_te, y_te, 500), models))
+    (first, first_models), (second, second_models) = runs
+    for a, b in zip(first, second, strict=True):
+        assert a.final == b.final
+        for name in a.history:
+            np.testing.assert_array_equal(a.history[name], b.history[name])
+    for a, b in zip(first_models, second_models, strict=True):
+        assert max_weight_diff(a, b) == 0.0
+
+
+def test_training_in_two_calls_equals_one(moons):
+    x_tr, y_tr, x_te, y_te = moons
+    once, twice = (build_model(500, "l1", 1e-3, "all", 0.001, seed=7) for _ in range(2))
+    whole = train_one(once, x_tr, y_tr, x_te, y_te, 500)
+    halves = [train_one(twice, x_tr, y_tr, x_te, y_te, 250) for _ in range(2)]
+    assert max_weight_diff(once, twice) == 0.0
+    for name, curve in whole.history.items():
+        np.testing.assert_array_equal(curve, np.concatenate([h.history[name] for h in halves]))
+
+
+def test_article_result(moons):
+    """Seed 1, no penalty, 4000 epochs: Train 1.000, Test 0.914 (64 of 70)."""
+    x_tr, y_tr, x_te, y_te = moons
+    model = build_model(500, "none", 0.0, "hidden", 0.001, seed=1)
+    result = train_one(model, x_tr, y_tr, x_te, y_te, 4000)
+    assert result.final["accuracy"] == 1.0
+    assert result.final["val_accuracy"] == np.float32(64) / np.float32(70)
+    # The weights written back into the Keras model give the same verdict through Keras itself.
+    assert evaluate(model, x_te, y_te)["accuracy"] == pytest.approx(64 / 70)
+
+
+def test_rejects_what_it_cannot_reproduce(moons):
+    model = build_model(8, "none", 0.0, "hidden", 0.001, seed=1)
+    model.compile(optimizer=keras.optimizers.SGD(), loss="binary_crossentropy")
+    with pytest.raises(ValueError, match="Adam"):
+        train_one(model, *moons, epochs=1)
