@@ -10,7 +10,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test params lint ui gate lock clean
+.PHONY: setup run test params lint ui gate bench lock clean
 
 setup: $(INSTALLED)
 
@@ -32,8 +32,8 @@ params: setup
 	$(BIN)/python -m overfit.config
 
 lint: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
@@ -41,6 +41,10 @@ ui: setup
 # The CI gate: compare reports/metrics.json with the base revision's (exit 1 on a regression).
 gate: setup
 	$(BIN)/python -m overfit.gate --base $(BASE)
+
+# Speed against the article's model.fit; prints a table, writes benchmarks/results.json.
+bench: setup
+	$(BIN)/python benchmarks/bench.py
 
 # Pin every package at the versions installed in .venv.
 lock: setup

@@ -88,7 +88,7 @@ def test_stages_exit_2_with_one_line_and_write_nothing(
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(message), result.stderr
-    assert not (root / "data").exists()
+    assert not (root / "data/raw").exists() and not (root / "data/split").exists()
 
 
 def test_make_params_refuses_a_bad_override(project: tuple[Path, object]) -> None:
@@ -98,3 +98,34 @@ def test_make_params_refuses_a_bad_override(project: tuple[Path, object]) -> Non
     assert result.returncode == 2
     assert result.stderr.strip() == "error: penalty.strength: must be a number, got 'abc'"
     assert (root / "params.yaml").read_text(encoding="utf-8") == before
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("penalty.strength=abc", "error: penalty.strength: must be a number, got 'abc'"),
+        ("penalty.strength=1e-3,-1", "error: penalty.strength: must be a number >= 0, got -1.0"),
+        ("penalty=elastic", "error: penalty=elastic: no such option; choose one of l1, l1_l2, l2,"),
+        ("penalty.colour=red", "error: penalty.colour: unknown key; allowed here: kind, strength"),
+        ("hydra/launcher=nosuch", "error: hydra/launcher=nosuch: In 'hydra/config': Could not"),
+        ("penalty.kind=l2,l2", "error: penalty: two jobs would both be named 'l2_1e-03'"),
+    ],
+)
+def test_bad_overrides_stop_the_sweep_before_any_run(
+    project: tuple[Path, object], override: str, message: str
+) -> None:
+    root, run = project
+    result = run(
+        sys.executable,
+        "-m",
+        "overfit.train",
+        "--multirun",
+        "penalty.kind=l2",
+        "penalty.strength=1e-3",
+        override,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not (root / "mlflow.db").exists() and not (root / "models").exists()

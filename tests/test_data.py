@@ -81,3 +81,57 @@ def test_split_stage_refuses_bad_raw_data_and_writes_nothing(project) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {moons}: expected 100 rows, got 49"
     assert not (root / "data/split").exists()
+
+
+CORRUPTIONS = {
+    "missing column": lambda lines: ["x1,label"] + [",".join(r.split(",")[::2]) for r in lines[1:]],
+    "non-numeric value": lambda lines: [*lines[:3], "0.5,abc,1", *lines[4:]],
+    "NaN": lambda lines: [*lines[:3], "0.5,nan,1", *lines[4:]],
+    "label outside {0, 1}": lambda lines: [*lines[:3], "0.5,0.5,3", *lines[4:]],
+    "truncated": lambda lines: [*lines[:-1], lines[-1][:5]],
+    "wrong number of rows": lambda lines: lines[:-2],
+}
+EXPECTED = {
+    "missing column": "header must be x1,x2,label",
+    "non-numeric value": "line 4: non-numeric value",
+    "NaN": "line 4: x1 and x2 must be finite",
+    "label outside {0, 1}": "line 4: label must be 0 or 1",
+    "truncated": "truncated",
+    "wrong number of rows": "expected 30 rows, got 28",
+}
+
+
+@pytest.mark.parametrize("problem", list(CORRUPTIONS))
+def test_train_stage_refuses_bad_data_before_any_run(project, problem: str) -> None:
+    root, run = project
+    run("dvc", "repro", "split")
+    train_csv = root / "data/split/train.csv"
+    lines = train_csv.read_text(encoding="utf-8").splitlines()
+    text = "\n".join(CORRUPTIONS[problem](lines))
+    train_csv.write_text(text if problem == "truncated" else text + "\n", encoding="utf-8")
+    result = run(sys.executable, "-m", "overfit.train", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {train_csv}: ") and EXPECTED[problem] in lines[0]
+    assert not (root / "models").exists()
+    assert not (root / "mlflow.db").exists()
+
+
+def test_evaluate_refuses_a_bad_fresh_sample_and_writes_nothing(shrunk_pipeline, tmp_path) -> None:
+    import shutil
+
+    from .conftest import make_runner
+
+    source, _, _ = shrunk_pipeline
+    root = tmp_path / "copy"
+    shutil.copytree(source, root, symlinks=True)
+    run = make_runner(root)
+    (root / "reports/metrics.json").unlink()
+    fresh = root / "data/raw/fresh.csv"
+    lines = fresh.read_text(encoding="utf-8").splitlines()
+    fresh.write_text("\n".join([*lines[:5], "0.1,0.2,7", *lines[6:]]) + "\n", encoding="utf-8")
+    result = run(sys.executable, "-m", "overfit.evaluate", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {fresh}: line 6: label must be 0 or 1, got '7'"
+    assert not (root / "reports/metrics.json").exists()

@@ -80,6 +80,9 @@ def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sw
     client = mlflow_client(root)
     parent = client.get_run(sweep["parent_run_id"])
     assert parent.info.status == "FINISHED"
+    # Artifacts beside the store, never in ./mlruns of whatever the working directory was.
+    assert parent.info.artifact_uri.startswith((root / "mlartifacts").resolve().as_uri())
+    assert not (root / "mlruns").exists()
     assert parent.data.tags["git.commit"] and parent.data.tags["git.dirty"] in ("true", "false")
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "reports")}
     assert "reports/summary.md" in parent_artifacts

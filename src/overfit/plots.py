@@ -213,15 +213,21 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
     if base and best:
         closers = [n for n in configs if n != base["run"]]
         smallest_gap = min(closers, key=lambda n: (configs[n]["gap"]["mean"], n))
+        gap = configs[smallest_gap]["gap"]["mean"]
+        closing = (
+            "also the smallest gap of any configuration."
+            if smallest_gap == best["run"]
+            else f"the smallest gap, {gap:.3f}, comes from {smallest_gap} at test "
+            f"{configs[smallest_gap]['test_acc']['mean']:.3f}."
+        )
         text += [
             f"Without a penalty the network overfits: train accuracy {base['train_acc']:.3f}, "
             f"test {base['test_acc']:.3f} (a gap of {base['gap']:.3f}), "
             f"and {base['fresh_acc']:.3f} on fresh points. "
             f"The best penalty, {best['run']}, reaches test {best['test_acc']:.3f} "
             f"({best['test_acc'] - base['test_acc']:+.3f}) and fresh {best['fresh_acc']:.3f} "
-            f"({best['fresh_acc'] - base['fresh_acc']:+.3f}) with a gap of {best['gap']:.3f}; "
-            f"the smallest gap, {configs[smallest_gap]['gap']['mean']:.3f}, comes from "
-            f"{smallest_gap} at test {configs[smallest_gap]['test_acc']['mean']:.3f}.",
+            f"({best['fresh_acc'] - base['fresh_acc']:+.3f}) with a gap of {best['gap']:.3f}, "
+            + closing,
             "",
         ]
     text += ["Mean ± spread (standard deviation) over seeds, best test accuracy first.", ""]

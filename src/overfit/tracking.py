@@ -29,8 +29,7 @@ def tracking_uri(root: Path, tracking: TrackingConfig) -> str:
     project in $DVC_ROOT, and its runs go to the project's store, not to the copy's.
     """
     if tracking.backend == "local":
-        store_root = Path(os.environ.get("DVC_ROOT") or root)
-        return f"sqlite:///{(store_root / 'mlflow.db').resolve()}"
+        return f"sqlite:///{store_root(root) / 'mlflow.db'}"
     uri = os.environ.get(tracking.uri_env, "").strip()
     if not uri:
         raise ConfigError(
@@ -38,6 +37,18 @@ def tracking_uri(root: Path, tracking: TrackingConfig) -> str:
             "(tracking=server needs the server's URI there)"
         )
     return uri
+
+
+def store_root(root: Path) -> Path:
+    return Path(os.environ.get("DVC_ROOT") or root).resolve()
+
+
+def artifact_location(root: Path, tracking: TrackingConfig) -> str | None:
+    """Local: mlartifacts/ beside mlflow.db (MLflow would use ./mlruns in the working
+    directory). Server: None, the server decides."""
+    if tracking.backend != "local":
+        return None
+    return (store_root(root) / "mlartifacts").as_uri()
 
 
 def redact(uri: str) -> str:
@@ -90,13 +101,13 @@ def client(uri: str) -> Any:
         return MlflowClient(tracking_uri=uri)
 
 
-def experiment_id(mlflow_client: Any, name: str) -> str:
+def experiment_id(mlflow_client: Any, name: str, artifacts: str | None = None) -> str:
     """The experiment's id, created if needed (under the lock: another process may race us)."""
     with store_lock(mlflow_client.tracking_uri):
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        return mlflow_client.create_experiment(name)
+        return mlflow_client.create_experiment(name, artifact_location=artifacts)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,13 @@ from overfit.config import (
     LauncherConfig,
     PenaltyConfig,
     SweepConfig,
+    TrackingConfig,
     exit_on_config_error,
     load_params,
     parse_config,
     project_root,
 )
+from overfit.data import DataError, load_train_test
 
 # TensorFlow's C++ start-up chatter hides the sweep's progress lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -169,7 +171,9 @@ def compose_jobs(root: Path, overrides: Sequence[str]) -> list[Config]:
                 except (HydraException, ConfigError) as schema_error:
                     if isinstance(schema_error, ConfigError):
                         raise schema_error from None
-                raise ConfigError(f"{' '.join(job)}: {_hydra_reason(error)}") from None
+                named = [o for o in job if o.split("=")[0].lstrip("+~") in str(error)]
+                culprit = named[0] if named else " ".join(job)
+                raise ConfigError(f"{culprit}: {_hydra_reason(error)}") from None
     names = [run_name(c.penalty) for c in configs]
     for name in names:
         if names.count(name) > 1:
@@ -197,12 +201,11 @@ def _first_line(error: BaseException) -> str:
 # --- one job: one configuration, every seed --------------------------------------------------
 
 
-def train_configuration(config: Config, train: Any, test: Any) -> tuple[list[Any], list[Any]]:
-    """Build one model per seed and train them together; returns (models, histories)."""
+def build_models(config: Config) -> list[Any]:
+    """One compiled Keras model per seed, with that seed's initial weights."""
     from overfit.model import build_model
-    from overfit.trainer import train_stacked
 
-    models = [
+    return [
         build_model(
             hidden_units=config.model.hidden_units,
             kind=config.penalty.kind,
@@ -213,8 +216,14 @@ def train_configuration(config: Config, train: Any, test: Any) -> tuple[list[Any
         )
         for seed in config.train.seeds
     ]
-    histories = train_stacked(models, train.x, train.y, test.x, test.y, config.train.epochs)
-    return models, histories
+
+
+@contextlib.contextmanager
+def timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Record how long a phase of a job took (reported in result.json, used by benchmarks/)."""
+    start = time.perf_counter()
+    yield
+    phases[name] = round(time.perf_counter() - start, 3)
 
 
 def summarize(seeds: Sequence[int], finals: Sequence[dict[str, float]]) -> dict[str, Any]:
@@ -264,41 +273,53 @@ def run_job(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from overfit.data import load_train_test
-
     started = time.perf_counter()
     root = project_root()
     config = parse_config(OmegaConf.to_container(cfg, resolve=True))
-    # Hydra's folder for this job is models/.partial/<run>; it becomes models/<run> only when
-    # complete, so an interrupted job never leaves a folder that looks finished.
     limit_threads(config.launcher.threads)
     name = run_name(config.penalty)
+    # Hydra's folder for this job is models/.partial/<run>; it becomes models/<run> only when
+    # complete, so an interrupted job never leaves a folder that looks finished.
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     train, test = load_train_test(root, config.data)
 
-    uri = tracking.tracking_uri(root, config.tracking)
-    mlflow = tracking.client(uri)
-    exp_id = tracking.experiment_id(mlflow, config.tracking.experiment)
+    phases: dict[str, float] = {}
+    with timed(phases, "log"):
+        uri = tracking.tracking_uri(root, config.tracking)
+        mlflow = tracking.client(uri)
+        exp_id = tracking.experiment_id(
+            mlflow, config.tracking.experiment, tracking.artifact_location(root, config.tracking)
+        )
     tags = {"overfit.run": name, "overfit.sweep": config.sweep.name, **tracking.process_tags()}
     tags |= tracking.git_tags(root) | tracking.data_tags(root)
     if config.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = config.tracking.parent_run_id
     with tracking.tracked_run(mlflow, exp_id, name, tags) as child:
-        models, histories = train_configuration(config, train, test)
+        from overfit.trainer import train_stacked
+
+        with timed(phases, "build"):
+            models = build_models(config)
+        with timed(phases, "train"):
+            histories = train_stacked(models, train.x, train.y, test.x, test.y, config.train.epochs)
         summary = summarize(config.train.seeds, [h.final for h in histories])
-        for seed, model in zip(config.train.seeds, models, strict=True):
-            model.save(out_dir / f"seed_{seed}.keras")
-        (out_dir / HISTORY_FILE).write_text(
-            history_csv(config.train.seeds, histories), encoding="utf-8"
-        )
+        with timed(phases, "save"):
+            for seed, model in zip(config.train.seeds, models, strict=True):
+                model.save(out_dir / f"seed_{seed}.keras")
+            (out_dir / HISTORY_FILE).write_text(
+                history_csv(config.train.seeds, histories), encoding="utf-8"
+            )
         curves = mean_curves(histories)
+        log_start = time.perf_counter()
         log_child_run(mlflow, child, config, summary, curves, models[0], train.x, out_dir)
+        phases["log"] = round(phases["log"] + time.perf_counter() - log_start, 3)
         result = {
             "run": name,
             "penalty": config.to_dict()["penalty"],
             "seeds": list(config.train.seeds),
             "mlflow_run_id": child,
             "seconds": round(time.perf_counter() - started, 2),
+            "phases": phases,
+            "threads": tensorflow_threads(),
             **summary,
         }
         _write_json(out_dir / RESULT_FILE, result)
@@ -374,13 +395,13 @@ def launcher_overrides(launcher: LauncherConfig) -> list[str]:
     if launcher.name == "joblib":
         return [*settings, f"hydra.launcher.n_jobs={launcher.n_jobs}"]
     settings += [
-        f"hydra.launcher.array_parallelism={launcher.n_jobs}",
         f"hydra.launcher.timeout_min={launcher.timeout_min}",
         f"hydra.launcher.cpus_per_task={max(launcher.threads, 1)}",
-        f"hydra.launcher.submitit_folder={MODELS_DIR}/.submitit/%j",
     ]
-    if launcher.name == "submitit_slurm" and launcher.partition:
-        settings.append(f"hydra.launcher.partition={launcher.partition}")
+    if launcher.name == "submitit_slurm":  # the local executor starts every job at once
+        settings.append(f"hydra.launcher.array_parallelism={launcher.n_jobs}")
+        if launcher.partition:
+            settings.append(f"hydra.launcher.partition={launcher.partition}")
     return settings
 
 
@@ -395,6 +416,13 @@ def limit_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:  # TensorFlow already started in this process: keep its pools
         pass
+
+
+def tensorflow_threads() -> int:
+    """The intra-op threads this job ran with (0: TensorFlow's default, every core)."""
+    import tensorflow as tf
+
+    return tf.config.threading.get_intra_op_parallelism_threads()
 
 
 def _register_resolver() -> None:
@@ -431,20 +459,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         root = project_root()
         config = load_params(root)
-        overrides = expand_presets(root, args) if args else sweep_overrides(config.sweep)
+        # By hand: the user's Hydra overrides; as the DVC stage: params.yaml's sweep and launcher.
+        if args:
+            overrides = expand_presets(root, args)
+        else:
+            overrides = [*launcher_overrides(config.launcher), *sweep_overrides(config.sweep)]
         configs = compose_jobs(root, overrides)
         uri = tracking.tracking_uri(root, config.tracking)
     except ConfigError as error:
         exit_on_config_error(error)
     try:
+        for data in {c.data for c in configs}:  # bad data stops the sweep before any run exists
+            load_train_test(root, data)
         tracking.check_reachable(uri)
-    except ConnectionError as error:
+    except (DataError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        run_sweep(root, config, configs, overrides, uri, by_hand=bool(args))
+        sweep_name = "by-hand" if args else config.sweep.name
+        run_sweep(root, config.tracking, configs, overrides, uri, sweep_name)
     except KeyboardInterrupt:
         print("error: interrupted; the sweep's MLflow runs are marked KILLED", file=sys.stderr)
         raise SystemExit(130) from None
@@ -452,19 +487,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run_sweep(
     root: Path,
-    config: Config,
+    tracking_config: TrackingConfig,
     configs: list[Config],
     overrides: list[str],
     uri: str,
-    by_hand: bool,
+    sweep_name: str,
 ) -> None:
     """One parent MLflow run around the Hydra multirun; the sweep's table at the end."""
     mlflow = tracking.client(uri)
-    exp_id = tracking.experiment_id(mlflow, config.tracking.experiment)
+    exp_id = tracking.experiment_id(
+        mlflow, tracking_config.experiment, tracking.artifact_location(root, tracking_config)
+    )
     for orphan in tracking.fail_orphaned_runs(mlflow, exp_id):
         print(f"marked run {orphan} FAILED: the process that ran it is gone")
     names = [run_name(c.penalty) for c in configs]
-    sweep_name = "by-hand" if by_hand else config.sweep.name
     tags = {"overfit.sweep": sweep_name, "overfit.stage": "train"}
     tags |= tracking.process_tags() | tracking.git_tags(root) | tracking.data_tags(root)
     seeds = "/".join(map(str, sorted({len(c.train.seeds) for c in configs})))
@@ -476,8 +512,7 @@ def run_sweep(
             f"MLflow parent run {parent_id}",
             flush=True,
         )
-        hydra_args = [] if by_hand else launcher_overrides(config.launcher)
-        launch(root, [*hydra_args, *overrides, f"++tracking.parent_run_id={parent_id}"])
+        launch(root, [*overrides, f"++tracking.parent_run_id={parent_id}"])
         results = [read_result(root / MODELS_DIR / name) for name in names]
         table = results_table(results)
         mlflow.log_text(parent_id, table, "sweep_results.md")

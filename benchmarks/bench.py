@@ -1,0 +1,214 @@
+"""Speed of the pipeline against the article's `model.fit`, measured in one run on this machine.
+
+    make bench                       # or: .venv/bin/python benchmarks/bench.py [--reps N]
+
+Times, each the median of several repetitions (these machines are noisy: compare ratios taken
+in one run, not figures taken on different days):
+
+- the article's `model.fit` (with validation_data, as the article), on fewer epochs, per epoch;
+- our compiled loop on one model, 4000 epochs (compiled once beforehand);
+- the same loop on 5 and on 20 models (the seeds of a configuration);
+- the default pipeline, `dvc repro` in a clean copy of the project (set-up excluded);
+- a no-op `dvc repro` (nothing changed);
+- the share of the train stage spent logging to MLflow, from the jobs' own phase timings.
+
+Prints a table and writes the figures to benchmarks/results.json. Nothing here asserts a
+target: it reports, it cannot fail CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results.json"
+EPOCHS = 4000
+
+
+def median_time(action: Callable[[], object], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def article_data():
+    from overfit.data import make_moons_points, split_points
+
+    return split_points(make_moons_points(100, 0.2, 1), 30)
+
+
+def fit_seconds_per_epoch(epochs: int, reps: int) -> float:
+    """The article's loop: model.fit with validation_data, verbose=0."""
+    from overfit.model import build_model
+
+    train, test = article_data()
+
+    def fit() -> None:
+        model = build_model(seed=1)
+        model.fit(train.x, train.y, validation_data=(test.x, test.y), epochs=epochs, verbose=0)
+
+    fit()  # warm-up: tracing of fit's own functions
+    return median_time(fit, reps) / epochs
+
+
+def loop_seconds(n_models: int, reps: int) -> float:
+    """Our compiled loop on n_models models (seeds 1..n), 4000 epochs, after one warm-up."""
+    from overfit.model import build_model
+    from overfit.trainer import train_stacked
+
+    train, test = article_data()
+
+    def run() -> None:
+        models = [build_model(seed=s) for s in range(1, n_models + 1)]
+        train_stacked(models, train.x, train.y, test.x, test.y, EPOCHS)
+
+    run()
+    return median_time(run, reps)
+
+
+def copy_project(dest: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    for name in files:
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        [
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@localhost",
+            "commit",
+            "-q",
+            "-m",
+            "bench",
+        ],
+    ):
+        subprocess.run(["git", *args], cwd=dest, check=True)
+    # A clean copy: none of this checkout's outputs, cache or store.
+    for out in ("data", "models", "reports/evaluation.npz", "dvc.lock"):
+        target = dest / out
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def dvc(cwd: Path, *args: str) -> float:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("DVC_ROOT", None)
+    start = time.perf_counter()
+    subprocess.run(["dvc", *args], cwd=cwd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def pipeline(reps: int) -> dict[str, float]:
+    """Full `dvc repro` in clean copies, a no-op repro, and the jobs' own phase timings."""
+    full, noop, phases = [], [], []
+    for _ in range(reps):
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp)
+            copy_project(copy)
+            full.append(dvc(copy, "repro"))
+            noop += [dvc(copy, "repro") for _ in range(3)]
+            jobs = [json.loads(p.read_text()) for p in (copy / "models").glob("*/result.json")]
+            phases.append({k: sum(j["phases"][k] for j in jobs) for k in jobs[0]["phases"]})
+    totals = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+    return {
+        "repro_s": statistics.median(full),
+        "noop_repro_s": statistics.median(noop),
+        **{f"jobs_{k}_s": v for k, v in totals.items()},
+        "log_share_of_jobs": totals["log"] / sum(totals.values()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per figure")
+    parser.add_argument("--fit-epochs", type=int, default=100, help="epochs of model.fit")
+    parser.add_argument("--pipeline-reps", type=int, default=1, help="full dvc repro runs")
+    args = parser.parse_args()
+
+    figures: dict[str, float | int | str] = {
+        "cores": os.cpu_count() or 0,
+        "machine": f"{platform.machine()} {platform.python_version()}",
+    }
+    fit_epoch = fit_seconds_per_epoch(args.fit_epochs, args.reps)
+    figures |= {
+        "fit_ms_per_epoch": fit_epoch * 1000,
+        "fit_4000_epochs_s": fit_epoch * EPOCHS,
+        "loop_1_model_s": loop_seconds(1, args.reps),
+        "loop_5_models_s": loop_seconds(5, args.reps),
+        "loop_20_models_s": loop_seconds(20, args.reps),
+    }
+    figures |= pipeline(args.pipeline_reps)
+    figures["speedup_one_model"] = figures["fit_4000_epochs_s"] / figures["loop_1_model_s"]
+    figures["ratio_20_to_5_models"] = figures["loop_20_models_s"] / figures["loop_5_models_s"]
+    figures["fit_default_sweep_h"] = figures["fit_4000_epochs_s"] * 19 * 5 / 3600
+    RESULTS.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    print(table(figures))
+    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+
+
+def table(f: dict) -> str:
+    rows = [
+        ("machine", f"{f['cores']} cores, {f['machine']}", ""),
+        ("model.fit, per epoch (article)", f"{f['fit_ms_per_epoch']:.1f} ms", ""),
+        ("model.fit, 4000 epochs (extrapolated)", f"{f['fit_4000_epochs_s']:.0f} s", ""),
+        (
+            "compiled loop, 1 model x 4000 epochs",
+            f"{f['loop_1_model_s']:.2f} s",
+            f"{f['speedup_one_model']:.0f}x faster than fit",
+        ),
+        ("compiled loop, 5 models", f"{f['loop_5_models_s']:.2f} s", ""),
+        (
+            "compiled loop, 20 models",
+            f"{f['loop_20_models_s']:.2f} s",
+            f"{f['ratio_20_to_5_models']:.2f}x the time of 5",
+        ),
+        (
+            "dvc repro, default pipeline, clean copy",
+            f"{f['repro_s']:.1f} s",
+            f"fit would take ~{f['fit_default_sweep_h']:.1f} h",
+        ),
+        ("dvc repro, nothing changed", f"{f['noop_repro_s']:.2f} s", ""),
+        (
+            "train jobs: build / train / save / log",
+            " / ".join(f"{f[f'jobs_{k}_s']:.1f}" for k in ("build", "train", "save", "log")) + " s",
+            f"logging {f['log_share_of_jobs']:.0%} of the jobs' time",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"| {'measure':<{width}} | median | note |", f"|{'-' * (width + 2)}|---|---|"]
+    lines += [f"| {name:<{width}} | {value} | {note} |" for name, value, note in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
