@@ -10,7 +10,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test params lint ui gate bench lock clean
+.PHONY: setup run test params lint ui gate bench server server-stop screenshot lock clean
 
 setup: $(INSTALLED)
 
@@ -32,15 +32,27 @@ params: setup
 	$(BIN)/python -m overfit.config
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 ui: setup
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --workers 1 \
+		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 # The CI gate: compare reports/metrics.json with the base revision's (exit 1 on a regression).
 gate: setup
 	$(BIN)/python -m overfit.gate --base $(BASE)
+
+# A shared tracking server: PostgreSQL + `mlflow server` with served artifacts, in .mlflow-server/.
+server: setup
+	$(BIN)/python -m overfit.server start
+
+server-stop: setup
+	$(BIN)/python -m overfit.server stop
+
+# docs/mlflow-ui.png: the latest sweep in the MLflow UI (needs Chromium).
+screenshot: setup
+	$(BIN)/python scripts/ui_screenshot.py
 
 # Speed against the article's model.fit; prints a table, writes benchmarks/results.json.
 bench: setup

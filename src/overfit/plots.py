@@ -324,8 +324,11 @@ def _config_order(kinds: Mapping[str, str], configs: Mapping[str, Any]):
 
 
 def log_to_parent_run(root: Path, files: list[Path]) -> str | None:
-    """Attach the figures and summary to the sweep's parent MLflow run."""
+    """Attach the figures and summary to the sweep's parent MLflow run, when the store has it."""
     import json
+    import sys
+
+    from mlflow.exceptions import MlflowException
 
     from overfit import tracking
     from overfit.config import load_params
@@ -333,7 +336,15 @@ def log_to_parent_run(root: Path, files: list[Path]) -> str | None:
 
     sweep = json.loads((root / MODELS_DIR / SWEEP_FILE).read_text(encoding="utf-8"))
     uri = tracking.tracking_uri(root, load_params(root).tracking)
-    mlflow = tracking.client(uri)
+    try:
+        tracking.check_reachable(uri)
+        mlflow = tracking.client(uri)
+        mlflow.get_run(sweep["parent_run_id"])
+    except (ConnectionError, MlflowException) as error:
+        # A clone that pulled models/ from a DVC remote has no store holding the sweep.
+        reason = str(error).splitlines()[0]
+        print(f"warning: figures not logged to MLflow: {reason}", file=sys.stderr)
+        return None
     for path in files:
         mlflow.log_artifact(sweep["parent_run_id"], str(path), "reports")
     return sweep["parent_run_id"]
@@ -355,7 +366,8 @@ def main() -> None:
         raise SystemExit(1) from None
     for path in files:
         print(f"wrote {path.relative_to(root)}")
-    print(f"logged them to MLflow parent run {parent}")
+    if parent is not None:
+        print(f"logged them to MLflow parent run {parent}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
@@ -66,7 +66,7 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+        with urllib.request.urlopen(redact(uri).rstrip("/") + "/health", timeout=timeout):
             pass
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
@@ -98,7 +98,21 @@ def client(uri: str) -> Any:
     if uri.startswith("sqlite:") and not event.contains(Engine, "connect", _sqlite_pragmas):
         event.listen(Engine, "connect", _sqlite_pragmas)
     with store_lock(uri):
-        return MlflowClient(tracking_uri=uri)
+        return MlflowClient(tracking_uri=credentials_to_env(uri))
+
+
+def credentials_to_env(uri: str) -> str:
+    """Move user:password@ from a server URI into MLflow's own variables; the URI without it.
+
+    MLflow prints its tracking URI ("View run ... at: <uri>/#/...") when a run ends, so a
+    password left in the URI would land in every log.
+    """
+    parts = urlsplit(uri)
+    if parts.username is None:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
+    return redact(uri)
 
 
 def experiment_id(mlflow_client: Any, name: str, artifacts: str | None = None) -> str:
