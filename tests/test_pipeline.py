@@ -84,6 +84,8 @@ def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sw
     assert parent.info.artifact_uri.startswith((root / "mlartifacts").resolve().as_uri())
     assert not (root / "mlruns").exists()
     assert parent.data.tags["git.commit"] and parent.data.tags["git.dirty"] in ("true", "false")
+    assert parent.data.params["sweep.strengths"] == "[0.01, 0.001]"
+    assert parent.data.params["train.epochs"] == str(EPOCHS)
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "reports")}
     assert "reports/summary.md" in parent_artifacts
     assert "reports/decision_boundaries.png" in parent_artifacts

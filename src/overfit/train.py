@@ -507,7 +507,12 @@ def run_sweep(
     seeds = "/".join(map(str, sorted({len(c.train.seeds) for c in configs})))
     epochs = "/".join(map(str, sorted({c.train.epochs for c in configs})))
     started = time.perf_counter()
+    # The settings every job shares, so sweeps can be compared with each other.
+    shared = {k: v for k, v in configs[0].to_dict().items() if k not in ("penalty", "gate")}
+    params = tracking.flatten(shared)
+    params.pop("tracking.parent_run_id", None)
     with tracking.tracked_run(mlflow, exp_id, f"sweep-{sweep_name}", tags) as parent_id:
+        tracking.log_values(mlflow, parent_id, params=params)
         print(
             f"sweep {sweep_name}: {len(names)} configurations x {seeds} seeds, {epochs} epochs; "
             f"MLflow parent run {parent_id}",
