@@ -329,3 +329,25 @@ def _without(key: str) -> dict[str, Any]:
 def test_unreadable_metrics_are_errors_not_passes(text: str, message: str) -> None:
     with pytest.raises(GateError, match=re.escape(message)):
         parse_metrics(text, "metrics.json")
+
+
+def test_an_edited_configuration_that_hurts_the_model_fails(shrunk_pipeline, tmp_path) -> None:
+    """The real thing: the pipeline rerun with a worse setting, gated against its own base."""
+    import shutil
+
+    from .conftest import SHRUNK, make_runner
+
+    source, _, _ = shrunk_pipeline
+    root = tmp_path / "project"
+    shutil.copytree(source, root, symlinks=True)
+    run = make_runner(root)
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "base: the shrunk pipeline and its metrics")
+    # A learning rate 100 times too small: after 60 epochs the network has barely moved.
+    run(sys.executable, "-m", "overfit.config", *SHRUNK, "model.learning_rate=1.0e-5")
+    run("dvc", "repro")
+    result = run(sys.executable, "-m", "overfit.gate", "--base", "HEAD", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = (root / "reports/gate.md").read_text()
+    assert re.search(r"\| best_test_accuracy \|[^\n]*\| \*\*FAIL\*\* \|", report), report
+    assert "model.learning_rate" in report  # the params diff shows what changed
