@@ -142,7 +142,7 @@ def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as error:
-        raise ConfigError(f"bad override: {_first_line(error)}") from None
+        raise ConfigError(f"bad override: {_hydra_reason(error)}") from None
     return [list(job) for job in BasicSweeper.split_arguments(parsed, None)[0]]
 
 
@@ -192,10 +192,6 @@ def _hydra_reason(error: BaseException) -> str:
         options = [line for line in lines[start + 1 :] if " " not in line and "=" not in line]
         reason += f"; available: {', '.join(options)}"
     return reason
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 # --- one job: one configuration, every seed --------------------------------------------------
