@@ -109,6 +109,7 @@ def test_make_params_refuses_a_bad_override(project: tuple[Path, object]) -> Non
         ("penalty.colour=red", "error: penalty.colour: unknown key; allowed here: kind, strength"),
         ("hydra/launcher=nosuch", "error: hydra/launcher=nosuch: In 'hydra/config': Could not"),
         ("penalty.kind=l2,l2", "error: penalty: two jobs would both be named 'l2_1e-03'"),
+        ("penalty.strength=[", "error: bad override 'penalty.strength=[': no viable alternative"),
     ],
 )
 def test_bad_overrides_stop_the_sweep_before_any_run(

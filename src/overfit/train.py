@@ -90,12 +90,16 @@ def expand_presets(root: Path, overrides: Sequence[str]) -> list[str]:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import HydraException
 
     sections = {f.name for f in dataclasses.fields(Config)}
     parser = OverridesParser.create()
     expanded = []
     for text in overrides:
-        override = parser.parse_override(text)
+        try:
+            override = parser.parse_override(text)
+        except HydraException as error:
+            raise ConfigError(f"bad override {text!r}: {_hydra_reason(error)}") from None
         value = override.value() if override.key_or_group in sections else None
         choices = value.list if isinstance(value, ChoiceSweep) else [value]
         if value is None or override.is_delete() or not all(isinstance(c, str) for c in choices):
