@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 import urllib.error
@@ -227,13 +228,55 @@ def tracked_run(
     except (KeyboardInterrupt, SystemExit) as stop:
         failed = isinstance(stop, SystemExit) and stop.code not in (0, None)
         if run_id is not None:
-            mlflow_client.set_terminated(run_id, "FAILED" if failed else "KILLED")
+            end_run(mlflow_client, run_id, "FAILED" if failed else "KILLED")
         raise
     except BaseException:
         if run_id is not None:
-            mlflow_client.set_terminated(run_id, "FAILED")
+            end_run(mlflow_client, run_id, "FAILED")
         raise
-    mlflow_client.set_terminated(run_id, "FINISHED")
+    end_run(mlflow_client, run_id, "FINISHED")
+
+
+def end_run(mlflow_client: Any, run_id: str, status: str, attempts: int = 3) -> None:
+    """Set a run's final status, with Ctrl-C and SIGTERM held off until it is written.
+
+    An interruption in the middle of a database call can leave the pooled connection broken:
+    the pool drops it on the failed attempt, and the next attempt gets a fresh one.
+    """
+    with signals_held():
+        for attempt in range(attempts):
+            try:
+                mlflow_client.set_terminated(run_id, status)
+                return
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Delay SIGINT and SIGTERM (they are delivered when the block ends)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def kill_own_runs(mlflow_client: Any, exp_id: str) -> None:
+    """After an interruption: any run this process started and left RUNNING ends KILLED.
+
+    Covers a run whose creation was interrupted after the database had it, before its id came
+    back, so that no guard knew it.
+    """
+    with signals_held():
+        own = " and ".join(f"tags.`{k}` = '{v}'" for k, v in process_tags().items())
+        for run in mlflow_client.search_runs(
+            [exp_id], filter_string=f"attributes.status = 'RUNNING' and {own}"
+        ):
+            end_run(mlflow_client, run.info.run_id, "KILLED")
 
 
 def fail_orphaned_runs(mlflow_client: Any, exp_id: str) -> list[str]:
@@ -244,7 +287,7 @@ def fail_orphaned_runs(mlflow_client: Any, exp_id: str) -> list[str]:
         pid = run.data.tags.get("overfit.pid")
         host = run.data.tags.get("overfit.host")
         if pid and host == os.uname().nodename and not _alive(int(pid)):
-            mlflow_client.set_terminated(run.info.run_id, "FAILED")
+            end_run(mlflow_client, run.info.run_id, "FAILED")
             orphans.append(run.info.run_id)
     return orphans
 

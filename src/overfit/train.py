@@ -501,6 +501,23 @@ def run_sweep(
     )
     for orphan in tracking.fail_orphaned_runs(mlflow, exp_id):
         print(f"marked run {orphan} FAILED: the process that ran it is gone")
+    try:
+        launch_under_parent(root, configs, overrides, uri, sweep_name, mlflow, exp_id)
+    except KeyboardInterrupt:
+        tracking.kill_own_runs(mlflow, exp_id)
+        raise
+
+
+def launch_under_parent(
+    root: Path,
+    configs: list[Config],
+    overrides: list[str],
+    uri: str,
+    sweep_name: str,
+    mlflow: Any,
+    exp_id: str,
+) -> None:
+    """The parent run, the Hydra multirun inside it, and the sweep's table."""
     names = [run_name(c.penalty) for c in configs]
     tags = {"overfit.sweep": sweep_name, "overfit.stage": "train"}
     tags |= tracking.process_tags() | tracking.git_tags(root) | tracking.data_tags(root)
