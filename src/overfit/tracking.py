@@ -182,17 +182,67 @@ def data_tags(root: Path) -> dict[str, str]:
 def log_metric_histories(
     mlflow_client: Any, run_id: str, histories: Mapping[str, Any], start_ms: int | None = None
 ) -> None:
-    """Per-epoch curves {name: values} logged in batches of 1000, not one call per point."""
+    """Per-epoch curves {name: values}, step = epoch index, in bulk rather than per point.
+
+    `log_batch` into a database store builds one ORM object per point, ~0.1 ms each: for
+    4 curves x 4000 epochs that was most of a job's time. Into a SQLAlchemy store (the
+    embedded SQLite default, or a database URI) all but each curve's last point go in as
+    one bulk insert into MLflow's `metrics` table; the last points go through `log_batch`,
+    so MLflow updates its latest-metric table itself. Other stores (a tracking server) get
+    `log_batch` in batches of 1000.
+    """
     from mlflow.entities import Metric
 
     stamp = start_ms if start_ms is not None else int(time.time() * 1000)
+    curves = {name: [float(v) for v in values] for name, values in histories.items()}
+    store = _database_store(mlflow_client)
+    if store is not None:
+        _insert_metric_rows(store, run_id, {k: v[:-1] for k, v in curves.items()}, stamp)
+        curves = {name: values[-1:] for name, values in curves.items()}
+        first_step = {name: len(values) for name, values in histories.items()}
+    else:
+        first_step = dict.fromkeys(curves, 1)
     points = [
-        Metric(name, float(value), stamp, step)
-        for name, values in histories.items()
+        Metric(name, value, stamp, first_step[name] - 1 + step)
+        for name, values in curves.items()
         for step, value in enumerate(values)
     ]
     for start in range(0, len(points), MAX_METRICS_PER_BATCH):
         mlflow_client.log_batch(run_id, metrics=points[start : start + MAX_METRICS_PER_BATCH])
+
+
+def _database_store(mlflow_client: Any) -> Any | None:
+    """The client's SQLAlchemy tracking store, or None for any other kind of store."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = getattr(getattr(mlflow_client, "_tracking_client", None), "store", None)
+    return store if isinstance(store, SqlAlchemyStore) else None
+
+
+def _insert_metric_rows(
+    store: Any, run_id: str, curves: Mapping[str, list[float]], stamp: int
+) -> None:
+    """Rows of MLflow's `metrics` table for every point, in one executemany."""
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+    from sqlalchemy import insert
+
+    rows = []
+    for name, values in curves.items():
+        for step, value in enumerate(values):
+            is_nan, stored = store.sanitize_metric_value(value)
+            rows.append(
+                {
+                    "run_uuid": run_id,
+                    "key": name,
+                    "value": stored,
+                    "timestamp": stamp,
+                    "step": step,
+                    "is_nan": is_nan,
+                }
+            )
+    if rows:
+        with store.ManagedSessionMaker() as session:
+            session.execute(insert(SqlMetric.__table__), rows)
 
 
 def log_values(

@@ -7,14 +7,17 @@ from the sigmoid's logits, as the TF backend does) plus the kernel regularizers,
 and the update is Keras 3 Adam.
 
 Models are stacked along a leading axis: weights, Adam state, penalty
-coefficients and learning rate are per-model slices of tensors, so one compiled
-function serves any mix of penalties without retracing. Everything is read from
+coefficients and learning rate are per-model slices of tensors, so every seed of
+every configuration trains in one compiled call, and one compiled function serves
+any mix of penalties. Everything is read from
 and written back to the compiled Keras models, so a saved `.keras` file holds
 exactly what `fit` would have left: weights, regularizers and optimizer state.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import keras
@@ -27,14 +30,6 @@ BETA_2 = 0.999
 EPSILON = 1e-7
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
-# Models are trained BLOCK at a time, padded to a full block. XLA picks different
-# kernels (and so different float32 rounding) for different batch shapes, and Adam
-# amplifies rounding into visibly different weights, so a fixed block shape is what
-# makes a model's result independent of how many models it is trained with.
-# Changing BLOCK changes results at rounding level. On a 2-core CPU the time per
-# model does not fall with larger blocks, so 1 wastes no padding.
-BLOCK = 1
 
 
 @dataclass(frozen=True)
@@ -99,36 +94,96 @@ def _kernel_penalty(layer: keras.layers.Layer) -> tuple[float, float]:
 
 
 # --- the compiled computation; every tensor has a leading model axis K -----------------------
+#
+# Layout: W1 [K,2,H], B1 [K,H], W2 [K,H] (the output kernel's column), B2 [K]. The forward and
+# backward passes are written out by hand with broadcasts and `_tree_sum`, never with matmul or
+# reduce_sum: XLA picks kernels (and so float32 summation orders) by tensor shape, and Adam
+# amplifies a one-ulp difference into visibly different weights. Elementwise ops and sums in a
+# fixed order compute every model's slice the same way whatever K is, so a model's result is
+# bit-identical whether it is trained alone or stacked with any others. Sums run over a middle
+# axis, so XLA vectorises them along the last one.
 
 
-def _forward(params, x):
-    """Logits [K, n, 1] of every model for shared inputs x [n, 2]."""
+def _tree_sum(t: tf.Tensor, axis: int) -> tf.Tensor:
+    """Sum over a static axis by pairwise halving (zero-padded to a power of two)."""
+    n = t.shape[axis]
+    width = 1 << max(n - 1, 0).bit_length()
+    if width != n:
+        pad = [[0, 0]] * t.shape.rank
+        pad[axis] = [0, width - n]
+        t = tf.pad(t, pad)
+    while width > 1:
+        width //= 2
+        low = [slice(None)] * t.shape.rank
+        high = list(low)
+        low[axis], high[axis] = slice(0, width), slice(width, 2 * width)
+        t = t[tuple(low)] + t[tuple(high)]
+    return tf.squeeze(t, axis)
+
+
+def _hidden(params, x):
+    """Hidden pre-activations [K,n,H] of every model for shared inputs x [n,2]."""
+    w1, b1, _, _ = params
+    z = x[tf.newaxis, :, 0:1] * w1[:, tf.newaxis, 0] + x[tf.newaxis, :, 1:2] * w1[:, tf.newaxis, 1]
+    return z + b1[:, tf.newaxis]
+
+
+def _logits(params, x):
+    """Logits [K,n]. Computed hidden-major ([K,H,n]) so the sum over H is vectorised over n."""
     w1, b1, w2, b2 = params
-    hidden = tf.nn.relu(tf.matmul(x[tf.newaxis], w1) + b1[:, tf.newaxis, :])
-    return tf.matmul(hidden, w2) + b2[:, tf.newaxis, :]
+    x0, x1 = x[tf.newaxis, tf.newaxis, :, 0], x[tf.newaxis, tf.newaxis, :, 1]
+    z = x0 * w1[:, 0, :, tf.newaxis] + x1 * w1[:, 1, :, tf.newaxis]
+    z = z + b1[..., tf.newaxis]
+    return _tree_sum(tf.nn.relu(z) * w2[..., tf.newaxis], 1) + b2[:, tf.newaxis]
 
 
 def _penalty(params, l1, l2):
     """Per-model penalty [K]: l1 * sum|W| + l2 * sum W^2 for each kernel, as keras.regularizers."""
     total = 0.0
-    for j, w in enumerate((params[0], params[2])):
-        total += l1[:, j] * tf.reduce_sum(tf.abs(w), axis=(1, 2))
-        total += l2[:, j] * tf.reduce_sum(tf.square(w), axis=(1, 2))
+    for j, w in enumerate((tf.reshape(params[0], [tf.shape(params[0])[0], -1]), params[2])):
+        total += l1[:, j] * _tree_sum(tf.abs(w), 1) + l2[:, j] * _tree_sum(tf.square(w), 1)
     return total
 
 
-def _metrics(params, l1, l2, x, y):
-    """Per-model (penalised loss [K], correct predictions [K]) on one full batch."""
-    logits = _forward(params, x)
-    n = tf.cast(tf.shape(x)[0], tf.float32)
-    labels = tf.broadcast_to(y, tf.shape(logits))
-    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
-    bce = tf.reduce_sum(bce, axis=(1, 2)) / n
+def _penalty_grads(params, l1, l2):
+    """Gradients of `_penalty` for the two kernels, as autodiff of the Keras regularizers."""
+    return tuple(
+        tf.sign(w) * tf.reshape(l1[:, j], shape) + tf.reshape(l2[:, j], shape) * (2 * w)
+        for j, (w, shape) in enumerate(((params[0], [-1, 1, 1]), (params[2], [-1, 1])))
+    )
+
+
+def _losses(logits, y):
+    """Per-sample binary cross-entropy [K,n] from logits, as the Keras TF backend computes it."""
+    labels = tf.broadcast_to(y[tf.newaxis], tf.shape(logits))
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def _scores(params, logits, l1, l2, y):
+    """Per-model (penalised loss [K], correct predictions [K])."""
+    losses = _losses(logits, y)
+    bce = _tree_sum(losses, 1) / losses.shape[1]
     # Keras thresholds the sigmoid output, not the logit; they differ where sigmoid rounds to 0.5.
     hits = tf.cast(tf.equal(tf.cast(tf.sigmoid(logits) > 0.5, tf.float32), y), tf.float32)
     # Counts, not means: XLA would divide by n as a multiply by 1/n, which rounds
-    # differently from the true division Keras' Mean metric does.
-    return bce + _penalty(params, l1, l2), tf.reduce_sum(hits, axis=(1, 2))
+    # differently from the true division Keras' Mean metric does. Sums of 0/1 are exact.
+    return bce + _penalty(params, l1, l2), tf.reduce_sum(hits, axis=1)
+
+
+def _gradients(params, z, logits, l1, l2, x, y):
+    """Per-model gradients of the mean loss plus penalty, by the chain rule written out."""
+    w1, _, w2, _ = params
+    with tf.GradientTape() as tape:  # elementwise only: d loss_i / d logit_i, as TF's autodiff
+        tape.watch(logits)
+        losses = _losses(logits, y)
+    d_logits = tape.gradient(
+        losses, logits, output_gradients=tf.fill(tf.shape(losses), 1 / y.shape[0])
+    )
+    d_z = tf.where(z > 0, d_logits[..., tf.newaxis] * w2[:, tf.newaxis], 0.0)
+    d_w1 = tf.stack([_tree_sum(d_z * x[tf.newaxis, :, i : i + 1], 1) for i in range(2)], axis=1)
+    d_w2 = _tree_sum(tf.nn.relu(z) * d_logits[..., tf.newaxis], 1)
+    pen_w1, pen_w2 = _penalty_grads(params, l1, l2)
+    return d_w1 + pen_w1, _tree_sum(d_z, 1), d_w2 + pen_w2, _tree_sum(d_logits, 1)
 
 
 def _adam_step(params, grads, m, v, iterations, lr):
@@ -152,40 +207,43 @@ def _train(params, m, v, iterations, l1, l2, lr, x_tr, y_tr, x_te, y_te, epochs)
     curves = tf.TensorArray(tf.float32, size=epochs, element_shape=[4, params[0].shape[0]])
 
     def body(step, params, m, v, curves):
-        with tf.GradientTape() as tape:
-            tape.watch(params)
-            loss, hits = _metrics(params, l1, l2, x_tr, y_tr)
-            # Models share no weights, so the gradient of the sum is each model's own gradient.
-            total = tf.reduce_sum(loss)
-        grads = tape.gradient(total, params)
+        z, logits = _hidden(params, x_tr), _logits(params, x_tr)
+        loss, hits = _scores(params, logits, l1, l2, y_tr)
+        grads = _gradients(params, z, logits, l1, l2, x_tr, y_tr)
         params, m, v = _adam_step(params, grads, m, v, iterations + step, lr)
-        val_loss, val_hits = _metrics(params, l1, l2, x_te, y_te)
+        val_loss, val_hits = _scores(params, _logits(params, x_te), l1, l2, y_te)
         curves = curves.write(step, tf.stack([loss, hits, val_loss, val_hits]))
         return step + 1, params, m, v, curves
 
     _, params, m, v, curves = tf.while_loop(
         lambda step, *_: step < epochs, body, (tf.constant(0), params, m, v, curves)
     )
-    final = tf.stack([*_metrics(params, l1, l2, x_tr, y_tr), *_metrics(params, l1, l2, x_te, y_te)])
-    return params, m, v, curves.stack(), final
+    final = [
+        _scores(params, _logits(params, x), l1, l2, y) for x, y in ((x_tr, y_tr), (x_te, y_te))
+    ]
+    return params, m, v, curves.stack(), tf.stack([*final[0], *final[1]])
 
 
 # --- public API ------------------------------------------------------------------------------
 
 
 def _stack(arrays_per_model: list[list[np.ndarray]]) -> tuple[tf.Tensor, ...]:
-    """[[w1, b1, w2, b2] per model] -> (W1 [K,2,H], B1 [K,H], W2 [K,H,1], B2 [K,1])."""
-    return tuple(tf.constant(np.stack(a)) for a in zip(*arrays_per_model, strict=True))
+    """Keras weights per model -> (W1 [K,2,H], B1 [K,H], W2 [K,H], B2 [K])."""
+    w1, b1, w2, b2 = (np.stack(a) for a in zip(*arrays_per_model, strict=True))
+    return tuple(tf.constant(a) for a in (w1, b1, w2[..., 0], b2[..., 0]))
 
 
-def _train_block(
-    models: list[keras.Model], data: tuple[tf.Tensor, ...], epochs: int
+def _unstack(params: tuple[tf.Tensor, ...], k: int) -> list[np.ndarray]:
+    """Model k's slice of stacked tensors, in Keras' weight shapes."""
+    w1, b1, w2, b2 = (p[k] for p in params)
+    return [w1, b1, w2[:, np.newaxis], b2[np.newaxis]]
+
+
+def _train_group(
+    models: list[keras.Model], data: list[tf.Tensor], epochs: int, pad_to: int
 ) -> list[History]:
-    """Train up to BLOCK models in one compiled call and write their state back."""
-    for model in models:
-        _check_architecture(model)
-    # Padding with copies keeps every call at the same shape, so results never depend on K.
-    padded = models + [models[-1]] * (BLOCK - len(models))
+    """Train models in one compiled call (padded to `pad_to` models) and write their state back."""
+    padded = models + [models[-1]] * (pad_to - len(models))  # the copies' results are dropped
     opts = [_adam(model) for model in padded]
     pens = np.array([[_kernel_penalty(layer) for layer in m.layers] for m in padded], np.float32)
     # Keras Adam keeps one momentum and one velocity per trainable variable, in weight order.
@@ -202,18 +260,25 @@ def _train_block(
     )
     params, m, v = ([x.numpy() for x in group] for group in (params, m, v))
     # Turn hit counts into accuracies with float32 division, as Keras' Mean metric does.
-    sizes = np.array([1, len(data[0]), 1, len(data[2])], np.float32)[:, None]
+    sizes = np.array([1, data[0].shape[0], 1, data[2].shape[0]], np.float32)[:, None]
     curves, final = curves.numpy() / sizes, final.numpy() / sizes
     results = []
     for k, (model, opt) in enumerate(zip(models, opts, strict=False)):
-        model.set_weights([p[k] for p in params])
-        for var, value in zip(opt._momentums + opt._velocities, m + v, strict=True):
-            var.assign(value[k])
+        model.set_weights(_unstack(params, k))
+        state = _unstack(m, k) + _unstack(v, k)
+        for var, value in zip(opt._momentums + opt._velocities, state, strict=True):
+            var.assign(value)
         opt.iterations.assign_add(epochs)
         history = {name: curves[:, i, k] for i, name in enumerate(METRICS)}
         last = {name: float(final[i, k]) for i, name in enumerate(METRICS)}
         results.append(History(history, last))
     return results
+
+
+def parallel_groups() -> int:
+    """How many stacks train at once: TensorFlow's intra-op thread count (default: the cores)."""
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    return max(1, threads or os.cpu_count() or 1)
 
 
 def train_stacked(
@@ -226,24 +291,31 @@ def train_stacked(
 ) -> list[History]:
     """Train compiled models full-batch for `epochs` epochs, in place, as `model.fit` would.
 
-    Each model must be `build_model`'s architecture compiled with default Keras Adam.
-    Training starts from the model's current weights and optimizer state, honours its
-    kernel regularizers and learning rate, and leaves weights and Adam state where
-    `model.fit(x_train, y_train, batch_size=len(x_train), epochs=epochs, shuffle=False,
-    validation_data=(x_test, y_test))` would, up to float32 rounding. A model's result is
-    bit-identical whichever other models it is trained with.
+    Each model must be `build_model`'s architecture compiled with default Keras Adam; their
+    hidden sizes must agree. Training starts from each model's current weights and optimizer
+    state, honours its kernel regularizers and learning rate, and leaves weights and Adam
+    state where `model.fit(x_train, y_train, batch_size=len(x_train), epochs=epochs,
+    shuffle=False, validation_data=(x_test, y_test))` would, up to float32 rounding.
+
+    The models train stacked in one compiled call per group, one group per core, the groups
+    in parallel threads (XLA releases the GIL). A model's result is bit-identical whichever
+    other models, and however many, it is trained with.
     """
+    for model in models:
+        _check_architecture(model)
     # Idempotent; makes repeated runs bit-identical.
     tf.config.experimental.enable_op_determinism()
-
-    def tensors(x, y):
-        return tf.constant(x, tf.float32), tf.constant(np.reshape(y, (-1, 1)), tf.float32)
-
-    data = (*tensors(x_train, y_train), *tensors(x_test, y_test))
-    results = []
-    for start in range(0, len(models), BLOCK):
-        results += _train_block(models[start : start + BLOCK], data, epochs)
-    return results
+    data = [
+        tf.constant(a, tf.float32) for a in (x_train, np.ravel(y_train), x_test, np.ravel(y_test))
+    ]
+    n_groups = min(parallel_groups(), len(models))
+    size = -(-len(models) // n_groups)  # equal sizes: one compiled shape for every group
+    groups = [models[start : start + size] for start in range(0, len(models), size)]
+    if len(groups) == 1:
+        return _train_group(groups[0], data, epochs, size)
+    with ThreadPoolExecutor(len(groups)) as pool:
+        futures = [pool.submit(_train_group, group, data, epochs, size) for group in groups]
+        return [history for future in futures for history in future.result()]
 
 
 def train_one(
