@@ -138,16 +138,34 @@ def accuracy_curves(run_dir: Path) -> np.ndarray:
     return np.concatenate([per_seed.mean(axis=0), per_seed.std(axis=0)], axis=1)
 
 
-def measure(model: Any, points: Points) -> dict[str, float]:
-    """Accuracy and loss (binary cross-entropy plus the model's penalty) in float32, as Keras."""
-    import keras
+def probabilities(weights: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The MLP's output, Dense(relu) then Dense(sigmoid), in float32 from its Keras weights.
 
-    logits_free = np.asarray(model(points.x.astype(np.float32)), dtype=np.float32).ravel()
+    Numpy on the loaded weights rather than calling the Keras model: eager Keras calls cost
+    ~10 ms each, and the stage makes four per model (train, test, fresh, the plot's grid).
+    """
+    from scipy.special import expit
+
+    w1, b1, w2, b2 = (np.asarray(w, dtype=np.float32) for w in weights)
+    x = np.asarray(x, dtype=np.float32)
+    logits = np.empty(len(x), dtype=np.float32)
+    for start in range(0, len(x), 1024):  # hidden activations in cache-sized blocks: 3x faster
+        hidden = x[start : start + 1024] @ w1
+        hidden += b1
+        np.maximum(hidden, 0, out=hidden)
+        logits[start : start + 1024] = (hidden @ w2).ravel()
+    return expit(logits + b2[0])
+
+
+def measure(output: np.ndarray, penalty: float, points: Points) -> dict[str, float]:
+    """Accuracy and loss (binary cross-entropy plus the penalty) in float32, as Keras does."""
     y = points.y.astype(np.float32)
-    accuracy = float(np.mean((logits_free > 0.5) == (y == 1)))
-    bce = keras.losses.binary_crossentropy(y[:, None], logits_free[:, None])
-    penalty = float(sum(np.asarray(loss) for loss in model.losses)) if model.losses else 0.0
-    return {"acc": accuracy, "loss": float(np.mean(np.asarray(bce))) + penalty}
+    accuracy = float(np.mean((output > 0.5) == (y == 1)))
+    # Keras' binary_crossentropy on probabilities: clipped to [1e-7, 1 - 1e-7] first.
+    eps = np.float32(1e-7)
+    p = np.clip(output.astype(np.float32), eps, np.float32(1) - eps)
+    bce = -(y * np.log(p) + (np.float32(1) - y) * np.log(np.float32(1) - p))
+    return {"acc": accuracy, "loss": float(np.mean(bce, dtype=np.float32)) + penalty}
 
 
 def evaluate_run(
@@ -161,8 +179,12 @@ def evaluate_run(
     for seed in result["seeds"]:
         path = run_dir / f"seed_{seed}.keras"
         model = keras.models.load_model(path, safe_mode=True, compile=False)
-        on = {"train": measure(model, train), "test": measure(model, test)}
-        on["fresh"] = measure(model, fresh)
+        weights = model.get_weights()
+        penalty = float(sum(np.asarray(loss) for loss in model.losses)) if model.losses else 0.0
+        on = {
+            split: measure(probabilities(weights, points.x), penalty, points)
+            for split, points in (("train", train), ("test", test), ("fresh", fresh))
+        }
         reported = result["per_seed"][str(seed)]
         for split, points in (("train", train), ("test", test)):
             # Compare counts of correct points: training reports float32 accuracies.
@@ -173,7 +195,7 @@ def evaluate_run(
                     f"{path}: {split} accuracy {on[split]['acc']:.4f} recomputed, "
                     f"{reported[f'{split}_acc']:.4f} reported by training"
                 )
-        kernel = model.layers[0].get_weights()[0]
+        kernel = weights[0]
         per_seed.append(
             {
                 "train_acc": on["train"]["acc"],
@@ -186,7 +208,7 @@ def evaluate_run(
             }
             | weight_stats(kernel)
         )
-        grids.append(np.asarray(model(grid.astype(np.float32))).ravel())
+        grids.append(probabilities(weights, grid))
         kernels.append(kernel)
     summary = summarize_run(per_seed, float(result["penalty"]["strength"]))
     return summary, np.mean(grids, axis=0), np.stack(kernels)

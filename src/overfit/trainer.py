@@ -32,6 +32,11 @@ EPSILON = 1e-7
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
+# Models per compiled call. Per-model time is lowest around 16 here (95 models: 6.9 s in
+# groups of 16, 8.4 s in two of 48): larger stacks outgrow the caches.
+MAX_GROUP = 16
+
+
 @dataclass(frozen=True)
 class History:
     """Per-epoch float32 curves, named as in `model.fit(...).history`, and final metrics.
@@ -297,9 +302,10 @@ def train_stacked(
     state where `model.fit(x_train, y_train, batch_size=len(x_train), epochs=epochs,
     shuffle=False, validation_data=(x_test, y_test))` would, up to float32 rounding.
 
-    The models train stacked in one compiled call per group, one group per core, the groups
-    in parallel threads (XLA releases the GIL). A model's result is bit-identical whichever
-    other models, and however many, it is trained with.
+    The models train stacked, in groups of equal size (at most MAX_GROUP, at least one group
+    per core), one compiled call per group, as many groups at once as there are cores (XLA
+    releases the GIL). A model's result is bit-identical whichever other models, and however
+    many, it is trained with.
     """
     for model in models:
         _check_architecture(model)
@@ -308,12 +314,13 @@ def train_stacked(
     data = [
         tf.constant(a, tf.float32) for a in (x_train, np.ravel(y_train), x_test, np.ravel(y_test))
     ]
-    n_groups = min(parallel_groups(), len(models))
+    workers = min(parallel_groups(), len(models))
+    n_groups = max(workers, -(-len(models) // MAX_GROUP))
     size = -(-len(models) // n_groups)  # equal sizes: one compiled shape for every group
     groups = [models[start : start + size] for start in range(0, len(models), size)]
     if len(groups) == 1:
         return _train_group(groups[0], data, epochs, size)
-    with ThreadPoolExecutor(len(groups)) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_train_group, group, data, epochs, size) for group in groups]
         return [history for future in futures for history in future.result()]
 
