@@ -322,7 +322,11 @@ def train_stacked(
         return _train_group(groups[0], data, epochs, size)
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_train_group, group, data, epochs, size) for group in groups]
-        return [history for future in futures for history in future.result()]
+        try:
+            return [history for future in futures for history in future.result()]
+        except BaseException:  # Ctrl-C: drop the groups not started, wait only for the running
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def train_one(
