@@ -169,7 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3, help="repetitions per figure")
     parser.add_argument("--fit-epochs", type=int, default=100, help="epochs of model.fit")
-    parser.add_argument("--pipeline-reps", type=int, default=1, help="full dvc repro runs")
+    parser.add_argument("--pipeline-reps", type=int, default=3, help="full dvc repro runs")
     args = parser.parse_args()
 
     figures: dict[str, float | int | str] = {

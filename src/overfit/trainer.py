@@ -8,10 +8,10 @@ and the update is Keras 3 Adam.
 
 Models are stacked along a leading axis: weights, Adam state, penalty
 coefficients and learning rate are per-model slices of tensors, so every seed of
-every configuration trains in one compiled call, and one compiled function serves
-any mix of penalties. Everything is read from
-and written back to the compiled Keras models, so a saved `.keras` file holds
-exactly what `fit` would have left: weights, regularizers and optimizer state.
+every configuration trains together, and one compiled function serves any mix of
+penalties. Everything is read from and written back to the compiled Keras models,
+so a saved `.keras` file holds exactly what `fit` would have left: weights,
+regularizers and optimizer state.
 """
 
 from __future__ import annotations
