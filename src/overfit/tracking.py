@@ -200,14 +200,11 @@ def log_metric_histories(
     store = _database_store(mlflow_client)
     if store is not None:
         _insert_metric_rows(store, run_id, {k: v[:-1] for k, v in curves.items()}, stamp)
-        curves = {name: values[-1:] for name, values in curves.items()}
-        first_step = {name: len(values) for name, values in histories.items()}
-    else:
-        first_step = dict.fromkeys(curves, 1)
+    bulk = store is not None  # then only each curve's last point goes through log_batch
     points = [
-        Metric(name, value, stamp, first_step[name] - 1 + step)
+        Metric(name, values[step], stamp, step)
         for name, values in curves.items()
-        for step, value in enumerate(values)
+        for step in range(len(values) - 1 if bulk else 0, len(values))
     ]
     for start in range(0, len(points), MAX_METRICS_PER_BATCH):
         mlflow_client.log_batch(run_id, metrics=points[start : start + MAX_METRICS_PER_BATCH])
