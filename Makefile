@@ -1,5 +1,11 @@
 # The two commands: `make run` (set-up + the whole pipeline) and `make test`.
-PYTHON ?= python3.11
+
+# The CPython versions every pin in requirements.lock has wheels for; .venv is made with the
+# first one on PATH, or with PYTHON=/path/to/python.
+SUPPORTED := 3.11 3.12 3.13
+ifndef PYTHON
+PYTHON := $(firstword $(foreach v,$(SUPPORTED),$(shell python$(v) -c '' 2>/dev/null && command -v python$(v))))
+endif
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 INSTALLED := $(VENV)/.installed
@@ -10,16 +16,22 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test params lint ui gate bench server server-stop screenshot lock clean
+.PHONY: setup venv run test params lint ui gate bench server server-stop screenshot lock clean
 
 setup: $(INSTALLED)
 
 # Re-install whenever the lock or the project's metadata changes.
 $(INSTALLED): requirements.lock pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || $(MAKE) --no-print-directory venv
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
+
+venv:
+	@test -n "$(PYTHON)" || { echo "error: no Python $(SUPPORTED) on PATH; install one, or make PYTHON=/path/to/python3.X"; exit 1; }
+	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v in "$(SUPPORTED)".split() else "error: $(PYTHON) is Python " + v + "; supported: $(SUPPORTED)")'
+	@echo "Creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
+	$(PYTHON) -m venv $(VENV)
 
 run: setup
 	dvc repro
@@ -60,7 +72,7 @@ bench: setup
 
 # Pin every package at the versions installed in .venv.
 lock: setup
-	@{ echo "# Exact versions of every package, installed by \`make\` (Linux x86_64, Python 3.11)."; \
+	@{ echo "# Exact versions of every package, installed by \`make\` (Linux x86_64; Python $(SUPPORTED))."; \
 	   echo "# Regenerate: make lock"; \
 	   $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -51,6 +54,17 @@ def env_for(root: Path) -> dict[str, str]:
 
 Run = Callable[..., subprocess.CompletedProcess]
 
+# Set by .ci/run, which installs PostgreSQL and Chromium: there a missing one fails the tests
+# that need it instead of skipping them.
+REQUIRE_SERVICES = "OVERFIT_REQUIRE_SERVICES"
+
+
+def missing_service(reason: str) -> None:
+    """Skip a test that needs a system package this machine lacks (fail where it must exist)."""
+    if os.environ.get(REQUIRE_SERVICES) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_SERVICES}=1)")
+    pytest.skip(reason)
+
 
 def make_runner(root: Path) -> Run:
     def run(
@@ -91,16 +105,61 @@ def copy_project(dest: Path, overrides: list[str] | None = None) -> Run:
     return run
 
 
-@pytest.fixture(scope="session")
-def shrunk_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run, str]:
-    """The shrunk pipeline after one full `dvc repro`: (root, run, what dvc repro printed).
+@contextlib.contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """An exclusive lock across the test processes (pytest-xdist workers)."""
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
-    Shared by the tests that only read what it produced, so the pipeline runs once.
+
+class Pipeline(NamedTuple):
+    """The shared shrunk pipeline: its root, a runner, what `dvc repro` printed, and a way to
+    copy it for a test that changes things."""
+
+    root: Path
+    run: Run
+    output: str
+    copy_to: Callable[[Path], Run]
+
+
+@pytest.fixture(scope="session")
+def shrunk_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    """The shrunk pipeline after one full `dvc repro`.
+
+    Built once per test session, whatever the number of xdist workers: the first worker to
+    get here builds it in the session's shared folder, the others wait and reuse it. Tests
+    only read it, or change a copy; `run` and `copy_to` hold the same lock, so DVC commands in
+    it never overlap and a copy is never taken halfway through one.
     """
-    root = tmp_path_factory.mktemp("pipeline") / "project"
-    run = copy_project(root, SHRUNK)
-    result = run("dvc", "repro")
-    return root, run, result.stdout + result.stderr
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder all workers' temporary folders live in
+    folder, lock = shared / "shrunk-pipeline", shared / "shrunk-pipeline.lock"
+    root, output = folder / "project", folder / "repro-output.txt"
+    with exclusive(lock):
+        if not output.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            result = copy_project(root, SHRUNK)("dvc", "repro")
+            output.write_text(result.stdout + result.stderr, encoding="utf-8")
+    unlocked = make_runner(root)
+
+    def run(*cmd: str, **kw) -> subprocess.CompletedProcess:
+        with exclusive(lock):
+            return unlocked(*cmd, **kw)
+
+    def copy_to(dest: Path) -> Run:
+        """A copy with the pipeline's files and DVC cache, and no MLflow store: the store's
+        experiment records the original's artifact folder, where a copy must not write."""
+        store = shutil.ignore_patterns("mlflow.db*", "mlartifacts")
+        with exclusive(lock):
+            shutil.copytree(root, dest, symlinks=True, ignore=store)
+        return make_runner(dest)
+
+    return Pipeline(root, run, output.read_text(encoding="utf-8"), copy_to)
 
 
 @pytest.fixture
@@ -115,3 +174,28 @@ def shrunk_project(tmp_path: Path) -> tuple[Path, Run]:
     """A copy of the project with the real configuration shrunk to run in seconds."""
     root = tmp_path / "project"
     return root, copy_project(root, SHRUNK)
+
+
+Entry = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def entry(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Entry:
+    """Call an entry point's `main` in this process, in a project folder, as `python -m` would:
+    (exit status, stdout, stderr). For errors raised before any work, where a subprocess
+    would prove nothing more and cost a Python start-up."""
+    for name in ("OVERFIT_ROOT", "DVC_ROOT", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+
+    def call(main: Callable[..., object], root: Path, *argv: str) -> tuple[int, str, str]:
+        monkeypatch.chdir(root)
+        capsys.readouterr()
+        try:
+            main(list(argv))
+            status = 0
+        except SystemExit as stop:
+            status = stop.code if isinstance(stop.code, int) else 1
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return call

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from overfit import config as config_entry
+from overfit import prepare, train
 from overfit.config import ConfigError, compose_params, parse_config
 
 from .conftest import ROOT
@@ -75,28 +77,53 @@ def test_unknown_top_level_key() -> None:
     ],
 )
 def test_stages_exit_2_with_one_line_and_write_nothing(
-    project: tuple[Path, object], override: str, message: str
+    project: tuple[Path, object], entry, override: str, message: str
 ) -> None:
-    root, run = project
+    root, _ = project
     params = root / "params.yaml"
     raw = yaml.safe_load(params.read_text(encoding="utf-8"))
     section, key = override.lstrip("+").split("=")[0].split(".")
     raw[section][key] = yaml.safe_load(override.split("=", 1)[1])
     params.write_text(yaml.safe_dump(raw), encoding="utf-8")
     for stage in ("generate", "split"):
-        result = run(sys.executable, "-m", "overfit.data", stage, check=False)
-        assert result.returncode == 2
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+        status, _, err = entry(prepare.main, root, stage)
+        assert status == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), err
     assert not (root / "data/raw").exists() and not (root / "data/split").exists()
 
 
-def test_make_params_refuses_a_bad_override(project: tuple[Path, object]) -> None:
+def test_the_stage_entry_runs_as_a_program(project: tuple[Path, object]) -> None:
+    """The same refusal through `python -m`, as DVC runs a stage."""
     root, run = project
-    before = (root / "params.yaml").read_text(encoding="utf-8")
-    result = run(sys.executable, "-m", "overfit.config", "penalty.strength=abc", check=False)
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("epochs: 4000", "epochs: 0"), encoding="utf-8")
+    result = run(sys.executable, "-m", "overfit.prepare", "generate", check=False)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: penalty.strength: must be a number, got 'abc'"
+    assert result.stderr == "error: train.epochs: must be an integer > 0, got 0\n"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("penalty.strength=abc", "error: penalty.strength: must be a number, got 'abc'"),
+        ("penalty.colour=red", "error: penalty.colour: unknown key; allowed here: kind, strength"),
+        ("penalty=foo", "error: penalty=foo: no such option; choose one of l1, l1_l2, l2, none"),
+        ("sweep=nosuch", "error: sweep=nosuch: no such option; choose one of article, default"),
+        ("hydra/launcher=nosuch", "error: hydra/launcher=nosuch: In 'hydra/config': Could not"),
+        ("train.epochs=[1", "error: bad override 'train.epochs=[1': "),
+        ("optimizer.name=sgd", "error: optimizer.name: unknown key; allowed here: data, model"),
+    ],
+)
+def test_make_params_refuses_a_bad_override(
+    project: tuple[Path, object], entry, override: str, message: str
+) -> None:
+    root, _ = project
+    before = (root / "params.yaml").read_text(encoding="utf-8")
+    status, _, err = entry(config_entry.main, root, override)
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), err
     assert (root / "params.yaml").read_text(encoding="utf-8") == before
 
 
@@ -113,20 +140,12 @@ def test_make_params_refuses_a_bad_override(project: tuple[Path, object]) -> Non
     ],
 )
 def test_bad_overrides_stop_the_sweep_before_any_run(
-    project: tuple[Path, object], override: str, message: str
+    project: tuple[Path, object], entry, override: str, message: str
 ) -> None:
-    root, run = project
-    result = run(
-        sys.executable,
-        "-m",
-        "overfit.train",
-        "--multirun",
-        "penalty.kind=l2",
-        "penalty.strength=1e-3",
-        override,
-        check=False,
-    )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    root, _ = project
+    args = ("--multirun", "penalty.kind=l2", "penalty.strength=1e-3", override)
+    status, _, err = entry(train.main, root, *args)
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), err
     assert not (root / "mlflow.db").exists() and not (root / "models").exists()

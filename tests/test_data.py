@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.datasets import make_moons
 
+from overfit import evaluate, prepare, train
 from overfit.data import (
     DataError,
     make_moons_points,
@@ -71,15 +71,15 @@ def test_wrong_row_count_is_named(tmp_path: Path) -> None:
         read_points(path, expected_rows=3)
 
 
-def test_split_stage_refuses_bad_raw_data_and_writes_nothing(project) -> None:
-    root, run = project
-    run(sys.executable, "-m", "overfit.data", "generate")
+def test_split_stage_refuses_bad_raw_data_and_writes_nothing(project, entry) -> None:
+    root, _ = project
+    assert entry(prepare.main, root, "generate")[0] == 0
     moons = root / "data/raw/moons.csv"
     lines = moons.read_text(encoding="utf-8").splitlines(keepends=True)
     moons.write_text("".join(lines[:50]), encoding="utf-8")
-    result = run(sys.executable, "-m", "overfit.data", "split", check=False)
-    assert result.returncode == 1
-    assert result.stderr.strip() == f"error: {moons}: expected 100 rows, got 49"
+    status, _, err = entry(prepare.main, root, "split")
+    assert status == 1
+    assert err.strip() == f"error: {moons}: expected 100 rows, got 49"
     assert not (root / "data/split").exists()
 
 
@@ -102,36 +102,33 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("problem", list(CORRUPTIONS))
-def test_train_stage_refuses_bad_data_before_any_run(project, problem: str) -> None:
-    root, run = project
-    run("dvc", "repro", "split")
+def test_train_stage_refuses_bad_data_before_any_run(project, entry, problem: str) -> None:
+    root, _ = project
+    for stage in ("generate", "split"):
+        assert entry(prepare.main, root, stage)[0] == 0
     train_csv = root / "data/split/train.csv"
     lines = train_csv.read_text(encoding="utf-8").splitlines()
     text = "\n".join(CORRUPTIONS[problem](lines))
     train_csv.write_text(text if problem == "truncated" else text + "\n", encoding="utf-8")
-    result = run(sys.executable, "-m", "overfit.train", check=False)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    status, _, err = entry(train.main, root)
+    assert status == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert lines[0].startswith(f"error: {train_csv}: ") and EXPECTED[problem] in lines[0]
     assert not (root / "models").exists()
     assert not (root / "mlflow.db").exists()
 
 
-def test_evaluate_refuses_a_bad_fresh_sample_and_writes_nothing(shrunk_pipeline, tmp_path) -> None:
-    import shutil
-
-    from .conftest import make_runner
-
-    source, _, _ = shrunk_pipeline
+def test_evaluate_refuses_a_bad_fresh_sample_and_writes_nothing(
+    shrunk_pipeline, tmp_path, entry
+) -> None:
     root = tmp_path / "copy"
-    shutil.copytree(source, root, symlinks=True)
-    run = make_runner(root)
-    (root / "reports/metrics.json").unlink()
+    shrunk_pipeline.copy_to(root)
+    reports = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
     fresh = root / "data/raw/fresh.csv"
     lines = fresh.read_text(encoding="utf-8").splitlines()
     fresh.write_text("\n".join([*lines[:5], "0.1,0.2,7", *lines[6:]]) + "\n", encoding="utf-8")
-    result = run(sys.executable, "-m", "overfit.evaluate", check=False)
-    assert result.returncode == 1
-    assert result.stderr.strip() == f"error: {fresh}: line 6: label must be 0 or 1, got '7'"
-    assert not (root / "reports/metrics.json").exists()
+    status, _, err = entry(evaluate.main, root)
+    assert status == 1
+    assert err.strip() == f"error: {fresh}: line 6: label must be 0 or 1, got '7'"
+    assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == reports

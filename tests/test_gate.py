@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 
+from overfit.artifacts import Evaluation, write_evaluation
 from overfit.config import GateConfig
-from overfit.evaluate import metrics_report, summarize_run
 from overfit.gate import GateError, Metrics, check_rules, parse_metrics
+from overfit.metrics import evaluation, summarize_run
 
 from .conftest import Run, copy_project, env_for
 
 METRICS = "reports/metrics.json"
+CONFIGS = "reports/configs.json"
 RULES = {
     "best_test_accuracy",
     "best_fresh_accuracy",
@@ -44,8 +46,8 @@ TWO_POINTS_LOST = {
 }
 
 
-def metrics(runs: dict[str, tuple[float, float, int, float]]) -> dict[str, Any]:
-    """metrics.json as the evaluate stage writes it, one seed per configuration."""
+def metrics(runs: dict[str, tuple[float, float, int, float]]) -> Evaluation:
+    """What the evaluate stage reports, one seed per configuration."""
     configs = {}
     for name, (strength, train, right, fresh) in runs.items():
         test = right / 70
@@ -61,22 +63,30 @@ def metrics(runs: dict[str, tuple[float, float, int, float]]) -> dict[str, Any]:
             "hidden_l2": 2.5,
             "near_zero_share": 0.1,
         }
-        configs[name] = summarize_run([seed], strength)
-    return metrics_report(configs, "none")
+        kind = "none" if name == "none" else name.rsplit("_", 1)[0]
+        configs[name] = summarize_run([seed], kind, strength)
+    return evaluation(configs)
 
 
-def changed(runs: dict[str, tuple[float, float, int, float]]) -> dict[str, Any]:
+def texts(report: Evaluation) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json and configs.json's contents, as evaluate writes them."""
+    assert report.headline is not None
+    configs = {name: c.to_json() for name, c in report.configs.items()}
+    return report.headline.to_json(), {"baseline": "none", "configs": configs}
+
+
+def changed(runs: dict[str, tuple[float, float, int, float]]) -> Evaluation:
     """The base metrics with some configurations' results replaced."""
     return metrics(BASE_RUNS | runs)
 
 
-def parsed(report: dict[str, Any]) -> Metrics:
-    return parse_metrics(json.dumps(report), "metrics.json")
+def parsed(report: Evaluation) -> Metrics:
+    headline, configs = texts(report)
+    return parse_metrics(json.dumps(headline), json.dumps(configs), "here")
 
 
-def write_metrics(root: Path, report: dict[str, Any]) -> None:
-    (root / METRICS).parent.mkdir(parents=True, exist_ok=True)
-    (root / METRICS).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+def write_metrics(root: Path, report: Evaluation) -> None:
+    write_evaluation(root, report)
 
 
 def commit_all(run: Run, message: str) -> None:
@@ -137,7 +147,7 @@ def test_an_improvement_passes(repo, tmp_path) -> None:
     assert "| rule | base | new | tolerance | result |" in report
     assert verdicts(report) == dict.fromkeys(RULES, "pass")
     # DVC's diff of the key metrics: best test accuracy up by one point of 70.
-    assert re.search(r"^\| best\.test_acc \| 0\.9571 \| 0\.9714 \| \+0\.0143 \|$", report, re.M)
+    assert re.search(r"^\| best\.test \| 0\.9571 \| 0\.9714 \| \+0\.0143 \|$", report, re.M)
     assert "No parameter changed." in report
     assert summary.read_text(encoding="utf-8") == "earlier step\n" + report + "\n"
 
@@ -243,16 +253,39 @@ def test_missing_or_unreadable_working_tree_metrics_cannot_compare(repo) -> None
 def test_a_metric_missing_at_the_base_cannot_compare(repo) -> None:
     root, run = repo
     run("git", "checkout", "-q", "main")
-    broken = metrics(BASE_RUNS)
-    del broken["best"]["fresh_acc"]
-    write_metrics(root, broken)
+    broken, _ = texts(metrics(BASE_RUNS))
+    del broken["best"]["fresh"]
+    (root / METRICS).write_text(json.dumps(broken), encoding="utf-8")
     commit_all(run, "a metric lost")
     write_metrics(root, metrics(BASE_RUNS))
 
     result = gate(root, run, "--base", "main")
 
     assert result.returncode == 2
-    assert "reports/metrics.json at main: no best.fresh_acc" in one_error_line(result)
+    assert "reports/metrics.json at main: no best.fresh" in one_error_line(result)
+
+
+def test_a_base_from_before_configs_json_is_read(repo) -> None:
+    """A base whose metrics.json still held every configuration, with `_acc` keys."""
+    root, run = repo
+    run("git", "checkout", "-q", "main")
+    report = metrics(BASE_RUNS)
+    configs = {name: c.to_json() for name, c in report.configs.items()}
+    old = {"configs": configs}
+    for entry, name in (("baseline", "none"), ("best", "l2_1e-03")):
+        c = report.configs[name]
+        old[entry] = {"run": name} | {
+            key: c.mean(key) for key in ("train_acc", "test_acc", "fresh_acc", "gap")
+        }
+    (root / METRICS).write_text(json.dumps(old), encoding="utf-8")
+    run("git", "rm", "-q", CONFIGS)
+    commit_all(run, "the earlier layout")
+    write_metrics(root, changed({"l2_1e-03": (1e-3, 0.966667, 68, 0.935)}))
+
+    result = gate(root, run, "--base", "main")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| best_test_accuracy | 0.9571 (l2_1e-03) | 0.9714 (l2_1e-03) |" in result.stdout
 
 
 # --- the rules, on their own -----------------------------------------------------------------
@@ -265,7 +298,7 @@ def test_a_drop_of_exactly_the_tolerance_passes() -> None:
     new = parsed(
         changed({"l2_1e-03": (1e-3, 0.966667, 66, 0.92), "l1_1e-03": (1e-3, 0.966667, 60, 0.9)})
     )
-    assert new.best.run == "l2_1e-03"
+    assert new.headline.best_run == "l2_1e-03"
     assert all(rule.passed for rule in check_rules(base, new, GateConfig()))
 
     beyond = parsed(
@@ -292,60 +325,65 @@ def test_the_best_must_beat_the_baseline_strictly() -> None:
     ]
 
 
-def _without(key: str) -> dict[str, Any]:
-    report = metrics(BASE_RUNS)
+def _without(key: str) -> str:
+    headline, _ = texts(metrics(BASE_RUNS))
     entry, _, name = key.partition(".")
     if name:
-        del report[entry][name]
+        del headline[entry][name]
     else:
-        del report[entry]
-    return report
+        del headline[entry]
+    return json.dumps(headline)
+
+
+GOOD_HEADLINE, GOOD_CONFIGS = (json.dumps(t) for t in texts(metrics(BASE_RUNS)))
+
+
+def _with(entry: str, key: str, value: Any) -> str:
+    headline, _ = texts(metrics(BASE_RUNS))
+    headline[entry][key] = value
+    return json.dumps(headline)
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
+    ("metrics_text", "configs_text", "message"),
     [
-        ("{bad", "metrics.json: not valid JSON"),
-        ("[]", "metrics.json: not a JSON object"),
-        (json.dumps(_without("configs")), "metrics.json: no configs"),
-        (json.dumps(_without("baseline")), "metrics.json: no baseline entry"),
-        (json.dumps(_without("best.test_acc")), "metrics.json: no best.test_acc"),
-        (json.dumps(_without("baseline.run")), "metrics.json: no baseline.run"),
+        ("{bad", GOOD_CONFIGS, "reports/metrics.json here: not valid JSON"),
+        ("[]", GOOD_CONFIGS, "reports/metrics.json here: not a JSON object"),
+        (GOOD_HEADLINE, "{bad", "reports/configs.json here: not valid JSON"),
+        (GOOD_HEADLINE, "{}", "reports/configs.json here: no configs"),
+        (_without("baseline"), GOOD_CONFIGS, "reports/metrics.json here: no baseline entry"),
+        (_without("best.test"), GOOD_CONFIGS, "reports/metrics.json here: no best.test"),
+        (_without("best.run"), GOOD_CONFIGS, "reports/metrics.json here: no best.run"),
         (
-            json.dumps(
-                metrics(BASE_RUNS) | {"best": metrics(BASE_RUNS)["best"] | {"train_acc": "1"}}
-            ),
-            "metrics.json: no best.train_acc (a number)",
+            _with("baseline", "train", "1"),
+            GOOD_CONFIGS,
+            "reports/metrics.json here: no baseline.train (a number)",
         ),
         (
-            json.dumps(
-                metrics(BASE_RUNS)
-                | {"best": metrics(BASE_RUNS)["best"] | {"gap": math.nan}}  # JSON's NaN
-            ),
-            "metrics.json: best.gap is nan, not a finite number",
+            _with("best", "fresh", math.nan),  # JSON's NaN
+            GOOD_CONFIGS,
+            "reports/metrics.json here: best.fresh is nan, not a finite number",
         ),
     ],
 )
-def test_unreadable_metrics_are_errors_not_passes(text: str, message: str) -> None:
+def test_unreadable_metrics_are_errors_not_passes(
+    metrics_text: str, configs_text: str, message: str
+) -> None:
     with pytest.raises(GateError, match=re.escape(message)):
-        parse_metrics(text, "metrics.json")
+        parse_metrics(metrics_text, configs_text, "here")
 
 
 def test_an_edited_configuration_that_hurts_the_model_fails(shrunk_pipeline, tmp_path) -> None:
     """The real thing: the pipeline rerun with a worse setting, gated against its own base."""
-    import shutil
+    from .conftest import SHRUNK
 
-    from .conftest import SHRUNK, make_runner
-
-    source, _, _ = shrunk_pipeline
     root = tmp_path / "project"
-    shutil.copytree(source, root, symlinks=True)
-    run = make_runner(root)
+    run = shrunk_pipeline.copy_to(root)
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "base: the shrunk pipeline and its metrics")
     # A learning rate 100 times too small: after 60 epochs the network has barely moved.
     run(sys.executable, "-m", "overfit.config", *SHRUNK, "model.learning_rate=1.0e-5")
-    run("dvc", "repro")
+    run("dvc", "repro", "evaluate")  # what the gate reads; the figures are not needed
     result = run(sys.executable, "-m", "overfit.gate", "--base", "HEAD", check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     report = (root / "reports/gate.md").read_text()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from overfit.config import load_params
-from overfit.train import run_name
+from overfit.sweep import run_name
 
 EXPECTED_RUNS = {"none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"}
 SEEDS = [1, 2]
@@ -30,18 +30,18 @@ def mlflow_client(root):
 
 @pytest.fixture(scope="module")
 def sweep(shrunk_pipeline):
-    root, _, _ = shrunk_pipeline
+    root = shrunk_pipeline.root
     return json.loads((root / "models/sweep.json").read_text())
 
 
 def test_shrunk_settings_are_in_params(shrunk_pipeline) -> None:
-    root, _, _ = shrunk_pipeline
+    root = shrunk_pipeline.root
     config = load_params(root)
     assert config.train.seeds == SEEDS and config.train.epochs == EPOCHS
 
 
 def test_every_stage_ran_and_a_second_repro_does_nothing(shrunk_pipeline) -> None:
-    root, run, output = shrunk_pipeline
+    run, output = shrunk_pipeline.run, shrunk_pipeline.output
     assert set(re.findall(r"Running stage '([^']+)'", output)) == {
         "generate",
         "split",
@@ -55,7 +55,7 @@ def test_every_stage_ran_and_a_second_repro_does_nothing(shrunk_pipeline) -> Non
 
 
 def test_each_job_wrote_its_models_history_and_config(shrunk_pipeline, sweep) -> None:
-    root, _, _ = shrunk_pipeline
+    root = shrunk_pipeline.root
     assert set(sweep["runs"]) == EXPECTED_RUNS
     for name in EXPECTED_RUNS:
         run_dir = root / "models" / name
@@ -76,7 +76,7 @@ def test_each_job_wrote_its_models_history_and_config(shrunk_pipeline, sweep) ->
 
 
 def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sweep) -> None:
-    root, _, _ = shrunk_pipeline
+    root = shrunk_pipeline.root
     client = mlflow_client(root)
     parent = client.get_run(sweep["parent_run_id"])
     assert parent.info.status == "FINISHED"
@@ -86,6 +86,7 @@ def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sw
     assert parent.data.tags["git.commit"] and parent.data.tags["git.dirty"] in ("true", "false")
     assert parent.data.params["sweep.strengths"] == "[0.01, 0.001]"
     assert parent.data.params["train.epochs"] == str(EPOCHS)
+    assert parent.data.params["tracking.history_every"] == "20"
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "reports")}
     assert "reports/summary.md" in parent_artifacts
     assert "reports/decision_boundaries.png" in parent_artifacts
@@ -108,8 +109,14 @@ def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sw
             assert metrics[f"{key}_std"] >= 0 and np.isfinite(metrics[f"{key}_mean"])
         result = json.loads((root / "models" / name / "result.json").read_text())
         assert metrics["test_acc_mean"] == pytest.approx(result["mean"]["test_acc"])
+        # Every 20th epoch, the first and the last; history.csv keeps every epoch.
         history = client.get_metric_history(child.info.run_id, "test_accuracy")
-        assert [m.step for m in history] == list(range(EPOCHS))
+        assert sorted(m.step for m in history) == [1, 20, 40, 60]
+        by_epoch = np.loadtxt(
+            root / "models" / name / "history.csv", delimiter=",", skiprows=1, ndmin=2
+        )
+        mean_at_20 = by_epoch[by_epoch[:, 1] == 20][:, 5].mean()
+        assert [m.value for m in history if m.step == 20] == [pytest.approx(mean_at_20, abs=1e-6)]
         assert child.data.tags["data.md5.data/split"]
         assert child.data.tags["git.commit"] == parent.data.tags["git.commit"]
         paths = {a.path for a in client.list_artifacts(child.info.run_id)}
@@ -119,7 +126,7 @@ def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sw
 def test_logged_model_loads_and_predicts(shrunk_pipeline, sweep) -> None:
     import mlflow.keras
 
-    root, _, _ = shrunk_pipeline
+    root = shrunk_pipeline.root
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     run_id = sweep["runs"]["l2_1e-03"]
     model = mlflow.keras.load_model(f"runs:/{run_id}/model")
@@ -131,17 +138,22 @@ def test_logged_model_loads_and_predicts(shrunk_pipeline, sweep) -> None:
 
 
 def test_metrics_file_matches_training_and_mlflow(shrunk_pipeline, sweep) -> None:
-    root, _, _ = shrunk_pipeline
-    report = json.loads((root / "reports/metrics.json").read_text())
+    root = shrunk_pipeline.root
+    headline = json.loads((root / "reports/metrics.json").read_text())
+    report = json.loads((root / "reports/configs.json").read_text())
     assert set(report["configs"]) == EXPECTED_RUNS
-    assert report["baseline"]["run"] == "none"
-    best = report["best"]["run"]
-    assert best != "none"
-    assert report["best"]["test_acc"] == max(
-        c["test_acc"]["mean"] for n, c in report["configs"].items() if n != "none"
+    assert report["baseline"] == "none" and report["best"] == headline["best"]["run"] != "none"
+    configs = report["configs"]
+    assert headline == {
+        "baseline": {k: configs["none"][f"{k}_acc"]["mean"] for k in ("train", "test", "fresh")},
+        "best": {"run": report["best"]}
+        | {k: configs[report["best"]][f"{k}_acc"]["mean"] for k in ("test", "fresh")},
+    }
+    assert headline["best"]["test"] == max(
+        c["test_acc"]["mean"] for n, c in configs.items() if n != "none"
     )
     client = mlflow_client(root)
-    for name, c in report["configs"].items():
+    for name, c in configs.items():
         run = client.get_run(sweep["runs"][name])
         for key in ("train_acc", "test_acc", "gap"):
             assert c[key]["mean"] == pytest.approx(run.data.metrics[f"{key}_mean"], abs=1e-6)
@@ -151,10 +163,22 @@ def test_metrics_file_matches_training_and_mlflow(shrunk_pipeline, sweep) -> Non
 
 
 def test_dvc_reads_metrics_and_plots(shrunk_pipeline) -> None:
-    root, run, _ = shrunk_pipeline
+    root, run = shrunk_pipeline.root, shrunk_pipeline.run
     shown = json.loads(run("dvc", "metrics", "show", "--json").stdout)
     data = shown[""]["data"]["reports/metrics.json"]["data"]
-    assert data["baseline"]["run"] == "none"
+    assert set(data) == {"baseline", "best"} and data["best"]["run"] in EXPECTED_RUNS
+    # The headline fits a 120-column terminal; per-configuration figures are not DVC metrics.
+    table = run("dvc", "metrics", "show").stdout.splitlines()
+    assert table and max(len(line) for line in table) <= 120, table
+    assert set(table[0].split()) == {
+        "Path",
+        "baseline.train",
+        "baseline.test",
+        "baseline.fresh",
+        "best.run",
+        "best.test",
+        "best.fresh",
+    }
     out = root / "plots-html"
     run("dvc", "plots", "show", "-o", str(out))
     page = (out / "index.html").read_text()
@@ -169,7 +193,7 @@ def png_size(path) -> tuple[int, int]:
 
 
 def test_figures_are_written(shrunk_pipeline) -> None:
-    root, _, _ = shrunk_pipeline
+    root = shrunk_pipeline.root
     for name in (
         "learning_curves",
         "accuracy_vs_strength",
@@ -181,9 +205,9 @@ def test_figures_are_written(shrunk_pipeline) -> None:
 
 
 def test_summary_has_every_configuration(shrunk_pipeline) -> None:
-    root, _, _ = shrunk_pipeline
+    root = shrunk_pipeline.root
     summary = (root / "reports/summary.md").read_text()
-    report = json.loads((root / "reports/metrics.json").read_text())
+    headline = json.loads((root / "reports/metrics.json").read_text())
     for name in EXPECTED_RUNS:
         assert f"| {name} |" in summary
-    assert f"The best penalty, {report['best']['run']}" in summary
+    assert f"The best penalty, {headline['best']['run']}" in summary

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from overfit.artifacts import Evaluation
 from overfit.data import make_moons_points, split_points
-from overfit.evaluate import decision_grid, metrics_report, summarize_run
-from overfit.plots import boundaries_figure, comparable_pair, summary_markdown, weights_figure
+from overfit.figures import boundaries_figure, comparable_pair, weights_figure
+from overfit.metrics import decision_grid, evaluation, summarize_run
+from overfit.summary import summary_markdown
 
 RUNS = {"none": ("none", 0.0), "l1_1e-02": ("l1", 0.01), "l2_1e-02": ("l2", 0.01)}
 
 
-def report(test_acc: dict[str, float]) -> dict:
+def report(test_acc: dict[str, float]) -> Evaluation:
     configs = {
         name: summarize_run(
             [
@@ -25,11 +27,12 @@ def report(test_acc: dict[str, float]) -> dict:
                 }
                 for _ in range(2)
             ],
+            kind,
             strength,
         )
         for (name, (kind, strength)), acc in zip(RUNS.items(), test_acc.values(), strict=True)
     }
-    return metrics_report(configs, "none")
+    return evaluation(configs)
 
 
 def test_decision_boundaries_have_one_panel_per_configuration() -> None:
@@ -53,7 +56,7 @@ def test_summary_names_the_overfit_and_the_best() -> None:
 def test_l1_and_l2_at_the_same_strength_are_paired() -> None:
     r = report({"none": 0.914, "l1": 0.929, "l2": 0.943})
     kinds = {name: kind for name, (kind, _) in RUNS.items()}
-    assert comparable_pair(kinds, r["configs"]) == ("l1_1e-02", "l2_1e-02")
+    assert comparable_pair(r.configs) == ("l1_1e-02", "l2_1e-02")
     rng = np.random.default_rng(0)
     kernels = {
         "l1_1e-02": rng.laplace(0, 1e-4, (5, 2, 50)),

@@ -7,7 +7,6 @@ The remote is a local folder; an S3 or SSH remote differs only in its URL and cr
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -29,10 +28,8 @@ def digests(root: Path) -> dict[str, str]:
 def test_a_fresh_clone_pulls_the_results_and_reruns_nothing(shrunk_pipeline, tmp_path) -> None:
     # A copy of the shared, already reproduced project (cache included), so the fixture stays
     # untouched for the other tests.
-    source, _, _ = shrunk_pipeline
     origin = tmp_path / "origin"
-    shutil.copytree(source, origin, symlinks=True)
-    run = make_runner(origin)
+    run = shrunk_pipeline.copy_to(origin)
     assert "Running stage" not in run("dvc", "repro").stdout
 
     remote = tmp_path / "remote"

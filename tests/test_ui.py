@@ -18,7 +18,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from .conftest import ROOT, env_for
+from .conftest import ROOT, env_for, missing_service
 
 EXPECTED_RUNS = {"none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"}
 SCRIPT = ROOT / "scripts/ui_screenshot.py"
@@ -32,7 +32,7 @@ def ui() -> ModuleType:
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     if not Path(module.CHROMIUM).is_file():
-        pytest.fail(
+        missing_service(
             f"no Chromium at {module.CHROMIUM}: run scripts/ci_services.sh "
             "(apt-get install chromium) or set CHROMIUM"
         )
@@ -53,14 +53,14 @@ def assert_screenshot(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sweep(shrunk_pipeline) -> dict:
-    root, _, _ = shrunk_pipeline
+    root = shrunk_pipeline.root
     return json.loads((root / "models/sweep.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def ui_url(ui, shrunk_pipeline) -> Iterator[str]:
     """`mlflow ui` on the shrunk sweep's store, started once for this module's tests."""
-    root, _, _ = shrunk_pipeline
+    root = shrunk_pipeline.root
     with ui.mlflow_ui(f"sqlite:///{root / 'mlflow.db'}") as url:
         yield url
 
@@ -70,7 +70,7 @@ def test_the_ui_lists_every_child_run_with_its_test_accuracy(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    root, _, _ = shrunk_pipeline
+    root = shrunk_pipeline.root
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     parent = client.get_run(sweep["parent_run_id"])
     shot = tmp_path / "runs.png"

@@ -1,7 +1,9 @@
 """The configuration: a typed schema, loading params.yaml, composing conf/, one-line errors.
 
 Every stage reads params.yaml through `load_params`; nothing reads conf/ except `compose_params`,
-which writes params.yaml exactly as `dvc exp run` does (Hydra compose, resolve, OmegaConf YAML).
+which writes params.yaml exactly as `dvc exp run` does (Hydra compose, resolve, OmegaConf YAML),
+and the presets a by-hand override names (`penalty=l2`). A sweep's jobs are composed from
+params.yaml and their overrides by `compose_jobs`, once each, and checked before anything runs.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 
+from overfit import layout
+from overfit.artifacts import write_text
+
 PENALTY_KINDS = ("none", "l1", "l2", "l1_l2")
-PARAMS_FILE = "params.yaml"
 ROOT_ENV = "OVERFIT_ROOT"
 
 
@@ -123,6 +127,8 @@ class TrackingConfig:
     backend: Literal["local", "server"] = "local"
     experiment: str = "overfit"
     uri_env: str = "MLFLOW_TRACKING_URI"
+    # Per-epoch curves go to MLflow every this many epochs (history.csv keeps every epoch).
+    history_every: int = 20
     # Set by the sweep launcher so that each job's run nests under the sweep's parent run.
     parent_run_id: str | None = None
 
@@ -132,6 +138,12 @@ class TrackingConfig:
             "tracking.experiment",
             "a non-empty name",
             self.experiment,
+        )
+        _require(
+            self.history_every >= 1,
+            "tracking.history_every",
+            "an integer >= 1 (epochs between logged points)",
+            self.history_every,
         )
 
 
@@ -292,14 +304,14 @@ def project_root() -> Path:
         return Path(os.environ[ROOT_ENV]).resolve()
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
-        if (folder / "dvc.yaml").is_file():
+        if (folder / layout.DVC_YAML).is_file():
             return folder
     raise ConfigError(f"no dvc.yaml in {here} or above: run from inside the project")
 
 
 def load_params(root: Path | None = None) -> Config:
     """Read and check params.yaml (safe YAML loader)."""
-    path = (root or project_root()) / PARAMS_FILE
+    path = (root or project_root()) / layout.PARAMS
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -312,12 +324,168 @@ def load_params(root: Path | None = None) -> Config:
 def compose_params(root: Path, overrides: list[str] | None = None) -> str:
     """conf/ composed by Hydra and resolved, as YAML: what `dvc exp run` writes to params.yaml."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(str((root / "conf").resolve()), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides or [])
-    OmegaConf.resolve(cfg)
+    overrides = overrides or []
+    check_override_keys(parse_overrides(overrides), root)
+    try:
+        with initialize_config_dir(str((root / layout.CONF_DIR).resolve()), version_base=None):
+            cfg = compose(config_name="config", overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except HydraException as error:
+        raise ConfigError(hydra_error(error, overrides)) from None
     return OmegaConf.to_yaml(cfg)
+
+
+# --- overrides: Hydra's grammar, checked against the schema ------------------------------------
+
+
+def parse_overrides(texts: Sequence[str]) -> list[Any]:
+    """Hydra `Override`s of override strings; a malformed one is a ConfigError naming it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for text in texts:
+        try:
+            parsed.append(parser.parse_override(text))
+        except HydraException as error:
+            raise ConfigError(f"bad override {text!r}: {_first_line(error)}") from None
+    return parsed
+
+
+def check_override_keys(overrides: Sequence[Any], root: Path | None = None) -> None:
+    """Name an unknown key, or an unknown preset (`penalty=foo`), before Hydra sees it.
+
+    With `root`, a bare section name picks a preset in conf/<section>/, which must exist.
+    """
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    for override in overrides:
+        key = override.key_or_group
+        if key.startswith("hydra") or override.is_delete():
+            continue
+        section, _, rest = key.partition(".")
+        if section not in sections:
+            raise ConfigError(f"{key}: unknown key; allowed here: {', '.join(sections)}")
+        if not rest:
+            if root is not None:
+                for choice in _choices(override):
+                    if isinstance(choice, str):
+                        preset_file(root, section, choice)
+            continue
+        fields = [f.name for f in dataclasses.fields(hints[section])]
+        if rest not in fields:
+            raise ConfigError(f"{key}: unknown key; allowed here: {', '.join(fields)}")
+
+
+def _choices(override: Any) -> list[Any]:
+    if override.is_sweep_override():
+        return list(override.sweep_iterator())
+    return [override.value()]
+
+
+def preset_file(root: Path, section: str, name: str) -> Path:
+    """conf/<section>/<name>.yaml, or a ConfigError listing the presets there."""
+    folder = root / layout.CONF_DIR / section
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(
+            f"{section}={name}: no such option; choose one of {', '.join(options)} "
+            f"({layout.CONF_DIR}/{section}/), or set its keys ({section}.<key>=<value>)"
+        )
+    return path
+
+
+def expand_presets(root: Path, overrides: Sequence[str]) -> list[str]:
+    """`penalty=l2` (or `penalty=l1,l2`) picks conf/penalty/l2.yaml, as it would in conf/.
+
+    params.yaml has no defaults list, so a group choice becomes that preset's values. Every
+    key is checked against the schema first.
+    """
+    parsed = parse_overrides(overrides)
+    check_override_keys(parsed)
+    expanded = []
+    for text, override in zip(overrides, parsed, strict=True):
+        section = override.key_or_group
+        choices = _choices(override)
+        if "." in section or section.startswith("hydra") or override.is_delete():
+            expanded.append(text)
+        elif all(isinstance(c, str) for c in choices):
+            presets = [
+                _hydra_literal(yaml.safe_load(preset_file(root, section, c).read_text()) or {})
+                for c in choices
+            ]
+            expanded.append(f"{section}={','.join(presets)}")
+        else:
+            expanded.append(text)
+    return expanded
+
+
+def _hydra_literal(value: Any) -> str:
+    """A value written in Hydra's override grammar."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra_literal(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class ComposedJob:
+    """One job of a sweep: its overrides, its checked settings, its configuration as YAML."""
+
+    overrides: list[str]
+    config: Config
+    yaml: str
+
+
+def compose_jobs(root: Path, jobs: Sequence[Sequence[str]]) -> list[ComposedJob]:
+    """Each job's configuration: params.yaml plus its overrides, composed once, then checked."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    composed = []
+    with initialize_config_dir(str(root.resolve()), version_base=None):
+        for job in jobs:
+            try:
+                cfg = compose(config_name=layout.PARAMS.stem, overrides=list(job))
+            except HydraException as error:
+                raise ConfigError(hydra_error(error, job)) from None
+            config = parse_config(OmegaConf.to_container(cfg, resolve=True))
+            composed.append(ComposedJob(list(job), config, OmegaConf.to_yaml(cfg)))
+    return composed
+
+
+def hydra_error(error: BaseException, overrides: Sequence[str]) -> str:
+    """One line for an error Hydra raised while composing: the override, the reason, and the
+    options Hydra offers when it names a missing preset."""
+    from hydra.errors import MissingConfigException
+
+    reason = _first_line(error)
+    culprit = " ".join(overrides)
+    if isinstance(error, MissingConfigException):
+        if error.options:
+            reason += f"; available: {', '.join(error.options)}"
+        missing = error.missing_cfg_file or ""
+        named = [o for o in overrides if missing.startswith(o.split("=")[0].lstrip("+~") + "/")]
+        culprit = named[0] if named else culprit
+    return f"{culprit}: {reason}" if culprit else reason
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def exit_on_config_error(error: ConfigError) -> typing.NoReturn:
@@ -328,14 +496,14 @@ def exit_on_config_error(error: ConfigError) -> typing.NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m overfit.config [override ...]`: compose conf/ into params.yaml, checked."""
-    root = project_root()
-    text = compose_params(root, argv if argv is not None else sys.argv[1:])
     try:
+        root = project_root()
+        text = compose_params(root, argv if argv is not None else sys.argv[1:])
         parse_config(yaml.safe_load(text))
     except ConfigError as error:
         exit_on_config_error(error)
-    (root / PARAMS_FILE).write_text(text, encoding="utf-8")
-    print(f"wrote {root / PARAMS_FILE}")
+    write_text(root / layout.PARAMS, text)
+    print(f"wrote {root / layout.PARAMS}")
 
 
 if __name__ == "__main__":

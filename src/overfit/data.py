@@ -1,29 +1,20 @@
-"""Stages `generate` and `split`: the two-moons data, written as CSV files that carry their schema.
-
-`python -m overfit.data generate` writes data/raw/{moons,fresh}.csv;
-`python -m overfit.data split` writes data/split/{train,test}.csv.
+"""The two-moons data: generated as the article does, split, and kept as CSV files that carry
+their schema (`x1,x2,label`); reading one checks it and names the file and line of any problem.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from overfit.config import ConfigError, DataConfig, exit_on_config_error, load_params, project_root
+from overfit import layout
+from overfit.artifacts import write_text
+from overfit.config import DataConfig
 
 HEADER = ("x1", "x2", "label")
-RAW_DIR = Path("data/raw")
-SPLIT_DIR = Path("data/split")
-MOONS_CSV = RAW_DIR / "moons.csv"
-FRESH_CSV = RAW_DIR / "fresh.csv"
-TRAIN_CSV = SPLIT_DIR / "train.csv"
-TEST_CSV = SPLIT_DIR / "test.csv"
 
 
 class DataError(ValueError):
@@ -103,17 +94,8 @@ def parse_csv_text(text: str, name: str, expected_rows: int | None = None) -> Po
 # --- I/O at the edges ------------------------------------------------------------------------
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_points(path: Path, points: Points) -> None:
+    write_text(path, to_csv_text(points))
 
 
 def read_points(path: Path, expected_rows: int | None = None) -> Points:
@@ -126,49 +108,13 @@ def read_points(path: Path, expected_rows: int | None = None) -> Points:
     return parse_csv_text(text, str(path), expected_rows)
 
 
-def generate(root: Path, data: DataConfig) -> None:
-    moons = make_moons_points(data.n_samples, data.noise, data.random_state)
-    fresh = make_moons_points(data.fresh_samples, data.noise, data.fresh_random_state)
-    write_atomically(root / MOONS_CSV, to_csv_text(moons))
-    write_atomically(root / FRESH_CSV, to_csv_text(fresh))
-
-
-def split(root: Path, data: DataConfig) -> None:
-    moons = read_points(root / MOONS_CSV, expected_rows=data.n_samples)
-    train, test = split_points(moons, data.n_train)
-    write_atomically(root / TRAIN_CSV, to_csv_text(train))
-    write_atomically(root / TEST_CSV, to_csv_text(test))
-
-
 def load_train_test(root: Path, data: DataConfig) -> tuple[Points, Points]:
     """The split's train and test points, each checked against the configured sizes."""
-    train = read_points(root / TRAIN_CSV, expected_rows=data.n_train)
-    test = read_points(root / TEST_CSV, expected_rows=data.n_samples - data.n_train)
+    train = read_points(root / layout.TRAIN_CSV, expected_rows=data.n_train)
+    test = read_points(root / layout.TEST_CSV, expected_rows=data.n_samples - data.n_train)
     return train, test
 
 
 def load_fresh(root: Path, data: DataConfig) -> Points:
     """The large fresh draw that estimates real-world accuracy."""
-    return read_points(root / FRESH_CSV, expected_rows=data.fresh_samples)
-
-
-STAGES = {"generate": generate, "split": split}
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] not in STAGES:
-        print(f"usage: python -m overfit.data {{{','.join(STAGES)}}}", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        root = project_root()
-        STAGES[args[0]](root, load_params(root).data)
-    except ConfigError as error:
-        exit_on_config_error(error)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-
-if __name__ == "__main__":
-    main()
+    return read_points(root / layout.FRESH_CSV, expected_rows=data.fresh_samples)

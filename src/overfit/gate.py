@@ -1,4 +1,5 @@
-"""The CI gate: reports/metrics.json in the working tree against the same file at a base revision.
+"""The CI gate: reports/metrics.json (and the list of configurations in reports/configs.json) in
+the working tree against the same files at a base revision.
 
 `python -m overfit.gate --base <rev>` (`make gate BASE=<rev>`) checks the rules of params.yaml's
 `gate` section, writes a Markdown report (rules, key metrics, parameter changes) and exits
@@ -8,8 +9,8 @@
     2  the gate cannot compare (no such revision, a missing or unreadable metrics file, a missing
        metric, bad settings): never a pass
 
-The base file is read with `git show`, never through DVC, because DVC exits 0 when it cannot read
-a revision. DVC's own diffs only decorate the report; they never decide the exit status.
+The base files are read with `git show`, never through DVC, because DVC exits 0 when it cannot
+read a revision. DVC's own diffs only decorate the report; they never decide the exit status.
 """
 
 from __future__ import annotations
@@ -25,13 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from overfit import layout
+from overfit.artifacts import Headline, parse_headline, write_text
 from overfit.config import ConfigError, GateConfig, load_params, project_root
 
-# The path evaluate writes; not imported from overfit.evaluate, which pulls in the training stack.
-METRICS_FILE = "reports/metrics.json"
-REPORT_FILE = Path("reports/gate.md")
+METRICS_FILE = layout.METRICS.as_posix()
+CONFIGS_FILE = layout.CONFIGS.as_posix()
 SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
-HEADLINE_KEYS = ("train_acc", "test_acc", "fresh_acc", "gap")
+# metrics.json's figures, as `dvc metrics diff` names them, in the report's order.
+HEADLINE_KEYS = (
+    "baseline.train",
+    "baseline.test",
+    "baseline.fresh",
+    "best.run",
+    "best.test",
+    "best.fresh",
+)
 # metrics.json holds means rounded to 6 decimals, so the difference of two of them is off by up
 # to 1e-6: a drop of exactly one test point (1/70) must pass a tolerance of 1/70. Real
 # differences are far coarser (one test point of one seed out of five is 1/350).
@@ -44,23 +54,11 @@ class GateError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Headline:
-    """One of metrics.json's `baseline` and `best` entries: mean accuracies of one run."""
-
-    run: str
-    train_acc: float
-    test_acc: float
-    fresh_acc: float
-    gap: float
-
-
-@dataclass(frozen=True)
 class Metrics:
-    """What the rules read from one metrics.json."""
+    """What the rules read at one revision: the headline and the configurations' names."""
 
     configs: frozenset[str]
-    baseline: Headline
-    best: Headline
+    headline: Headline
 
 
 @dataclass(frozen=True)
@@ -77,75 +75,106 @@ class Rule:
 # --- pure functions --------------------------------------------------------------------------
 
 
-def parse_metrics(text: str, where: str) -> Metrics:
-    """The rules' inputs from metrics.json's text; `where` names the file in error messages."""
+def parse_metrics(metrics_text: str, configs_text: str | None, where: str) -> Metrics:
+    """The rules' inputs from metrics.json and configs.json; `where` names the revision.
+
+    `configs_text` None: a revision from before configs.json, whose metrics.json held every
+    configuration and longer headline keys; it is read as such.
+    """
+    raw = _json_object(metrics_text, f"{METRICS_FILE} {where}")
+    if configs_text is None:
+        return _parse_single_file(raw, f"{METRICS_FILE} {where}")
+    configs = _json_object(configs_text, f"{CONFIGS_FILE} {where}").get("configs")
+    if not isinstance(configs, dict):
+        raise GateError(f"{CONFIGS_FILE} {where}: no configs")
+    return Metrics(frozenset(configs), _headline(raw, f"{METRICS_FILE} {where}"))
+
+
+def _json_object(text: str, name: str) -> dict[str, Any]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise GateError(f"{where}: not valid JSON ({exc})") from None
+        raise GateError(f"{name}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
-        raise GateError(f"{where}: not a JSON object")
+        raise GateError(f"{name}: not a JSON object")
+    return raw
+
+
+def _headline(raw: Mapping[str, Any], name: str) -> Headline:
+    """metrics.json's figures, each checked: present, a number, finite."""
+    for entry, keys in (("baseline", ("train", "test", "fresh")), ("best", ("test", "fresh"))):
+        value = raw.get(entry)
+        if not isinstance(value, dict):
+            raise GateError(f"{name}: no {entry} entry (a sweep without its unregularized run?)")
+        for key in keys:
+            number = value.get(key)
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise GateError(f"{name}: no {entry}.{key} (a number)")
+            if not math.isfinite(number):
+                raise GateError(f"{name}: {entry}.{key} is {number}, not a finite number")
+    if not isinstance(raw["best"].get("run"), str):
+        raise GateError(f"{name}: no best.run")
+    headline = parse_headline(raw)
+    assert headline is not None  # both entries are there
+    return headline
+
+
+def _parse_single_file(raw: Mapping[str, Any], name: str) -> Metrics:
+    """The earlier layout: configs inside metrics.json, headline keys ending in `_acc`."""
     configs = raw.get("configs")
     if not isinstance(configs, dict):
-        raise GateError(f"{where}: no configs")
-    return Metrics(
-        configs=frozenset(configs),
-        baseline=_headline(raw, "baseline", where),
-        best=_headline(raw, "best", where),
-    )
-
-
-def _headline(raw: Mapping[str, Any], entry: str, where: str) -> Headline:
-    value = raw.get(entry)
-    if not isinstance(value, dict):
-        raise GateError(f"{where}: no {entry} entry (a sweep without its unregularized run?)")
-    run = value.get("run")
-    if not isinstance(run, str):
-        raise GateError(f"{where}: no {entry}.run")
-    numbers = {}
-    for key in HEADLINE_KEYS:
-        number = value.get(key)
-        if isinstance(number, bool) or not isinstance(number, int | float):
-            raise GateError(f"{where}: no {entry}.{key} (a number)")
-        if not math.isfinite(number):
-            raise GateError(f"{where}: {entry}.{key} is {number}, not a finite number")
-        numbers[key] = float(number)
-    return Headline(run=run, **numbers)
+        raise GateError(f"{name}: no configs")
+    renamed = {
+        entry: {
+            key.removesuffix("_acc"): value
+            for key, value in raw[entry].items()
+            if key in ("run", "train_acc", "test_acc", "fresh_acc")
+        }
+        for entry in ("baseline", "best")
+        if isinstance(raw.get(entry), dict)
+    }
+    return Metrics(frozenset(configs), _headline(renamed, name))
 
 
 def _at_least(value: float, floor: float) -> bool:
     return value >= floor - PRECISION
 
 
+def _gap(headline: Headline) -> float:
+    """The baseline's generalization gap: train minus test accuracy."""
+    return (headline.baseline.train or 0.0) - headline.baseline.test
+
+
 def check_rules(base: Metrics, new: Metrics, gate: GateConfig) -> list[Rule]:
     """Every rule of the gate, base against new, with the working tree's tolerances."""
+    old, now = base.headline, new.headline
     missing = sorted(base.configs - new.configs)
-    base_margin = base.best.test_acc - base.baseline.test_acc
-    new_margin = new.best.test_acc - new.baseline.test_acc
+    base_margin = old.best.test - old.baseline.test
+    new_margin = now.best.test - now.baseline.test
     kept = f"{len(new.configs)} configurations"
     return [
         Rule(
             "best_test_accuracy",
-            f"{base.best.test_acc:.4f} ({base.best.run})",
-            f"{new.best.test_acc:.4f} ({new.best.run})",
+            f"{old.best.test:.4f} ({old.best_run})",
+            f"{now.best.test:.4f} ({now.best_run})",
             f"drop at most {gate.best_test_drop:.4f}",
-            _at_least(new.best.test_acc, base.best.test_acc - gate.best_test_drop),
+            _at_least(now.best.test, old.best.test - gate.best_test_drop),
         ),
         Rule(
             "best_fresh_accuracy",
-            f"{base.best.fresh_acc:.4f} ({base.best.run})",
-            f"{new.best.fresh_acc:.4f} ({new.best.run})",
+            f"{old.best.fresh:.4f} ({old.best_run})",
+            f"{now.best.fresh:.4f} ({now.best_run})",
             f"drop at most {gate.best_fresh_drop:.4f}",
-            _at_least(new.best.fresh_acc, base.best.fresh_acc - gate.best_fresh_drop),
+            _at_least(now.best.fresh, old.best.fresh - gate.best_fresh_drop),
         ),
         Rule(
             "baseline_overfits",
-            f"train {base.baseline.train_acc:.4f}, gap {base.baseline.gap:.4f}",
-            f"train {new.baseline.train_acc:.4f}, gap {new.baseline.gap:.4f}",
+            f"train {old.baseline.train or 0.0:.4f}, gap {_gap(old):.4f}",
+            f"train {now.baseline.train or 0.0:.4f}, gap {_gap(now):.4f}",
             f"train at least {gate.baseline_min_train:.4f}, "
             f"gap at least {gate.baseline_min_gap:.4f}",
-            _at_least(new.baseline.train_acc, gate.baseline_min_train)
-            and _at_least(new.baseline.gap, gate.baseline_min_gap),
+            _at_least(now.baseline.train or 0.0, gate.baseline_min_train)
+            and _at_least(_gap(now), gate.baseline_min_gap),
         ),
         Rule(
             "best_beats_baseline",
@@ -197,9 +226,10 @@ def _cell(value: Any) -> str:
 def key_metrics_table(diff: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     """`dvc metrics diff --json --all` restricted to the baseline and best entries, in order."""
     rows = {key: row for per_file in diff.values() for key, row in per_file.items()}
-    order = [f"{e}.{k}" for e in ("baseline", "best") for k in ("run", *HEADLINE_KEYS)]
-    extra = sorted(k for k in rows if k.startswith(("baseline.", "best.")) and k not in order)
-    keys = [k for k in order if k in rows] + extra
+    extra = sorted(
+        k for k in rows if k.startswith(("baseline.", "best.")) and k not in HEADLINE_KEYS
+    )
+    keys = [k for k in HEADLINE_KEYS if k in rows] + extra
     if not keys:
         return "No baseline or best metric in the diff."
     lines = ["| metric | base | new | change |", "|---|---|---|---|"]
@@ -266,8 +296,8 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-def read_base_metrics(root: Path, rev: str) -> tuple[str, str]:
-    """The commit `rev` names and metrics.json's text there; a GateError says which is missing."""
+def read_base_metrics(root: Path, rev: str) -> tuple[str, Metrics]:
+    """The commit `rev` names and the metrics there; a GateError says what is missing."""
     try:
         inside = _run(root, ["git", "rev-parse", "--is-inside-work-tree"])
         if inside.returncode != 0:
@@ -282,19 +312,26 @@ def read_base_metrics(root: Path, rev: str) -> tuple[str, str]:
             )
         sha = found.stdout.strip()
         # `./` makes the path relative to the project root, even inside a larger repository.
-        shown = _run(root, ["git", "show", f"{sha}:./{METRICS_FILE}"])
+        metrics = _run(root, ["git", "show", f"{sha}:./{METRICS_FILE}"])
+        configs = _run(root, ["git", "show", f"{sha}:./{CONFIGS_FILE}"])
     except FileNotFoundError:
         raise GateError("git: not found on PATH") from None
-    if shown.returncode != 0:
+    if metrics.returncode != 0:
         raise GateError(f"{METRICS_FILE}: not in base revision {rev} (is it committed there?)")
-    return sha, shown.stdout
+    where = f"at {rev}"
+    return sha, parse_metrics(
+        metrics.stdout, configs.stdout if configs.returncode == 0 else None, where
+    )
 
 
-def read_new_metrics(root: Path) -> str:
-    try:
-        return (root / METRICS_FILE).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GateError(f"{METRICS_FILE}: not in the working tree; run `make run` first") from None
+def read_new_metrics(root: Path) -> Metrics:
+    texts = []
+    for name in (METRICS_FILE, CONFIGS_FILE):
+        try:
+            texts.append((root / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise GateError(f"{name}: not in the working tree; run `make run` first") from None
+    return parse_metrics(texts[0], texts[1], "in the working tree")
 
 
 def dvc_metrics_section(root: Path, rev: str) -> str:
@@ -333,8 +370,7 @@ def _dvc(root: Path, args: Sequence[str]) -> tuple[str | None, str]:
 
 def publish(report: str, path: Path) -> None:
     """The report file, and the GitHub Actions job summary when there is one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report, encoding="utf-8")
+    write_text(path, report)
     summary = os.environ.get(SUMMARY_ENV)
     if summary:
         with open(summary, "a", encoding="utf-8") as handle:
@@ -345,9 +381,8 @@ def run_gate(root: Path, rev: str, report_path: Path) -> int:
     """Compare, publish the report and print the verdict; the exit status."""
     try:
         rules_config = load_params(root).gate
-        sha, base_text = read_base_metrics(root, rev)
-        base = parse_metrics(base_text, f"{METRICS_FILE} at {rev}")
-        new = parse_metrics(read_new_metrics(root), f"{METRICS_FILE} in the working tree")
+        sha, base = read_base_metrics(root, rev)
+        new = read_new_metrics(root)
     except (ConfigError, GateError) as error:
         publish(render_error_report(rev, str(error)), report_path)
         print(f"error: {error}", file=sys.stderr)
@@ -372,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--base", default="main", help="git revision to compare with (main)")
     parser.add_argument(
-        "--report", type=Path, help=f"where to write the Markdown report ({REPORT_FILE})"
+        "--report", type=Path, help=f"where to write the Markdown report ({layout.GATE_REPORT})"
     )
     args = parser.parse_args(argv)
     try:
@@ -380,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return run_gate(root, args.base, args.report or root / REPORT_FILE)
+    return run_gate(root, args.base, args.report or root / layout.GATE_REPORT)
 
 
 if __name__ == "__main__":

@@ -2,44 +2,48 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from overfit import layout
+from overfit.artifacts import ArtifactError, read_evaluation
 from overfit.config import project_root
 
 # (path, what it is), in pipeline order; only those that exist are listed.
 PRODUCTS = [
-    ("data/raw/moons.csv", "the article's 100 two-moons points"),
-    ("data/raw/fresh.csv", "a large fresh draw, to estimate real-world accuracy"),
-    ("data/split", "train.csv (first 30 rows) and test.csv (the other 70)"),
-    ("models", "one folder per configuration: a .keras model per seed, history, Hydra config"),
-    ("reports/metrics.json", "the metrics DVC tracks: `dvc metrics show`"),
-    ("reports/summary.md", "the comparison table and what it says"),
-    ("reports/figures", "learning curves, accuracy vs strength, decision boundaries, weights"),
-    ("mlflow.db", "the MLflow store: `make ui`, then http://127.0.0.1:5000"),
+    (layout.MOONS_CSV, "the article's 100 two-moons points"),
+    (layout.FRESH_CSV, "a large fresh draw, to estimate real-world accuracy"),
+    (layout.SPLIT_DIR, "train.csv (first 30 rows) and test.csv (the other 70)"),
+    (layout.MODELS_DIR, "one folder per configuration: a .keras model per seed, history, config"),
+    (layout.METRICS, "the headline figures DVC tracks: `dvc metrics show`"),
+    (layout.CONFIGS, "every configuration's measures, mean and spread over seeds"),
+    (layout.SUMMARY, "the comparison table and what it says"),
+    (layout.FIGURES_DIR, "learning curves, accuracy vs strength, decision boundaries, weights"),
+    (Path(layout.MLFLOW_DB), "the MLflow store: `make ui`, then http://127.0.0.1:5000"),
 ]
 
 
 def describe(root: Path) -> str:
     lines = ["", "Produced:"]
-    for name, what in PRODUCTS:
-        if (root / name).exists():
-            lines.append(f"  {name:<22} {what}")
-    metrics = root / "reports/metrics.json"
-    if metrics.is_file():
-        report = json.loads(metrics.read_text(encoding="utf-8"))
-        base, best = report.get("baseline", {}), report.get("best", {})
-        if base and best:
-            lines += [
-                "",
-                f"Unregularized: train {base['train_acc']:.3f}, test {base['test_acc']:.3f}; "
-                f"best ({best['run']}): train {best['train_acc']:.3f}, "
-                f"test {best['test_acc']:.3f}, fresh {best['fresh_acc']:.3f}",
-            ]
+    for path, what in PRODUCTS:
+        if (root / path).exists():
+            lines.append(f"  {path.as_posix():<22} {what}")
+    try:
+        report = read_evaluation(root)
+    except ArtifactError:
+        report = None
+    if report is not None and report.headline is not None and report.baseline_run is not None:
+        base, best = report.configs[report.baseline_run], report.configs[report.headline.best_run]
+        lines += [
+            "",
+            f"Unregularized: train {base.mean('train_acc'):.3f}, test {base.mean('test_acc'):.3f}; "
+            f"best ({report.headline.best_run}): train {best.mean('train_acc'):.3f}, "
+            f"test {best.mean('test_acc'):.3f}, fresh {best.mean('fresh_acc'):.3f}",
+        ]
     lines += [
         "",
-        "Look at it:",
-        "  dvc metrics show        the metrics;  dvc plots show  renders the DVC plots",
+        "Look at it (first put .venv's dvc and python on your PATH):",
+        "  source .venv/bin/activate",
+        "  dvc metrics show        the headline figures;  dvc plots show  renders the DVC plots",
         "  make ui                 the MLflow UI on http://127.0.0.1:5000",
     ]
     return "\n".join(lines)

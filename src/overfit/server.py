@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from overfit import layout
+
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
 DEFAULT_PG_PORT = 5433
@@ -101,7 +103,7 @@ class Settings:
 
 
 def settings(root: Path, env: Mapping[str, str] = os.environ) -> Settings:
-    state = Path(env.get("MLFLOW_SERVER_DIR") or root / ".mlflow-server").resolve()
+    state = Path(env.get("MLFLOW_SERVER_DIR") or root / layout.SERVER_DIR).resolve()
     pg_bin = env.get("MLFLOW_SERVER_PG_BIN")
     return Settings(
         state=state,

@@ -1,4 +1,5 @@
-"""MLflow: the store URI, parent and child runs, batched metric histories, run status on exit."""
+"""MLflow through its public client: the store URI, parent and child runs, sampled metric
+histories, run status on exit."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
+from overfit import layout
 from overfit.config import ConfigError, TrackingConfig
 
 # MLflow caps one log_batch call at 1000 metrics, 100 params and 100 tags.
@@ -24,13 +27,9 @@ MAX_PARAMS_PER_BATCH = 100
 
 
 def tracking_uri(root: Path, tracking: TrackingConfig) -> str:
-    """Local: SQLite mlflow.db at the project root (absolute). Server: the URI from the env.
-
-    A queued DVC experiment runs in a temporary copy of the project; DVC then names the real
-    project in $DVC_ROOT, and its runs go to the project's store, not to the copy's.
-    """
+    """Local: SQLite mlflow.db at the project root (absolute). Server: the URI from the env."""
     if tracking.backend == "local":
-        return f"sqlite:///{store_root(root) / 'mlflow.db'}"
+        return f"sqlite:///{layout.mlflow_db(root)}"
     uri = os.environ.get(tracking.uri_env, "").strip()
     if not uri:
         raise ConfigError(
@@ -40,31 +39,38 @@ def tracking_uri(root: Path, tracking: TrackingConfig) -> str:
     return uri
 
 
-def store_root(root: Path) -> Path:
-    return Path(os.environ.get("DVC_ROOT") or root).resolve()
-
-
 def artifact_location(root: Path, tracking: TrackingConfig) -> str | None:
     """Local: mlartifacts/ beside mlflow.db (MLflow would use ./mlruns in the working
     directory). Server: None, the server decides."""
     if tracking.backend != "local":
         return None
-    return (store_root(root) / "mlartifacts").as_uri()
+    return layout.mlflow_artifacts(root).as_uri()
 
 
 def redact(uri: str) -> str:
-    """The URI without any user:password, fit for messages and logs."""
+    """The URI without user:password, query string or fragment (any may hold a secret), fit
+    for messages, logs and records."""
     parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
+    if parts.username is None and parts.password is None and not parts.query + parts.fragment:
         return uri
+    return urlunsplit((parts.scheme, _host_and_port(parts), parts.path, "", ""))
+
+
+def _without_userinfo(uri: str) -> str:
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=_host_and_port(parts)))
+
+
+def _host_and_port(parts: Any) -> str:
     host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    if ":" in host:  # an IPv6 address goes back in brackets
+        host = f"[{host}]"
+    return f"{host}:{parts.port}" if parts.port else host
 
 
 def check_reachable(uri: str, timeout: float = 3.0) -> None:
     """Fail fast, before any training, when a tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
+    if urlsplit(uri).scheme.lower() not in ("http", "https"):
         return
     try:
         with urllib.request.urlopen(redact(uri).rstrip("/") + "/health", timeout=timeout):
@@ -113,7 +119,7 @@ def credentials_to_env(uri: str) -> str:
         return uri
     os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
     os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
-    return redact(uri)
+    return _without_userinfo(uri)
 
 
 def experiment_id(mlflow_client: Any, name: str, artifacts: str | None = None) -> str:
@@ -125,6 +131,28 @@ def experiment_id(mlflow_client: Any, name: str, artifacts: str | None = None) -
         return mlflow_client.create_experiment(name, artifact_location=artifacts)
 
 
+@dataclass(frozen=True)
+class Store:
+    """An open tracking store: its client, the experiment's id, and its URI."""
+
+    client: Any
+    experiment_id: str
+    uri: str
+
+
+def open_store(root: Path, tracking: TrackingConfig) -> Store:
+    """The configured store, with the experiment created if needed."""
+    uri = tracking_uri(root, tracking)
+    mlflow = client(uri)
+    exp_id = experiment_id(mlflow, tracking.experiment, artifact_location(root, tracking))
+    return Store(mlflow, exp_id, uri)
+
+
+def run_tags(root: Path) -> dict[str, str]:
+    """What every run of this process is tagged with: its owner, the commit, the data."""
+    return process_tags() | git_tags(root) | data_tags(root)
+
+
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """An exclusive lock on <db>.lock for a SQLite store; nothing for any other store."""
@@ -133,7 +161,7 @@ def store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    with open(uri.removeprefix("sqlite:///") + ".lock", "w") as handle:
+    with open(layout.store_lock(Path(uri.removeprefix("sqlite:///"))), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -168,7 +196,7 @@ def git_tags(root: Path) -> dict[str, str]:
 
 def data_tags(root: Path) -> dict[str, str]:
     """The md5 DVC recorded in dvc.lock for each data output the training reads."""
-    lock = root / "dvc.lock"
+    lock = root / layout.DVC_LOCK
     if not lock.is_file():
         return {}
     # libyaml's loader when present: the pure-Python one takes ~40 ms per job on this file.
@@ -181,67 +209,35 @@ def data_tags(root: Path) -> dict[str, str]:
     return tags
 
 
-def log_metric_histories(
-    mlflow_client: Any, run_id: str, histories: Mapping[str, Any], start_ms: int | None = None
-) -> None:
-    """Per-epoch curves {name: values}, step = epoch index, in bulk rather than per point.
+def sampled_epochs(epochs: int, every: int) -> list[int]:
+    """Epochs 1, every, 2*every, ... and the last: the points of a curve MLflow gets.
 
-    `log_batch` into a database store builds one ORM object per point, ~0.1 ms each: for
-    4 curves x 4000 epochs that was most of a job's time. Into a SQLAlchemy store (the
-    embedded SQLite default, or a database URI) all but each curve's last point go in as
-    one bulk insert into MLflow's `metrics` table; the last points go through `log_batch`,
-    so MLflow updates its latest-metric table itself. Other stores (a tracking server) get
-    `log_batch` in batches of 1000.
+    MLflow's UI fetches at most 320 points of a curve for its charts; thousands more cost
+    logging time and store size and show nothing more (history.csv keeps every epoch).
     """
+    return sorted({1, epochs, *range(every, epochs + 1, every)})
+
+
+def log_metric_histories(
+    mlflow_client: Any,
+    run_id: str,
+    curves: Mapping[str, Any],
+    every: int,
+    start_ms: int | None = None,
+) -> None:
+    """Per-epoch curves {name: values}, one point every `every` epochs, step = epoch (from 1),
+    through `log_batch` in batches of MLflow's maximum."""
     from mlflow.entities import Metric
 
     stamp = start_ms if start_ms is not None else int(time.time() * 1000)
-    curves = {name: [float(v) for v in values] for name, values in histories.items()}
-    store = _database_store(mlflow_client)
-    if store is not None:
-        _insert_metric_rows(store, run_id, {k: v[:-1] for k, v in curves.items()}, stamp)
-    bulk = store is not None  # then only each curve's last point goes through log_batch
-    points = [
-        Metric(name, values[step], stamp, step)
-        for name, values in curves.items()
-        for step in range(len(values) - 1 if bulk else 0, len(values))
-    ]
+    points = []
+    for name, values in curves.items():
+        points += [
+            Metric(name, float(values[epoch - 1]), stamp, epoch)
+            for epoch in sampled_epochs(len(values), every)
+        ]
     for start in range(0, len(points), MAX_METRICS_PER_BATCH):
         mlflow_client.log_batch(run_id, metrics=points[start : start + MAX_METRICS_PER_BATCH])
-
-
-def _database_store(mlflow_client: Any) -> Any | None:
-    """The client's SQLAlchemy tracking store, or None for any other kind of store."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    store = getattr(getattr(mlflow_client, "_tracking_client", None), "store", None)
-    return store if isinstance(store, SqlAlchemyStore) else None
-
-
-def _insert_metric_rows(
-    store: Any, run_id: str, curves: Mapping[str, list[float]], stamp: int
-) -> None:
-    """Rows of MLflow's `metrics` table for every point, in one executemany."""
-    from mlflow.store.tracking.dbmodels.models import SqlMetric
-    from sqlalchemy import insert
-
-    rows = []
-    for name, values in curves.items():
-        for step, value in enumerate(values):
-            is_nan, stored = store.sanitize_metric_value(value)
-            rows.append(
-                {
-                    "run_uuid": run_id,
-                    "key": name,
-                    "value": stored,
-                    "timestamp": stamp,
-                    "step": step,
-                    "is_nan": is_nan,
-                }
-            )
-    if rows:
-        with store.ManagedSessionMaker() as session:
-            session.execute(insert(SqlMetric.__table__), rows)
 
 
 def log_values(

@@ -68,7 +68,16 @@ def _check_architecture(model: keras.Model) -> None:
         raise ValueError("train_stacked expects Dense(H, relu) -> Dense(1, sigmoid) on 2 inputs")
 
 
-def _adam(model: keras.Model) -> keras.optimizers.Adam:
+@dataclass(frozen=True)
+class _Adam:
+    """A model's Keras Adam: the optimizer, and its moments in the model's weight order."""
+
+    optimizer: keras.optimizers.Adam
+    momentums: list[keras.Variable]
+    velocities: list[keras.Variable]
+
+
+def _adam(model: keras.Model) -> _Adam:
     """The model's optimizer, built, if it is Keras Adam as the loop computes it."""
     opt = model.optimizer
     plain = (
@@ -80,12 +89,32 @@ def _adam(model: keras.Model) -> keras.optimizers.Adam:
         and opt.clipvalue is None
         and opt.global_clipnorm is None
         and not opt.use_ema
-        and not isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+        # A learning-rate schedule serializes as a mapping, a constant rate as a number.
+        and isinstance(opt.get_config()["learning_rate"], int | float)
     )
     if not plain:
         raise ValueError("train_stacked supports only models compiled with default Keras Adam")
     opt.build(model.trainable_variables)  # no-op once built; creates zero moments otherwise
-    return opt
+    return _Adam(opt, *_moments(opt, model))
+
+
+def _moments(
+    opt: keras.optimizers.Optimizer, model: keras.Model
+) -> tuple[list[keras.Variable], list[keras.Variable]]:
+    """Adam's momentum and velocity for each trainable weight, from the optimizer's public
+    `variables`: Keras names them `<weight path, '/' as '_'>_momentum` and `..._velocity`."""
+    by_name = {variable.name: variable for variable in opt.variables}
+    found = []
+    for slot in ("momentum", "velocity"):
+        names = [f"{w.path.replace('/', '_')}_{slot}" for w in model.trainable_variables]
+        missing = [name for name in names if name not in by_name]
+        if missing:
+            raise ValueError(
+                f"Keras {keras.__version__}: Adam has no variable {missing[0]!r}; "
+                "the loop reads Adam's moments by the names Keras 3 gives them"
+            )
+        found.append([by_name[name] for name in names])
+    return found[0], found[1]
 
 
 def _kernel_penalty(layer: keras.layers.Layer) -> tuple[float, float]:
@@ -249,17 +278,17 @@ def _train_group(
 ) -> list[History]:
     """Train models in one compiled call (padded to `pad_to` models) and write their state back."""
     padded = models + [models[-1]] * (pad_to - len(models))  # the copies' results are dropped
-    opts = [_adam(model) for model in padded]
+    adams = [_adam(model) for model in padded]
     pens = np.array([[_kernel_penalty(layer) for layer in m.layers] for m in padded], np.float32)
     # Keras Adam keeps one momentum and one velocity per trainable variable, in weight order.
     params, m, v, curves, final = _train(
         _stack([model.get_weights() for model in padded]),
-        _stack([[x.numpy() for x in opt._momentums] for opt in opts]),
-        _stack([[x.numpy() for x in opt._velocities] for opt in opts]),
-        tf.constant([int(opt.iterations.numpy()) for opt in opts], tf.int32),
+        _stack([[x.numpy() for x in adam.momentums] for adam in adams]),
+        _stack([[x.numpy() for x in adam.velocities] for adam in adams]),
+        tf.constant([int(adam.optimizer.iterations.numpy()) for adam in adams], tf.int32),
         tf.constant(pens[..., 0]),
         tf.constant(pens[..., 1]),
-        tf.constant([float(opt.learning_rate.numpy()) for opt in opts], tf.float32),
+        tf.constant([float(adam.optimizer.learning_rate.numpy()) for adam in adams], tf.float32),
         *data,
         tf.constant(epochs, tf.int32),
     )
@@ -268,12 +297,12 @@ def _train_group(
     sizes = np.array([1, data[0].shape[0], 1, data[2].shape[0]], np.float32)[:, None]
     curves, final = curves.numpy() / sizes, final.numpy() / sizes
     results = []
-    for k, (model, opt) in enumerate(zip(models, opts, strict=False)):
+    for k, (model, adam) in enumerate(zip(models, adams, strict=False)):
         model.set_weights(_unstack(params, k))
         state = _unstack(m, k) + _unstack(v, k)
-        for var, value in zip(opt._momentums + opt._velocities, state, strict=True):
+        for var, value in zip(adam.momentums + adam.velocities, state, strict=True):
             var.assign(value)
-        opt.iterations.assign_add(epochs)
+        adam.optimizer.iterations.assign_add(epochs)
         history = {name: curves[:, i, k] for i, name in enumerate(METRICS)}
         last = {name: float(final[i, k]) for i, name in enumerate(METRICS)}
         results.append(History(history, last))

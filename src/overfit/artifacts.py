@@ -1,0 +1,331 @@
+"""The files stages hand each other, as typed readers and writers; every write is atomic.
+
+A stage reads another stage's output only through this module, so a format is defined once:
+
+- a job's `result.json` (`JobResult`) and per-epoch `history.csv`;
+- the sweep's record `models/sweep.json` (`SweepRecord`);
+- evaluate's `reports/metrics.json` (`Headline`: the figures DVC shows and the gate guards),
+  `reports/configs.json` (`ConfigSummary` per configuration), `reports/evaluation.npz` (arrays
+  for the figures) and the CSV tables behind the DVC plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from overfit import layout
+
+# Per-epoch curves, as MLflow and the reports name them, in history.csv's column order.
+CURVES = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+class ArtifactError(RuntimeError):
+    """A file another stage wrote is missing or not what it should be; the message names it."""
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file.
+
+    The file gets the mode any new file gets here (0644 under umask 022), not mkstemp's 0600.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path}: not valid JSON ({error})") from None
+
+
+# --- a job's result --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What one job (a configuration, every seed) trained: result.json, written last."""
+
+    run: str
+    penalty: dict[str, Any]
+    seeds: list[int]
+    mlflow_run_id: str
+    seconds: float
+    phases: dict[str, float]
+    threads: int
+    per_seed: dict[str, dict[str, float]]
+    mean: dict[str, float]
+    std: dict[str, float]
+
+
+def write_result(folder: Path, result: JobResult) -> None:
+    write_json(folder / layout.RESULT_FILE, dataclasses.asdict(result))
+
+
+def read_result(folder: Path) -> JobResult:
+    raw = read_json(folder / layout.RESULT_FILE, f"the job for {folder.name} did not finish")
+    try:
+        return JobResult(**raw)
+    except TypeError:
+        raise ArtifactError(f"{folder / layout.RESULT_FILE}: not a job result") from None
+
+
+# --- per-epoch histories ---------------------------------------------------------------------
+
+
+def write_history(folder: Path, seeds: Sequence[int], curves: Sequence[Mapping[str, Any]]) -> None:
+    """history.csv: every epoch of every seed (`curves[i][name]` is seed i's curve)."""
+    rows = ["seed,epoch," + ",".join(CURVES)]
+    for seed, per_seed in zip(seeds, curves, strict=True):
+        columns = np.stack([per_seed[name] for name in CURVES], axis=1)
+        rows += [
+            f"{seed},{epoch}," + ",".join(f"{v:.7g}" for v in values)
+            for epoch, values in enumerate(columns.tolist(), start=1)
+        ]
+    write_text(folder / layout.HISTORY_FILE, "\n".join(rows) + "\n")
+
+
+def read_accuracy_history(folder: Path) -> np.ndarray:
+    """Per-seed train and test accuracy per epoch: shape [seeds, epochs, 2]."""
+    path = folder / layout.HISTORY_FILE
+    try:
+        header = path.read_text(encoding="utf-8").split("\n", 1)[0].split(",")
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        columns = [header.index(c) for c in ("seed", "train_accuracy", "test_accuracy")]
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{path}: not a readable history ({error})") from None
+    table = table[:, columns]
+    seeds = np.unique(table[:, 0])
+    return np.stack([table[table[:, 0] == s][:, 1:] for s in seeds])
+
+
+# --- the sweep's record ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """models/sweep.json: the parent run, each configuration's child run, where time went."""
+
+    parent_run_id: str
+    tracking_uri: str
+    runs: dict[str, str]
+    phases: dict[str, float]
+    process_seconds: float
+
+
+def write_sweep(root: Path, record: SweepRecord) -> None:
+    write_json(root / layout.SWEEP_RECORD, dataclasses.asdict(record))
+
+
+def read_sweep(root: Path) -> SweepRecord:
+    raw = read_json(root / layout.SWEEP_RECORD, "run the train stage first")
+    try:
+        return SweepRecord(**raw)
+    except TypeError:
+        raise ArtifactError(f"{root / layout.SWEEP_RECORD}: not a sweep record") from None
+
+
+# --- evaluate's reports ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and standard deviation over seeds."""
+
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class ConfigSummary:
+    """One configuration in reports/configs.json: every measure's spread over seeds."""
+
+    kind: str
+    strength: float
+    measures: dict[str, Spread]
+
+    def mean(self, measure: str) -> float:
+        return self.measures[measure].mean
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "strength": self.strength} | {
+            name: dataclasses.asdict(spread) for name, spread in self.measures.items()
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ConfigSummary:
+        measures = {k: Spread(**v) for k, v in raw.items() if k not in ("kind", "strength")}
+        return cls(raw["kind"], float(raw["strength"]), measures)
+
+
+@dataclass(frozen=True)
+class Accuracies:
+    """Mean accuracies of one configuration over seeds (`train` only for the baseline)."""
+
+    test: float
+    fresh: float
+    train: float | None = None
+
+
+@dataclass(frozen=True)
+class Headline:
+    """reports/metrics.json: the few figures `dvc metrics show` prints and the gate guards.
+
+    The unregularized baseline and the best regularized configuration; every figure is a
+    mean accuracy over seeds. Kept to what fits a 120-column terminal.
+    """
+
+    baseline: Accuracies
+    best_run: str
+    best: Accuracies
+
+    def to_json(self) -> dict[str, Any]:
+        base, best = self.baseline, self.best
+        return {
+            "baseline": {"train": base.train, "test": base.test, "fresh": base.fresh},
+            "best": {"run": self.best_run, "test": best.test, "fresh": best.fresh},
+        }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything evaluate reports: per configuration, and the headline (None without a
+    baseline run to compare with)."""
+
+    configs: dict[str, ConfigSummary]
+    baseline_run: str | None
+    headline: Headline | None
+
+
+def write_evaluation(root: Path, evaluation: Evaluation) -> None:
+    configs = {
+        "baseline": evaluation.baseline_run,
+        "best": evaluation.headline.best_run if evaluation.headline else None,
+        "configs": {n: c.to_json() for n, c in sorted(evaluation.configs.items())},
+    }
+    write_json(root / layout.CONFIGS, configs)
+    write_json(root / layout.METRICS, evaluation.headline.to_json() if evaluation.headline else {})
+
+
+def read_evaluation(root: Path) -> Evaluation:
+    raw = read_json(root / layout.CONFIGS, "run the evaluate stage first")
+    headline = parse_headline(read_json(root / layout.METRICS, "run the evaluate stage first"))
+    try:
+        configs = {n: ConfigSummary.from_json(c) for n, c in raw["configs"].items()}
+        return Evaluation(configs, raw["baseline"], headline)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ArtifactError(f"{root / layout.CONFIGS}: not a configurations report") from None
+
+
+def parse_headline(raw: Any) -> Headline | None:
+    """metrics.json's content as a Headline (None when empty); KeyError/TypeError if malformed."""
+    if raw == {}:
+        return None
+    base, best = raw["baseline"], raw["best"]
+    return Headline(
+        baseline=Accuracies(test=base["test"], fresh=base["fresh"], train=base["train"]),
+        best_run=best["run"],
+        best=Accuracies(test=best["test"], fresh=best["fresh"]),
+    )
+
+
+def write_arrays(root: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """reports/evaluation.npz: decision-boundary grids and hidden kernels, for the figures."""
+    path = root / layout.EVALUATION
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_arrays(root: Path) -> Mapping[str, np.ndarray]:
+    """evaluation.npz, with pickling off: nothing read from disk is unpickled."""
+    path = root / layout.EVALUATION
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; run the evaluate stage first")
+    return np.load(path, allow_pickle=False)
+
+
+# --- the tables behind the DVC plots ---------------------------------------------------------
+
+STRENGTH_COLUMNS = ("run", "kind", "strength", "test_acc", "fresh_acc", "train_acc", "gap")
+CURVE_COLUMNS = ("train_accuracy", "test_accuracy", "train_std", "test_std")
+
+
+def write_strength_table(root: Path, configs: Mapping[str, ConfigSummary]) -> None:
+    """Accuracy against penalty strength, one row per regularized configuration."""
+    rows = [",".join(STRENGTH_COLUMNS)]
+    for name, c in sorted(configs.items(), key=lambda kv: (kv[1].kind, kv[1].strength)):
+        rows.append(
+            f"{name},{c.kind},{c.strength!r},{c.mean('test_acc')},{c.mean('fresh_acc')},"
+            f"{c.mean('train_acc')},{c.mean('gap')}"
+        )
+    write_text(root / layout.STRENGTH_TABLE, "\n".join(rows) + "\n")
+
+
+def write_curves_table(root: Path, curves: Mapping[str, np.ndarray]) -> None:
+    """Per-epoch accuracy by label (baseline, best): [epochs, 4], the columns of CURVE_COLUMNS."""
+    rows = ["epoch,run," + ",".join(CURVE_COLUMNS)]
+    for label, table in curves.items():
+        rows += [
+            f"{epoch},{label}," + ",".join(f"{v:.6g}" for v in values)
+            for epoch, values in enumerate(table.tolist(), start=1)
+        ]
+    write_text(root / layout.CURVES_TABLE, "\n".join(rows) + "\n")
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; run the evaluate stage first") from None
+    header = lines[0].split(",")
+    return [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
+
+
+def read_curves_table(root: Path) -> dict[str, np.ndarray]:
+    by_label: dict[str, list[list[float]]] = {}
+    for row in _csv_rows(root / layout.CURVES_TABLE):
+        by_label.setdefault(row["run"], []).append([float(row[k]) for k in CURVE_COLUMNS])
+    return {label: np.array(rows) for label, rows in by_label.items()}

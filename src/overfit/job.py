@@ -1,0 +1,279 @@
+"""One job of a sweep: one configuration, every seed, as one child MLflow run.
+
+A job trains its seeds (unless the sweep trained them already, stacked with every other job's),
+then saves each seed's `.keras` model, `history.csv`, the learning-curve figure, the job's
+configuration and, last, `result.json`, in models/.partial/<run>/, which becomes models/<run>/
+with one rename once complete. `hydra_task` is the same job as a Hydra task, for the launchers
+that run jobs in other processes (joblib, submitit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from overfit import figures, layout, tracking
+from overfit.artifacts import JobResult, write_bytes, write_history, write_result, write_text
+from overfit.config import Config, parse_config, project_root
+from overfit.data import Points, load_train_test
+from overfit.summary import progress_line
+from overfit.sweep import run_name, stack_groups
+
+# TensorFlow's C++ start-up chatter hides the sweep's progress lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The trainer's curve names (Keras' `fit` history keys) as MLflow and the reports name them.
+CURVE_NAMES = {
+    "loss": "train_loss",
+    "accuracy": "train_accuracy",
+    "val_loss": "test_loss",
+    "val_accuracy": "test_accuracy",
+}
+
+
+class Phases(dict[str, float]):
+    """Seconds spent per phase (build, train, save, plot, log), summed over calls."""
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 3)
+
+    def add(self, other: Mapping[str, float]) -> None:
+        for name, seconds in other.items():
+            self[name] = round(self.get(name, 0.0) + seconds, 3)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A job's models, one per seed, and their training histories."""
+
+    models: list[Any]
+    histories: list[Any]
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def build_models(config: Config) -> list[Any]:
+    """One compiled Keras model per seed, with that seed's initial weights."""
+    from overfit.model import build_model
+
+    return [
+        build_model(
+            hidden_units=config.model.hidden_units,
+            kind=config.penalty.kind,
+            strength=config.penalty.strength,
+            apply_to=config.penalty.apply_to,
+            learning_rate=config.model.learning_rate,
+            seed=seed,
+        )
+        for seed in config.train.seeds
+    ]
+
+
+def train_together(root: Path, configs: Sequence[Config], phases: Phases) -> list[Trained]:
+    """Every job's models trained in one compiled call per group sharing data and shape.
+
+    A model's result does not depend on what it is stacked with, so each job gets exactly
+    what it would have trained alone.
+    """
+    from overfit.trainer import train_stacked
+
+    trained: list[Trained | None] = [None] * len(configs)
+    for (data, _, epochs), members in stack_groups(configs).items():
+        train, test = load_train_test(root, data)
+        with phases.timed("build"):
+            per_job = [build_models(configs[i]) for i in members]
+        models = [model for job in per_job for model in job]
+        with phases.timed("train"):
+            histories = iter(train_stacked(models, train.x, train.y, test.x, test.y, epochs))
+        for index, job_models in zip(members, per_job, strict=True):
+            trained[index] = Trained(job_models, [next(histories) for _ in job_models])
+    return [t for t in trained if t is not None]
+
+
+def summarize(seeds: Sequence[int], finals: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+    """Per-seed final metrics, and their mean and spread (standard deviation over seeds)."""
+    per_seed = {
+        str(seed): {
+            "train_acc": f["accuracy"],
+            "test_acc": f["val_accuracy"],
+            "train_loss": f["loss"],
+            "test_loss": f["val_loss"],
+        }
+        for seed, f in zip(seeds, finals, strict=True)
+    }
+    for values in per_seed.values():
+        values["gap"] = values["train_acc"] - values["test_acc"]
+    names = list(next(iter(per_seed.values())))
+    table = np.array([[v[n] for n in names] for v in per_seed.values()], dtype=np.float64)
+    return {
+        "per_seed": per_seed,
+        "mean": dict(zip(names, table.mean(axis=0).tolist(), strict=True)),
+        "std": dict(zip(names, table.std(axis=0).tolist(), strict=True)),
+    }
+
+
+def named_curves(history: Any) -> dict[str, np.ndarray]:
+    return {CURVE_NAMES[key]: values for key, values in history.history.items()}
+
+
+def mean_curves(histories: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Per-epoch curves averaged over seeds, named as MLflow shows them."""
+    return {
+        CURVE_NAMES[c]: np.mean([h.history[c] for h in histories], axis=0).astype(np.float64)
+        for c in CURVE_NAMES
+    }
+
+
+# --- one job ---------------------------------------------------------------------------------
+
+
+def run_job(
+    root: Path,
+    config: Config,
+    store: tracking.Store,
+    tags: Mapping[str, str],
+    work_dir: Path,
+    trained: Trained | None = None,
+) -> JobResult:
+    """Train (unless `trained` is given), save, draw and log one configuration as a child run
+    of `config.tracking.parent_run_id`; then move `work_dir` to models/<run>/."""
+    started = time.perf_counter()
+    name = run_name(config.penalty)
+    phases = Phases()
+    tags = {"overfit.run": name, "overfit.sweep": config.sweep.name, **tags}
+    if config.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = config.tracking.parent_run_id
+    train, test = load_train_test(root, config.data)
+    with tracking.tracked_run(store.client, store.experiment_id, name, tags) as child:
+        if trained is None:
+            trained = train_together(root, [config], phases)[0]
+        summary = summarize(config.train.seeds, [h.final for h in trained.histories])
+        with phases.timed("save"):
+            for seed, model in zip(config.train.seeds, trained.models, strict=True):
+                model.save(layout.model_file(work_dir, seed))
+            write_history(
+                work_dir, config.train.seeds, [named_curves(h) for h in trained.histories]
+            )
+        curves = mean_curves(trained.histories)
+        with phases.timed("plot"):
+            figure = figures.learning_curve_figure(curves, title=name)
+            write_bytes(work_dir / layout.LEARNING_CURVE_FILE, figures.png_bytes(figure))
+        with phases.timed("log"):
+            log_child_run(store.client, child, config, summary, curves, trained.models[0], train)
+            store.client.log_artifact(child, str(work_dir / layout.LEARNING_CURVE_FILE))
+            store.client.log_artifact(child, str(work_dir / layout.JOB_CONFIG), "config")
+        result = JobResult(
+            run=name,
+            penalty=config.to_dict()["penalty"],
+            seeds=list(config.train.seeds),
+            mlflow_run_id=child,
+            seconds=round(time.perf_counter() - started, 2),
+            phases=dict(phases),
+            threads=tensorflow_threads(),
+            **summary,
+        )
+        write_result(work_dir, result)
+        publish(work_dir, layout.run_dir(root, name))
+    print(progress_line(result), flush=True)
+    return result
+
+
+def write_job_config(work_dir: Path, config_yaml: str, overrides: Sequence[str]) -> None:
+    """The job's resolved configuration and overrides, where Hydra keeps them (.hydra/)."""
+    write_text(work_dir / layout.JOB_CONFIG, config_yaml)
+    write_text(work_dir / layout.JOB_OVERRIDES, yaml.safe_dump(list(overrides)))
+
+
+def log_child_run(
+    mlflow: Any,
+    run_id: str,
+    config: Config,
+    summary: Mapping[str, Any],
+    curves: Mapping[str, np.ndarray],
+    model: Any,
+    train: Points,
+) -> None:
+    """Params, final metrics, sampled per-epoch curves and the model."""
+    params = tracking.flatten({k: v for k, v in config.to_dict().items() if k != "gate"})
+    params.pop("tracking.parent_run_id", None)
+    # Six decimals: float32 accuracies (0.91428571939...) read badly in the UI's columns.
+    metrics = {f"{k}_mean": round(v, 6) for k, v in summary["mean"].items()}
+    metrics |= {f"{k}_std": round(v, 6) for k, v in summary["std"].items()}
+    tracking.log_values(mlflow, run_id, params=params, metrics=metrics)
+    tracking.log_metric_histories(mlflow, run_id, curves, config.tracking.history_every)
+    with tempfile.TemporaryDirectory() as tmp:
+        tracking.log_keras_model(mlflow, run_id, model, train.x[:5], Path(tmp) / "model")
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Move a finished job's folder into place with one rename."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+
+
+def limit_threads(threads: int) -> None:
+    """Cap TensorFlow's thread pools, so parallel jobs do not fight over the cores."""
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already started in this process: keep its pools
+        pass
+
+
+def tensorflow_threads() -> int:
+    """The intra-op threads this job ran with (0: TensorFlow's default, every core)."""
+    import tensorflow as tf
+
+    return tf.config.threading.get_intra_op_parallelism_threads()
+
+
+# --- the same job under a Hydra launcher -----------------------------------------------------
+
+
+def _register_run_name_resolver() -> None:
+    """`${run_name:}` in Hydra's settings: each job's folder is named after its run."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver(
+            "run_name", lambda *, _root_: run_name(_root_.penalty), use_cache=False
+        )
+
+
+_register_run_name_resolver()
+
+
+def hydra_task(cfg: Any) -> None:
+    """Hydra task for launchers that run each job in its own process: Hydra composed the
+    job's configuration, saved it in .hydra/ and made the job's folder; the job does the rest.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    root = project_root()
+    config = parse_config(OmegaConf.to_container(cfg, resolve=True))
+    limit_threads(config.launcher.threads)
+    store = tracking.open_store(root, config.tracking)
+    work_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_job(root, config, store, tracking.run_tags(root), work_dir)

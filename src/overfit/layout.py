@@ -1,0 +1,95 @@
+"""Where every file lives: each path the pipeline reads or writes, relative to the project root.
+
+Nothing else in the package spells a path. dvc.yaml names the same paths (a test keeps the two
+in step), since DVC reads it without running Python.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# The configuration.
+PARAMS = Path("params.yaml")
+CONF_DIR = Path("conf")
+DVC_YAML = Path("dvc.yaml")
+DVC_LOCK = Path("dvc.lock")
+
+# Stages generate and split.
+RAW_DIR = Path("data/raw")
+MOONS_CSV = RAW_DIR / "moons.csv"
+FRESH_CSV = RAW_DIR / "fresh.csv"
+SPLIT_DIR = Path("data/split")
+TRAIN_CSV = SPLIT_DIR / "train.csv"
+TEST_CSV = SPLIT_DIR / "test.csv"
+
+# Stage train: one folder per configuration, plus the sweep's record.
+MODELS_DIR = Path("models")
+SWEEP_RECORD = MODELS_DIR / "sweep.json"
+# A job works in models/.partial/<run>/ and is renamed into place only when complete.
+PARTIAL_DIR = MODELS_DIR / ".partial"
+RESULT_FILE = "result.json"
+HISTORY_FILE = "history.csv"
+LEARNING_CURVE_FILE = "learning_curve.png"
+# Where Hydra keeps a job's resolved configuration and overrides.
+HYDRA_DIR = ".hydra"
+JOB_CONFIG = f"{HYDRA_DIR}/config.yaml"
+JOB_OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
+
+# Stages evaluate and plot.
+REPORTS_DIR = Path("reports")
+METRICS = REPORTS_DIR / "metrics.json"
+CONFIGS = REPORTS_DIR / "configs.json"
+EVALUATION = REPORTS_DIR / "evaluation.npz"
+PLOTS_DIR = REPORTS_DIR / "plots"
+STRENGTH_TABLE = PLOTS_DIR / "accuracy_vs_strength.csv"
+CURVES_TABLE = PLOTS_DIR / "learning_curves.csv"
+FIGURES_DIR = REPORTS_DIR / "figures"
+SUMMARY = REPORTS_DIR / "summary.md"
+GATE_REPORT = REPORTS_DIR / "gate.md"
+
+# The embedded MLflow store and the tracking server's state.
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
+# Artifact names inside MLflow runs.
+SWEEP_TABLE_ARTIFACT = "sweep_results.md"
+SERVER_DIR = Path(".mlflow-server")
+
+
+def run_dir(root: Path, name: str) -> Path:
+    """models/<run>/: one configuration's models, history, result and config."""
+    return root / MODELS_DIR / name
+
+
+def partial_run_dir(root: Path, name: str) -> Path:
+    return root / PARTIAL_DIR / name
+
+
+def model_file(folder: Path, seed: int) -> Path:
+    return folder / f"seed_{seed}.keras"
+
+
+def figure_file(root: Path, name: str) -> Path:
+    return root / FIGURES_DIR / f"{name}.png"
+
+
+def store_lock(database: Path) -> Path:
+    """The lock file beside a SQLite store, taken while its schema is created."""
+    return database.with_name(database.name + ".lock")
+
+
+def store_root(root: Path) -> Path:
+    """Where the embedded MLflow store lives: the project root.
+
+    A queued DVC experiment runs in a temporary copy of the project; DVC then names the real
+    project in $DVC_ROOT, and its runs go to the project's store, not to the copy's.
+    """
+    return Path(os.environ.get("DVC_ROOT") or root).resolve()
+
+
+def mlflow_db(root: Path) -> Path:
+    return store_root(root) / MLFLOW_DB
+
+
+def mlflow_artifacts(root: Path) -> Path:
+    return store_root(root) / MLFLOW_ARTIFACTS

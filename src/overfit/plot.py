@@ -1,0 +1,100 @@
+"""Stage plot: the figures and the summary a reader looks at, from what evaluate wrote, also
+attached to the sweep's parent MLflow run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from overfit import figures, layout, tracking
+from overfit.artifacts import (
+    ArtifactError,
+    read_arrays,
+    read_curves_table,
+    read_evaluation,
+    read_sweep,
+    write_bytes,
+    write_text,
+)
+from overfit.config import ConfigError, exit_on_config_error, load_params, project_root
+from overfit.data import DataError, load_train_test
+from overfit.metrics import NEAR_ZERO
+from overfit.summary import summary_markdown
+
+
+def plot(root: Path) -> list[Path]:
+    """Every figure and the summary; returns the files written."""
+    config = load_params(root)
+    report = read_evaluation(root)
+    configs = report.configs
+    arrays = read_arrays(root)
+    train, test = load_train_test(root, config.data)
+
+    drawn = {}
+    if report.headline is not None and report.baseline_run is not None:
+        names = {"baseline": report.baseline_run, "best": report.headline.best_run}
+        drawn["learning_curves"] = figures.comparison_curves_figure(read_curves_table(root), names)
+        drawn["accuracy_vs_strength"] = figures.strength_figure(configs, report.baseline_run)
+    order = figures.config_order(configs)
+    scores = {n: {k: configs[n].mean(k) for k in ("train_acc", "test_acc")} for n in configs}
+    drawn["decision_boundaries"] = figures.boundaries_figure(
+        arrays["grid"], {n: arrays[f"proba/{n}"] for n in order}, scores, train, test
+    )
+    pair = figures.comparable_pair(configs)
+    if pair:
+        drawn["weights_l1_vs_l2"] = figures.weights_figure(
+            {n: arrays[f"kernels/{n}"] for n in pair},
+            {n: configs[n].kind for n in pair},
+            {n: configs[n].mean("near_zero_share") for n in pair},
+            NEAR_ZERO,
+        )
+    written = []
+    for name, fig in drawn.items():
+        path = layout.figure_file(root, name)
+        write_bytes(path, figures.png_bytes(fig))
+        written.append(path)
+    write_text(root / layout.SUMMARY, summary_markdown(report))
+    return [*written, root / layout.SUMMARY]
+
+
+def log_to_parent_run(root: Path, files: list[Path]) -> str | None:
+    """Attach the figures and summary to the sweep's parent MLflow run, when the store has it."""
+    from mlflow.exceptions import MlflowException
+
+    sweep = read_sweep(root)
+    uri = tracking.tracking_uri(root, load_params(root).tracking)
+    try:
+        tracking.check_reachable(uri)
+        mlflow = tracking.client(uri)
+        mlflow.get_run(sweep.parent_run_id)
+    except (ConnectionError, MlflowException) as error:
+        # A clone that pulled models/ from a DVC remote has no store holding the sweep.
+        reason = str(error).splitlines()[0]
+        print(f"warning: figures not logged to MLflow: {reason}", file=sys.stderr)
+        return None
+    for path in files:
+        mlflow.log_artifact(sweep.parent_run_id, str(path), "reports")
+    return sweep.parent_run_id
+
+
+def main(argv: list[str] | None = None) -> None:
+    if sys.argv[1:] if argv is None else argv:
+        print("usage: python -m overfit.plot (no arguments: it reads params.yaml)", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        root = project_root()
+        files = plot(root)
+        parent = log_to_parent_run(root, files)
+    except ConfigError as error:
+        exit_on_config_error(error)
+    except (ArtifactError, DataError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    for path in files:
+        print(f"wrote {path.relative_to(root)}")
+    if parent is not None:
+        print(f"logged them to MLflow parent run {parent}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Stages `generate` and `split`: the article's points and a fresh draw, then the article's split.
+
+`python -m overfit.prepare generate` writes data/raw/{moons,fresh}.csv;
+`python -m overfit.prepare split` writes data/split/{train,test}.csv.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from overfit import layout
+from overfit.config import ConfigError, DataConfig, exit_on_config_error, load_params, project_root
+from overfit.data import DataError, make_moons_points, read_points, split_points, write_points
+
+
+def generate(root: Path, data: DataConfig) -> None:
+    moons = make_moons_points(data.n_samples, data.noise, data.random_state)
+    fresh = make_moons_points(data.fresh_samples, data.noise, data.fresh_random_state)
+    write_points(root / layout.MOONS_CSV, moons)
+    write_points(root / layout.FRESH_CSV, fresh)
+
+
+def split(root: Path, data: DataConfig) -> None:
+    moons = read_points(root / layout.MOONS_CSV, expected_rows=data.n_samples)
+    train, test = split_points(moons, data.n_train)
+    write_points(root / layout.TRAIN_CSV, train)
+    write_points(root / layout.TEST_CSV, test)
+
+
+STAGES = {"generate": generate, "split": split}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in STAGES:
+        print(f"usage: python -m overfit.prepare {{{','.join(STAGES)}}}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        root = project_root()
+        STAGES[args[0]](root, load_params(root).data)
+    except ConfigError as error:
+        exit_on_config_error(error)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
