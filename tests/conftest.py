@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -126,25 +127,60 @@ class Pipeline(NamedTuple):
     copy_to: Callable[[Path], Run]
 
 
+def _shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's temporary folder that every xdist worker sees."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _start_shrunk_pipeline(folder: Path, lock: Path) -> None:
+    """`dvc repro` of the shrunk pipeline in the background, once per session."""
+    with exclusive(lock):
+        if (folder / "started").exists():
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        root = folder / "project"
+        copy_project(root, SHRUNK)
+        output, status = folder / "repro-output.txt", folder / "repro-status"
+        subprocess.Popen(
+            ["bash", "-c", f"dvc repro > '{output}' 2>&1; echo $? > '{status}'"],
+            cwd=root,
+            env=env_for(root),
+            start_new_session=True,
+        )
+        (folder / "started").touch()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shrunk_pipeline_started_early(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Start building the shared pipeline when the session begins, if a test needs it, so
+    the tests that do not need it run meanwhile instead of waiting for it."""
+    if any("shrunk_pipeline" in item.fixturenames for item in request.session.items):
+        shared = _shared_folder(tmp_path_factory)
+        _start_shrunk_pipeline(shared / "shrunk-pipeline", shared / "shrunk-pipeline.lock")
+
+
 @pytest.fixture(scope="session")
 def shrunk_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     """The shrunk pipeline after one full `dvc repro`.
 
-    Built once per test session, whatever the number of xdist workers: the first worker to
-    get here builds it in the session's shared folder, the others wait and reuse it. Tests
-    only read it, or change a copy; `run` and `copy_to` hold the same lock, so DVC commands in
-    it never overlap and a copy is never taken halfway through one.
+    Built once per test session, whatever the number of xdist workers, in the session's shared
+    folder, started as the session begins. Tests only read it, or change a copy; `run` and
+    `copy_to` hold the same lock, so DVC commands in it never overlap and a copy is never
+    taken halfway through one.
     """
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # the folder all workers' temporary folders live in
+    shared = _shared_folder(tmp_path_factory)
     folder, lock = shared / "shrunk-pipeline", shared / "shrunk-pipeline.lock"
-    root, output = folder / "project", folder / "repro-output.txt"
-    with exclusive(lock):
-        if not output.is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            result = copy_project(root, SHRUNK)("dvc", "repro")
-            output.write_text(result.stdout + result.stderr, encoding="utf-8")
+    _start_shrunk_pipeline(folder, lock)
+    root, output, status = folder / "project", folder / "repro-output.txt", folder / "repro-status"
+    deadline = time.monotonic() + 900
+    while not status.is_file() or not status.read_text().strip():
+        assert time.monotonic() < deadline, "the shared pipeline did not finish in 15 minutes"
+        time.sleep(0.2)
+    text = output.read_text(encoding="utf-8")
+    assert status.read_text().strip() == "0", f"dvc repro of the shared pipeline failed:\n{text}"
     unlocked = make_runner(root)
 
     def run(*cmd: str, **kw) -> subprocess.CompletedProcess:
@@ -159,7 +195,7 @@ def shrunk_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
             shutil.copytree(root, dest, symlinks=True, ignore=store)
         return make_runner(dest)
 
-    return Pipeline(root, run, output.read_text(encoding="utf-8"), copy_to)
+    return Pipeline(root, run, text, copy_to)
 
 
 @pytest.fixture

@@ -126,11 +126,12 @@ def test_after_kill_9_the_next_run_fails_the_orphans(tmp_path: Path, shrunk_pipe
 def test_two_queued_experiments_share_one_store(tmp_path: Path, shrunk_pipeline) -> None:
     root = tmp_path / "project"
     run = shrunk_pipeline.copy_to(root)
-    # The shared pipeline's data (its stages are skipped), two configurations of one seed.
+    # The shared pipeline's data (its stages are skipped), two configurations of one seed,
+    # up to the stage that logs every run.
     settings = ["data.fresh_samples=500", "sweep=article", "train.seeds=[1]"]
     for epochs in (50, 70):
         overrides = [*settings, f"train.epochs={epochs}"]
-        run("dvc", "exp", "run", "--queue", *(a for o in overrides for a in ("-S", o)))
+        run("dvc", "exp", "run", "--queue", *(a for o in overrides for a in ("-S", o)), "train")
     run("dvc", "queue", "start", "-j", "2")
 
     def queue_done() -> bool:

@@ -41,6 +41,7 @@ from overfit.sweep import (
     check_unique_names,
     job_overrides,
     launcher_overrides,
+    run_name,
     sweep_overrides,
     uses_hydra_launcher,
 )
@@ -112,7 +113,7 @@ def run_under_parent(
     store: tracking.Store,
 ) -> None:
     configs = [job.config for job in jobs]
-    names = check_unique_names([c.penalty for c in configs])
+    names = [run_name(c.penalty) for c in configs]
     tags = tracking.run_tags(root)
     seeds = "/".join(map(str, sorted({len(c.train.seeds) for c in configs})))
     epochs = "/".join(map(str, sorted({c.train.epochs for c in configs})))
