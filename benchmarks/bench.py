@@ -136,7 +136,7 @@ STAGES = ("generate", "split", "train", "evaluate", "plot")
 def pipeline(reps: int) -> dict[str, float]:
     """Full `dvc repro` in clean copies, no-op reruns, then one clean run stage by stage.
 
-    The train stage's own phase timings (models/sweep.json) say where its time goes.
+    The train stage's own phase timings (reports/sweep.json) say where its time goes.
     """
     full, noop, phases, process = [], [], [], []
     for _ in range(reps):
@@ -145,7 +145,7 @@ def pipeline(reps: int) -> dict[str, float]:
             copy_project(copy)
             full.append(dvc(copy, "repro"))
             noop += [dvc(copy, "repro") for _ in range(3)]
-            sweep = json.loads((copy / "models" / "sweep.json").read_text())
+            sweep = json.loads((copy / "reports" / "sweep.json").read_text())
             phases.append(sweep["phases"])
             process.append(sweep["process_seconds"])
     with tempfile.TemporaryDirectory() as tmp:

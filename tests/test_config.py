@@ -45,7 +45,20 @@ def raw_params() -> dict:
         ("data", "n_train", 1, "data.n_train: must be an integer >= 2"),
         ("data", "noise", -0.2, "data.noise: must be a number >= 0"),
         ("train", "epochs", 0, "train.epochs: must be an integer > 0"),
-        ("model", "hidden_units", 0, "model.hidden_units: must be an integer > 0"),
+        ("model", "hidden_units", 0, "model.hidden_units: must be an integer from 1 to 10,000"),
+        # Every accepted setting runs to the end: seeds and random states as NumPy takes them,
+        # sizes within what memory holds.
+        ("train", "seeds", [-1], "train.seeds: must be a list of integers from 0 to 4,294,967,295"),
+        ("train", "seeds", [2**32], "train.seeds: must be a list of integers from 0 to"),
+        ("train", "seeds", list(range(101)), "train.seeds: must be a list of at most 100 seeds"),
+        ("data", "random_state", -1, "data.random_state: must be an integer from 0 to"),
+        ("data", "fresh_random_state", 2**32, "data.fresh_random_state: must be an integer from"),
+        ("train", "epochs", 10**11, "train.epochs: must be an integer from 1 to 100,000"),
+        ("data", "fresh_samples", 10**10, "data.fresh_samples: must be an integer from 1 to"),
+        ("data", "n_samples", 10**6, "data.n_samples: must be an integer from 3 to 100,000"),
+        ("model", "hidden_units", 10**5, "model.hidden_units: must be an integer from 1 to 10,000"),
+        ("model", "learning_rate", "inf", "model.learning_rate: must be a finite number"),
+        ("penalty", "strength", "nan", "penalty.strength: must be a finite number"),
         ("train", "seeds", [], "train.seeds: must be a non-empty list"),
         ("sweep", "kinds", [], "sweep.kinds: must be a non-empty list"),
         ("sweep", "strengths", [], "sweep.strengths: must be a non-empty list"),
@@ -56,6 +69,17 @@ def test_bad_setting_is_named(section: str, key: str, value: object, message: st
     raw = raw_params()
     raw[section][key] = value
     with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.").replace("(", r"\(")):
+        parse_config(raw)
+
+
+def test_limits_across_settings_are_named() -> None:
+    raw = raw_params()
+    raw["data"]["n_samples"], raw["model"]["hidden_units"] = 100_000, 500
+    with pytest.raises(ConfigError, match=r"^model\.hidden_units: must be at most 50 with"):
+        parse_config(raw)
+    raw = raw_params()
+    raw["train"]["epochs"], raw["train"]["seeds"] = 100_000, list(range(20))
+    with pytest.raises(ConfigError, match=r"^train\.epochs: must be at most 1,000,000 epochs"):
         parse_config(raw)
 
 

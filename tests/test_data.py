@@ -132,3 +132,19 @@ def test_evaluate_refuses_a_bad_fresh_sample_and_writes_nothing(
     assert status == 1
     assert err.strip() == f"error: {fresh}: line 6: label must be 0 or 1, got '7'"
     assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == reports
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_respect_the_umask(project, entry, umask: int, mode: int) -> None:
+    """What a teammate or a shared DVC cache may read is the umask's call, not the code's."""
+    import os
+    import stat
+
+    root, _ = project
+    previous = os.umask(umask)
+    try:
+        assert entry(prepare.main, root, "generate")[0] == 0
+    finally:
+        os.umask(previous)
+    for path in (root / "data/raw").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path

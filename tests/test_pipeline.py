@@ -31,7 +31,7 @@ def mlflow_client(root):
 @pytest.fixture(scope="module")
 def sweep(shrunk_pipeline):
     root = shrunk_pipeline.root
-    return json.loads((root / "models/sweep.json").read_text())
+    return json.loads((root / "reports/sweep.json").read_text())
 
 
 def test_shrunk_settings_are_in_params(shrunk_pipeline) -> None:
@@ -211,3 +211,19 @@ def test_summary_has_every_configuration(shrunk_pipeline) -> None:
     for name in EXPECTED_RUNS:
         assert f"| {name} |" in summary
     assert f"The best penalty, {headline['best']['run']}" in summary
+
+
+def test_every_file_the_pipeline_wrote_follows_the_umask(shrunk_pipeline) -> None:
+    import os
+    import stat
+
+    root = shrunk_pipeline.root
+    umask = os.umask(0)
+    os.umask(umask)
+    written = [p for d in ("data", "models", "reports") for p in (root / d).rglob("*")]
+    files = [p for p in written if p.is_file() and ".partial" not in p.parts]
+    assert len(files) > 30
+    wrong = {
+        str(p.relative_to(root)) for p in files if stat.S_IMODE(p.stat().st_mode) != 0o666 & ~umask
+    }
+    assert wrong == set()

@@ -59,3 +59,33 @@ def test_outputs_are_in_the_dvc_cache(project) -> None:
     (root / "data/split/train.csv").unlink()
     run("dvc", "checkout", "data/split")
     assert (root / "data/split/train.csv").read_text().startswith("x1,x2,label\n")
+
+
+def test_the_committed_lock_matches_the_code_and_params(project) -> None:
+    """On a checkout with no outputs yet, DVC may miss the outputs, never see a dependency
+    changed: otherwise a clone that pulled the results would still retrain."""
+    import json
+
+    root, run = project
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    outputs = {
+        next(iter(out)) if isinstance(out, dict) else out
+        for stage in stages.values()
+        for kind in ("outs", "metrics", "plots")
+        for out in stage.get(kind, [])
+    }
+
+    def produced(path: str) -> bool:
+        return any(path == out or path.startswith(out + "/") for out in outputs)
+
+    status = json.loads(run("dvc", "status", "--json").stdout)
+    stale = []
+    for stage, entries in status.items():
+        for entry in entries:
+            if not isinstance(entry, dict):  # "changed command", "always changed"
+                stale.append((stage, entry))
+                continue
+            for path, state in entry.get("changed deps", {}).items():
+                if not produced(path):
+                    stale.append((stage, path, state))
+    assert stale == [], f"dvc.lock is stale (run `dvc repro` and commit it): {stale}"

@@ -120,7 +120,7 @@ def sweep(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     run = copy_project(root, [*SHRUNK, "tracking=server"])
     env = env_for(root) | {"MLFLOW_TRACKING_URI": server.uri_with_password}
     result = run("dvc", "repro", env=env)
-    data = json.loads((root / "models/sweep.json").read_text())
+    data = json.loads((root / "reports/sweep.json").read_text())
     return Sweep(root, run, result.stdout + result.stderr, data)
 
 

@@ -64,3 +64,98 @@ def test_an_upper_case_scheme_is_still_checked(tmp_path) -> None:
         tracking.check_reachable("HTTP://user:secret@127.0.0.1:1/?token=secret", timeout=1)
     assert "secret" not in str(caught.value)
     assert "http://127.0.0.1:1" in str(caught.value)
+
+
+# --- a store no crash can break ----------------------------------------------------------------
+
+CREATE = "import sys; from overfit import tracking; tracking.ensure_store(sys.argv[1])"
+
+
+def usable(database) -> bool:
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    names = [e.name for e in tracking.client(f"sqlite:///{database}").search_experiments()]
+    return names == ["Default"]
+
+
+@pytest.mark.parametrize("after", [0.3, 0.9, 1.4, 1.8, 2.2, 2.8])
+def test_a_store_killed_while_it_is_created_is_missing_or_whole(tmp_path, after: float) -> None:
+    """kill -9 at moments spread over the creation (about 3 s here): no store, or a whole
+    one; never a half-made one that every later run refuses."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    database = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    creator = subprocess.Popen(
+        [sys.executable, "-c", CREATE, uri], start_new_session=True, stderr=subprocess.DEVNULL
+    )
+    time.sleep(after)
+    os.killpg(creator.pid, signal.SIGKILL)
+    creator.wait(timeout=10)
+    if database.exists():
+        assert usable(database)
+    tracking.ensure_store(uri)  # whatever the crash left, the next run gets a whole store
+    assert usable(database)
+    assert list(tmp_path.glob(".mlflow.db.*")) == [], "a draft store was left behind"
+
+
+def test_the_creation_is_timed_to_span_the_kill_moments(tmp_path) -> None:
+    """The moments above are spread over a creation that really takes that long here."""
+    import subprocess
+    import sys
+    import time
+
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", CREATE, f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        check=True,
+        capture_output=True,
+    )
+    assert 0.8 < time.monotonic() - started < 30
+
+
+def half_made(database) -> None:
+    """A SQLite file with some other program's tables in it."""
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [lambda db: db.write_bytes(b"not a database at all\n" * 50), half_made],
+    ids=["garbage", "not an MLflow store"],
+)
+def test_an_unusable_store_is_one_line_naming_it(shrunk_pipeline, tmp_path, entry, spoil) -> None:
+    import shutil
+    import time
+
+    from overfit import train
+
+    root = tmp_path / "project"
+    shrunk_pipeline.copy_to(root)
+    shutil.rmtree(root / "models")
+    spoil(root / "mlflow.db")
+    started = time.monotonic()
+    status, _, err = entry(train.main, root)
+    assert time.monotonic() - started < 20, "refused only after MLflow's retries"
+    assert status == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: {root / 'mlflow.db'}: not a usable MLflow store (")
+    assert lines[0].endswith("move it aside or delete it, and rerun to start a new one")
+    assert not (root / "models").exists()
+
+
+def test_an_empty_store_file_is_replaced_by_a_whole_store(tmp_path) -> None:
+    database = tmp_path / "mlflow.db"
+    database.touch()
+    tracking.ensure_store(f"sqlite:///{database}")
+    assert usable(database)

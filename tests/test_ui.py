@@ -54,7 +54,7 @@ def assert_screenshot(path: Path) -> None:
 @pytest.fixture(scope="module")
 def sweep(shrunk_pipeline) -> dict:
     root = shrunk_pipeline.root
-    return json.loads((root / "models/sweep.json").read_text())
+    return json.loads((root / "reports/sweep.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 A stage reads another stage's output only through this module, so a format is defined once:
 
 - a job's `result.json` (`JobResult`) and per-epoch `history.csv`;
-- the sweep's record `models/sweep.json` (`SweepRecord`);
+- the sweep's record `reports/sweep.json` (`SweepRecord`);
 - evaluate's `reports/metrics.json` (`Headline`: the figures DVC shows and the gate guards),
   `reports/configs.json` (`ConfigSummary` per configuration), `reports/evaluation.npz` (arrays
   for the figures) and the CSV tables behind the DVC plots.
@@ -12,6 +12,7 @@ A stage reads another stage's output only through this module, so a format is de
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -63,7 +64,12 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    """JSON as the standard has it: a NaN or an infinity is an error, never written."""
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except ValueError:
+        raise ArtifactError(f"{path}: not written, a value is NaN or infinite") from None
+    write_text(path, text + "\n")
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -92,6 +98,19 @@ class JobResult:
     per_seed: dict[str, dict[str, float]]
     mean: dict[str, float]
     std: dict[str, float]
+    # Per seed: the SHA-256 of the saved model's weights, checked when evaluate loads it.
+    weights_sha256: dict[str, str]
+
+
+def weights_digest(weights: Sequence[np.ndarray]) -> str:
+    """SHA-256 of a model's weights (shapes and float32 bytes, in Keras' order): recorded at
+    training, checked when the model is loaded again."""
+    digest = hashlib.sha256()
+    for array in weights:
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        digest.update(repr(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def write_result(folder: Path, result: JobResult) -> None:
@@ -140,7 +159,7 @@ def read_accuracy_history(folder: Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SweepRecord:
-    """models/sweep.json: the parent run, each configuration's child run, where time went."""
+    """reports/sweep.json: the parent run, each configuration's child run, where time went."""
 
     parent_run_id: str
     tracking_uri: str

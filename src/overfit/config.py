@@ -27,6 +27,20 @@ from overfit.artifacts import write_text
 PENALTY_KINDS = ("none", "l1", "l2", "l1_l2")
 ROOT_ENV = "OVERFIT_ROOT"
 
+# What NumPy, scikit-learn and Keras accept as a seed or random state.
+SEED_MAX = 2**32 - 1
+# Upper bounds from memory, so that an accepted setting runs to the end on a machine like the
+# one the project is built on (2 cores, 24 GiB). The stacked loop holds several float32 tensors
+# of 16 models x rows x hidden units at once; evaluate holds the fresh sample and a row per
+# point of it; every epoch of every seed is kept in memory and in history.csv.
+MAX_SAMPLES = 100_000
+MAX_FRESH_SAMPLES = 1_000_000
+MAX_HIDDEN_UNITS = 10_000
+MAX_ROWS_X_UNITS = 5_000_000  # data.n_samples x model.hidden_units: ~0.3 GB per tensor
+MAX_EPOCHS = 100_000
+MAX_SEEDS = 100
+MAX_EPOCHS_X_SEEDS = 1_000_000  # train.epochs x len(train.seeds): the curves of one job
+
 
 class ConfigError(ValueError):
     """A setting that is not allowed; the message names the key and what is allowed."""
@@ -42,7 +56,7 @@ class DataConfig:
     fresh_random_state: int = 10
 
     def check(self) -> None:
-        _require(self.n_samples >= 3, "data.n_samples", "an integer >= 3", self.n_samples)
+        _in_range("data.n_samples", self.n_samples, 3, MAX_SAMPLES)
         _require(self.noise >= 0, "data.noise", "a number >= 0", self.noise)
         _require(self.n_train >= 2, "data.n_train", "an integer >= 2", self.n_train)
         _require(
@@ -51,9 +65,9 @@ class DataConfig:
             f"an integer below data.n_samples ({self.n_samples})",
             self.n_train,
         )
-        _require(
-            self.fresh_samples >= 1, "data.fresh_samples", "an integer >= 1", self.fresh_samples
-        )
+        _in_range("data.fresh_samples", self.fresh_samples, 1, MAX_FRESH_SAMPLES)
+        _in_range("data.random_state", self.random_state, 0, SEED_MAX)
+        _in_range("data.fresh_random_state", self.fresh_random_state, 0, SEED_MAX)
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,7 @@ class ModelConfig:
     learning_rate: float = 0.001
 
     def check(self) -> None:
-        _require(self.hidden_units > 0, "model.hidden_units", "an integer > 0", self.hidden_units)
+        _in_range("model.hidden_units", self.hidden_units, 1, MAX_HIDDEN_UNITS)
         _require(self.learning_rate > 0, "model.learning_rate", "a number > 0", self.learning_rate)
 
 
@@ -89,12 +103,33 @@ class TrainConfig:
 
     def check(self) -> None:
         _require(self.epochs > 0, "train.epochs", "an integer > 0", self.epochs)
+        _in_range("train.epochs", self.epochs, 1, MAX_EPOCHS)
         _require(len(self.seeds) > 0, "train.seeds", "a non-empty list of integers", self.seeds)
+        _require(
+            len(self.seeds) <= MAX_SEEDS,
+            "train.seeds",
+            f"a list of at most {MAX_SEEDS} seeds",
+            f"{len(self.seeds)} seeds",
+        )
         _require(
             len(set(self.seeds)) == len(self.seeds),
             "train.seeds",
             "a list of distinct integers",
             self.seeds,
+        )
+        for seed in self.seeds:
+            _require(
+                0 <= seed <= SEED_MAX,
+                "train.seeds",
+                f"a list of integers from 0 to {SEED_MAX:,}",
+                seed,
+            )
+        _require(
+            self.epochs * len(self.seeds) <= MAX_EPOCHS_X_SEEDS,
+            "train.epochs",
+            f"at most {MAX_EPOCHS_X_SEEDS:,} epochs in all over train.seeds "
+            f"({len(self.seeds)} seeds: at most {MAX_EPOCHS_X_SEEDS // len(self.seeds):,})",
+            self.epochs,
         )
 
 
@@ -192,6 +227,14 @@ class Config:
     def check(self) -> None:
         for f in dataclasses.fields(self):
             getattr(self, f.name).check()
+        _require(
+            self.data.n_samples * self.model.hidden_units <= MAX_ROWS_X_UNITS,
+            "model.hidden_units",
+            f"at most {MAX_ROWS_X_UNITS // self.data.n_samples:,} with data.n_samples "
+            f"{self.data.n_samples} (data.n_samples x model.hidden_units at most "
+            f"{MAX_ROWS_X_UNITS:,})",
+            self.model.hidden_units,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,6 +243,10 @@ class Config:
 def _require(ok: bool, key: str, allowed: str, got: Any) -> None:
     if not ok:
         raise ConfigError(f"{key}: must be {allowed}, got {got!r}")
+
+
+def _in_range(key: str, value: int, low: int, high: int) -> None:
+    _require(low <= value <= high, key, f"an integer from {low} to {high:,}", value)
 
 
 # --- parsing a plain mapping into the schema -------------------------------------------------
@@ -309,13 +356,37 @@ def project_root() -> Path:
     raise ConfigError(f"no dvc.yaml in {here} or above: run from inside the project")
 
 
+def read_params(root: Path) -> str:
+    """params.yaml's text."""
+    path = root / layout.PARAMS
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run `make params`") from None
+
+
 def load_params(root: Path | None = None) -> Config:
     """Read and check params.yaml (safe YAML loader)."""
-    path = (root or project_root()) / layout.PARAMS
+    root = root or project_root()
+    return parse_params(read_params(root), root / layout.PARAMS)
+
+
+def parse_params(text: str, path: Path) -> Config:
+    """Check params.yaml's text; `path` names the file in error messages."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_config(raw)
+
+
+def load_job_config(folder: Path) -> Config:
+    """The resolved configuration a job saved beside its models (.hydra/config.yaml)."""
+    path = folder / layout.JOB_CONFIG
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; run `make params`") from None
+        raise ConfigError(f"{path}: missing; the job's folder is incomplete") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return parse_config(raw)
@@ -449,14 +520,15 @@ class ComposedJob:
     yaml: str
 
 
-def compose_jobs(root: Path, jobs: Sequence[Sequence[str]]) -> list[ComposedJob]:
-    """Each job's configuration: params.yaml plus its overrides, composed once, then checked."""
+def compose_jobs(config_dir: Path, jobs: Sequence[Sequence[str]]) -> list[ComposedJob]:
+    """Each job's configuration: params.yaml in `config_dir` plus the job's overrides,
+    composed once, then checked."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
     composed = []
-    with initialize_config_dir(str(root.resolve()), version_base=None):
+    with initialize_config_dir(str(config_dir.resolve()), version_base=None):
         for job in jobs:
             try:
                 cfg = compose(config_name=layout.PARAMS.stem, overrides=list(job))

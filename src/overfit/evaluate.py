@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,12 +25,20 @@ from overfit.artifacts import (
     read_accuracy_history,
     read_result,
     read_sweep,
+    weights_digest,
     write_arrays,
     write_curves_table,
     write_evaluation,
     write_strength_table,
 )
-from overfit.config import ConfigError, exit_on_config_error, load_params, project_root
+from overfit.config import (
+    Config,
+    ConfigError,
+    exit_on_config_error,
+    load_job_config,
+    load_params,
+    project_root,
+)
 from overfit.data import DataError, Points, load_fresh, load_train_test
 from overfit.metrics import (
     EvaluationError,
@@ -44,17 +54,78 @@ from overfit.metrics import (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def evaluate_run(
-    folder: Path, train: Points, test: Points, fresh: Points, grid: np.ndarray
-) -> tuple[ConfigSummary, np.ndarray, np.ndarray]:
-    """Per-seed measures of one configuration; its mean grid probabilities and hidden kernels."""
+def expected_architecture(config: Config) -> list[dict[str, object]]:
+    """The architecture a job's configuration describes, from a model built as training does."""
+    from overfit.model import architecture, build_model
+
+    return architecture(
+        build_model(
+            hidden_units=config.model.hidden_units,
+            kind=config.penalty.kind,
+            strength=config.penalty.strength,
+            apply_to=config.penalty.apply_to,
+            learning_rate=config.model.learning_rate,
+            seed=0,
+        )
+    )
+
+
+def load_checked(path: Path, architecture: list[dict[str, object]], digest: str) -> Any:
+    """A saved model, once it is shown to be the model training saved there: a Keras file
+    (loaded in safe mode), of the configured architecture, with the recorded weights."""
     import keras
 
+    from overfit.model import architecture as architecture_of
+
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found"
+        raise EvaluationError(f"{path}: not a readable Keras model (not a .keras zip archive)")
+    try:
+        model = keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # Keras raises many kinds for a file it cannot read
+        reason = (str(error).strip().splitlines() or [""])[0][:160]
+        raise EvaluationError(
+            f"{path}: not a readable Keras model ({type(error).__name__}: {reason})"
+        ) from None
+    found = architecture_of(model)
+    if found != architecture:
+        differs = first_difference(found, architecture)
+        raise EvaluationError(f"{path}: not the model its configuration describes: {differs}")
+    if weights_digest(model.get_weights()) != digest:
+        raise EvaluationError(
+            f"{path}: not the weights training saved there (their SHA-256 differs from "
+            "result.json's); rerun the train stage"
+        )
+    return model
+
+
+def first_difference(found: list[dict[str, object]], expected: list[dict[str, object]]) -> str:
+    """Where two architectures part: `layer 1's activation is tanh, not relu`."""
+    for number, (ours, theirs) in enumerate(zip(found, expected, strict=False), start=1):
+        for key in theirs:
+            if ours.get(key) != theirs[key]:
+                return f"layer {number}'s {key} is {ours.get(key)!r}, not {theirs[key]!r}"
+    return f"{len(found)} layers, not {len(expected)}"
+
+
+def evaluate_run(
+    folder: Path, run_id: str, train: Points, test: Points, fresh: Points, grid: np.ndarray
+) -> tuple[ConfigSummary, np.ndarray, np.ndarray]:
+    """Per-seed measures of one configuration; its mean grid probabilities and hidden kernels."""
     result = read_result(folder)
+    if result.mlflow_run_id != run_id:
+        raise EvaluationError(
+            f"{folder}: left by another sweep (MLflow run {result.mlflow_run_id}, the sweep's "
+            f"is {run_id}); rerun the train stage"
+        )
+    expected = {layout.model_file(folder, seed) for seed in result.seeds}
+    strays = sorted(set(folder.glob(layout.MODEL_FILES)) - expected)
+    if strays:
+        raise EvaluationError(f"{strays[0]}: not one of the job's seeds {result.seeds}")
+    architecture = expected_architecture(load_job_config(folder))
     per_seed, grids, kernels = [], [], []
     for seed in result.seeds:
         path = layout.model_file(folder, seed)
-        model = keras.models.load_model(path, safe_mode=True, compile=False)
+        model = load_checked(path, architecture, result.weights_sha256.get(str(seed), ""))
         weights = model.get_weights()
         penalty = float(sum(np.asarray(loss) for loss in model.losses)) if model.losses else 0.0
         on = {
@@ -92,17 +163,21 @@ def evaluate_run(
 
 def evaluate(root: Path) -> Evaluation:
     config = load_params(root)
-    runs = sorted(read_sweep(root).runs)
+    sweep = read_sweep(root)
     train, test = load_train_test(root, config.data)
     fresh = load_fresh(root, config.data)
     grid = decision_grid([train, test])
 
     configs, arrays = {}, {"grid": grid}
-    for name in runs:
+    for name, run_id in sorted(sweep.runs.items()):
         folder = layout.run_dir(root, name)
         configs[name], arrays[f"proba/{name}"], arrays[f"kernels/{name}"] = evaluate_run(
-            folder, train, test, fresh, grid
+            folder, run_id, train, test, fresh, grid
         )
+    for name, summary in configs.items():
+        broken = [m for m, s in summary.measures.items() if not np.isfinite([s.mean, s.std]).all()]
+        if broken:
+            raise EvaluationError(f"{name}: {broken[0]} is not a finite number")
     report = evaluation(configs)
 
     curves = {}
@@ -128,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
         report = evaluate(project_root())
     except ConfigError as error:
         exit_on_config_error(error)
+    except KeyboardInterrupt:  # files are written whole or not at all: nothing to clean up
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except (DataError, EvaluationError, ArtifactError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -22,8 +22,15 @@ from typing import Any
 import numpy as np
 import yaml
 
-from overfit import figures, layout, tracking
-from overfit.artifacts import JobResult, write_bytes, write_history, write_result, write_text
+from overfit import figures, layout, runtime, tracking
+from overfit.artifacts import (
+    JobResult,
+    weights_digest,
+    write_bytes,
+    write_history,
+    write_result,
+    write_text,
+)
 from overfit.config import Config, parse_config, project_root
 from overfit.data import Points, load_train_test
 from overfit.summary import progress_line
@@ -64,13 +71,30 @@ class Trained:
     models: list[Any]
     histories: list[Any]
 
+    def divergence(self, seeds: Sequence[int]) -> str | None:
+        """Where a loss first became NaN or infinite, if it did: no model to keep."""
+        for seed, history in zip(seeds, self.histories, strict=True):
+            for curve in ("loss", "val_loss"):
+                values = np.asarray(history.history[curve])
+                bad = np.flatnonzero(~np.isfinite(values))
+                if bad.size:
+                    name = CURVE_NAMES[curve].replace("_", " ")
+                    return (
+                        f"the {name} of seed {seed} became {values[bad[0]]} at epoch {bad[0] + 1}"
+                    )
+        return None
+
+
+class TrainingDiverged(RuntimeError):
+    """A configuration's loss became NaN or infinite; the message names it."""
+
 
 # --- training --------------------------------------------------------------------------------
 
 
 def build_models(config: Config) -> list[Any]:
     """One compiled Keras model per seed, with that seed's initial weights."""
-    from overfit.model import build_model
+    from overfit.model import build_model  # Keras: imported once there is work for it
 
     return [
         build_model(
@@ -99,8 +123,11 @@ def train_together(root: Path, configs: Sequence[Config], phases: Phases) -> lis
         with phases.timed("build"):
             per_job = [build_models(configs[i]) for i in members]
         models = [model for job in per_job for model in job]
+        runtime.checkpoint()
         with phases.timed("train"):
-            histories = iter(train_stacked(models, train.x, train.y, test.x, test.y, epochs))
+            histories = iter(
+                train_stacked(models, train.x, train.y, test.x, test.y, epochs, runtime.checkpoint)
+            )
         for index, job_models in zip(members, per_job, strict=True):
             trained[index] = Trained(job_models, [next(histories) for _ in job_models])
     return [t for t in trained if t is not None]
@@ -160,9 +187,15 @@ def run_job(
     if config.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = config.tracking.parent_run_id
     train, test = load_train_test(root, config.data)
+    runtime.checkpoint()
     with tracking.tracked_run(store.client, store.experiment_id, name, tags) as child:
         if trained is None:
             trained = train_together(root, [config], phases)[0]
+        diverged = trained.divergence(config.train.seeds)
+        if diverged:
+            raise TrainingDiverged(
+                f"{name}: {diverged}; lower model.learning_rate or the penalty's strength"
+            )
         summary = summarize(config.train.seeds, [h.final for h in trained.histories])
         with phases.timed("save"):
             for seed, model in zip(config.train.seeds, trained.models, strict=True):
@@ -170,10 +203,12 @@ def run_job(
             write_history(
                 work_dir, config.train.seeds, [named_curves(h) for h in trained.histories]
             )
+        runtime.checkpoint()
         curves = mean_curves(trained.histories)
         with phases.timed("plot"):
             figure = figures.learning_curve_figure(curves, title=name)
             write_bytes(work_dir / layout.LEARNING_CURVE_FILE, figures.png_bytes(figure))
+        runtime.checkpoint()
         with phases.timed("log"):
             log_child_run(store.client, child, config, summary, curves, trained.models[0], train)
             store.client.log_artifact(child, str(work_dir / layout.LEARNING_CURVE_FILE))
@@ -187,7 +222,12 @@ def run_job(
             phases=dict(phases),
             threads=tensorflow_threads(),
             **summary,
+            weights_sha256={
+                str(seed): weights_digest(model.get_weights())
+                for seed, model in zip(config.train.seeds, trained.models, strict=True)
+            },
         )
+        runtime.checkpoint()
         write_result(work_dir, result)
         publish(work_dir, layout.run_dir(root, name))
     print(progress_line(result), flush=True)

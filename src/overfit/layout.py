@@ -23,11 +23,18 @@ SPLIT_DIR = Path("data/split")
 TRAIN_CSV = SPLIT_DIR / "train.csv"
 TEST_CSV = SPLIT_DIR / "test.csv"
 
-# Stage train: one folder per configuration, plus the sweep's record.
+# Held by a pipeline process while it runs: one pipeline per project folder at a time.
+PIPELINE_LOCK = Path(".overfit.lock")
+
+# Stage train: one folder per configuration, plus the sweep's record. The record is kept out of
+# DVC's cache (see dvc.yaml), so DVC never restores the stage from its run cache: a train stage
+# that did not finish always runs again, and so finds the runs a killed process left RUNNING.
 MODELS_DIR = Path("models")
-SWEEP_RECORD = MODELS_DIR / "sweep.json"
+SWEEP_RECORD = Path("reports/sweep.json")
 # A job works in models/.partial/<run>/ and is renamed into place only when complete.
 PARTIAL_DIR = MODELS_DIR / ".partial"
+# params.yaml as the sweep read it, once: every job is composed from this copy.
+PARAMS_SNAPSHOT = PARTIAL_DIR / "params.yaml"
 RESULT_FILE = "result.json"
 HISTORY_FILE = "history.csv"
 LEARNING_CURVE_FILE = "learning_curve.png"
@@ -65,8 +72,11 @@ def partial_run_dir(root: Path, name: str) -> Path:
     return root / PARTIAL_DIR / name
 
 
+MODEL_FILES = "seed_*.keras"
+
+
 def model_file(folder: Path, seed: int) -> Path:
-    return folder / f"seed_{seed}.keras"
+    return folder / MODEL_FILES.replace("*", str(seed))
 
 
 def figure_file(root: Path, name: str) -> Path:
@@ -76,6 +86,14 @@ def figure_file(root: Path, name: str) -> Path:
 def store_lock(database: Path) -> Path:
     """The lock file beside a SQLite store, taken while its schema is created."""
     return database.with_name(database.name + ".lock")
+
+
+DRAFT_SUFFIX = ".new"
+
+
+def store_draft(database: Path, pid: int) -> Path:
+    """Where a new SQLite store is created, beside its final name, before one rename."""
+    return database.with_name(f".{database.name}.{pid}{DRAFT_SUFFIX}")
 
 
 def store_root(root: Path) -> Path:

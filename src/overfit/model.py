@@ -55,3 +55,26 @@ def build_model(
         metrics=["accuracy"],
     )
     return model
+
+
+def architecture(model: keras.Model) -> list[dict[str, object]]:
+    """What a saved model is, layer by layer: its type, units, activation and regularizers, as
+    Keras serializes them; two models with the same description compute the same function of
+    their weights."""
+    return [
+        {
+            "layer": type(layer).__name__,
+            "units": getattr(layer, "units", None),
+            "activation": keras.activations.serialize(layer.activation)
+            if hasattr(layer, "activation")
+            else None,
+            "use_bias": getattr(layer, "use_bias", None),
+            "kernel_regularizer": keras.regularizers.serialize(layer.kernel_regularizer)
+            if getattr(layer, "kernel_regularizer", None) is not None
+            else None,
+            "bias_regularizer": keras.regularizers.serialize(layer.bias_regularizer)
+            if getattr(layer, "bias_regularizer", None) is not None
+            else None,
+        }
+        for layer in model.layers
+    ]

@@ -14,6 +14,7 @@ PRODUCTS = [
     (layout.FRESH_CSV, "a large fresh draw, to estimate real-world accuracy"),
     (layout.SPLIT_DIR, "train.csv (first 30 rows) and test.csv (the other 70)"),
     (layout.MODELS_DIR, "one folder per configuration: a .keras model per seed, history, config"),
+    (layout.SWEEP_RECORD, "the sweep's MLflow parent and child runs, where its time went"),
     (layout.METRICS, "the headline figures DVC tracks: `dvc metrics show`"),
     (layout.CONFIGS, "every configuration's measures, mean and spread over seeds"),
     (layout.SUMMARY, "the comparison table and what it says"),

@@ -65,6 +65,8 @@ def log_to_parent_run(root: Path, files: list[Path]) -> str | None:
     uri = tracking.tracking_uri(root, load_params(root).tracking)
     try:
         tracking.check_reachable(uri)
+        if uri.startswith("sqlite:///") and not layout.mlflow_db(root).is_file():
+            raise ConnectionError(f"no MLflow store at {layout.mlflow_db(root)}")
         mlflow = tracking.client(uri)
         mlflow.get_run(sweep.parent_run_id)
     except (ConnectionError, MlflowException) as error:
@@ -87,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         parent = log_to_parent_run(root, files)
     except ConfigError as error:
         exit_on_config_error(error)
+    except KeyboardInterrupt:  # files are written whole or not at all: nothing to clean up
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except (ArtifactError, DataError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         STAGES[args[0]](root, load_params(root).data)
     except ConfigError as error:
         exit_on_config_error(error)
+    except KeyboardInterrupt:  # files are written whole or not at all: nothing to clean up
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

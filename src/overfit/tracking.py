@@ -4,8 +4,10 @@ histories, run status on exit."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -18,7 +20,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
-from overfit import layout
+from overfit import layout, runtime
 from overfit.config import ConfigError, TrackingConfig
 
 # MLflow caps one log_batch call at 1000 metrics, 100 params and 100 tags.
@@ -90,22 +92,23 @@ SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=60000")
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         cursor = dbapi_connection.cursor()
-        for pragma in SQLITE_PRAGMAS:
+        path = cursor.execute("PRAGMA database_list").fetchone()[2]
+        # A draft store keeps SQLite's rollback journal: when it is renamed into place, all of
+        # it is in its one file (with WAL, some could still be in the -wal file beside it).
+        for pragma in SQLITE_PRAGMAS[Path(path).name.endswith(layout.DRAFT_SUFFIX) :]:
             cursor.execute(pragma)
         cursor.close()
 
 
 def client(uri: str) -> Any:
-    """An MlflowClient; its first use of a SQLite file creates or upgrades the schema, which
-    two processes must not do at once, hence the lock."""
+    """An MlflowClient; a SQLite store gets WAL mode and a busy timeout on every connection."""
     from mlflow.tracking import MlflowClient
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
     if uri.startswith("sqlite:") and not event.contains(Engine, "connect", _sqlite_pragmas):
         event.listen(Engine, "connect", _sqlite_pragmas)
-    with store_lock(uri):
-        return MlflowClient(tracking_uri=credentials_to_env(uri))
+    return MlflowClient(tracking_uri=credentials_to_env(uri))
 
 
 def credentials_to_env(uri: str) -> str:
@@ -140,12 +143,88 @@ class Store:
     uri: str
 
 
+class StoreError(RuntimeError):
+    """The tracking store cannot be used; the message names it and says what to do."""
+
+
 def open_store(root: Path, tracking: TrackingConfig) -> Store:
-    """The configured store, with the experiment created if needed."""
+    """The configured store, created if needed, with the experiment created if needed."""
     uri = tracking_uri(root, tracking)
-    mlflow = client(uri)
-    exp_id = experiment_id(mlflow, tracking.experiment, artifact_location(root, tracking))
+    ensure_store(uri)
+    try:
+        mlflow = client(uri)
+        exp_id = experiment_id(mlflow, tracking.experiment, artifact_location(root, tracking))
+    except Exception as error:  # MLflow's, SQLAlchemy's or the server's: all mean the same
+        raise StoreError(_unusable(uri, error)) from None
     return Store(mlflow, exp_id, uri)
+
+
+def _unusable(uri: str, error: BaseException) -> str:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    if uri.startswith("sqlite:///"):
+        return (
+            f"{uri.removeprefix('sqlite:///')}: not a usable MLflow store ({reason}); move it "
+            "aside or delete it, and rerun to start a new one"
+        )
+    return f"cannot use the MLflow store at {redact(uri)}: {reason}"
+
+
+def _exists(database: Path) -> bool:
+    """A store file with something in it (SQLite reads an empty file as an empty database)."""
+    return database.is_file() and database.stat().st_size > 0
+
+
+def check_sqlite_store(database: Path) -> None:
+    """Refuse at once a file that is not an MLflow store: MLflow itself would retry for
+    minutes before giving up. Reads SQLite's own catalogue, read-only."""
+    uri = f"sqlite:///{database}"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error as error:
+        raise StoreError(_unusable(uri, error)) from None
+    if not {"alembic_version", "experiments", "runs"} <= tables:
+        raise StoreError(_unusable(uri, ValueError("no MLflow tables in it")))
+
+
+def ensure_store(uri: str) -> None:
+    """Create a new SQLite store whole or not at all: its schema is built in a draft file
+    beside it, which one rename puts in place, so a crash at any moment leaves no store or a
+    complete one (never a half-made one that every later run refuses)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    if _exists(database):
+        check_sqlite_store(database)
+        return
+    with store_lock(uri):
+        if _exists(database):
+            return
+        for left in database.parent.glob(f".{database.name}.*{layout.DRAFT_SUFFIX}*"):
+            left.unlink(missing_ok=True)  # a draft whose creator died
+        draft = layout.store_draft(database, os.getpid())
+        import mlflow.tracking  # noqa: F401  (its import sets up its loggers, quieted below)
+
+        try:
+            with _quiet("mlflow"):  # its table-by-table account of the creation
+                client(f"sqlite:///{draft}").search_experiments(max_results=1)  # the schema
+        except Exception as error:
+            draft.unlink(missing_ok=True)
+            raise StoreError(f"{database}: could not create the MLflow store: {error}") from None
+        os.replace(draft, database)
+        print(f"created the MLflow store {database}", flush=True)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Only warnings and errors from `logger` within the block."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def run_tags(root: Path) -> dict[str, str]:
@@ -270,33 +349,42 @@ def tracked_run(
     try:
         run_id = mlflow_client.create_run(exp_id, run_name=name, tags=dict(tags)).info.run_id
         yield run_id
-    except (KeyboardInterrupt, SystemExit) as stop:
-        failed = isinstance(stop, SystemExit) and stop.code not in (0, None)
+    except (runtime.Interrupted, KeyboardInterrupt):
         if run_id is not None:
-            end_run(mlflow_client, run_id, "FAILED" if failed else "KILLED")
+            end_run(mlflow_client, run_id, "KILLED")
+        raise
+    except SystemExit as stop:
+        if run_id is not None:
+            end_run(mlflow_client, run_id, "FAILED" if stop.code not in (0, None) else "KILLED")
         raise
     except BaseException:
         if run_id is not None:
             end_run(mlflow_client, run_id, "FAILED")
         raise
-    end_run(mlflow_client, run_id, "FINISHED")
+    if end_run(mlflow_client, run_id, "FINISHED") == "KILLED":
+        runtime.checkpoint()  # Ctrl-C or SIGTERM came as the run ended: stop here
 
 
-def end_run(mlflow_client: Any, run_id: str, status: str, attempts: int = 3) -> None:
-    """Set a run's final status, with Ctrl-C and SIGTERM held off until it is written.
+def end_run(mlflow_client: Any, run_id: str, status: str, attempts: int = 3) -> str:
+    """Set a run's final status; the status written.
 
-    An interruption in the middle of a database call can leave the pooled connection broken:
-    the pool drops it on the failed attempt, and the next attempt gets a fresh one.
+    A run never ends FINISHED after Ctrl-C or SIGTERM has arrived: it ends KILLED. Signals are
+    held while the status is decided and written, and the end time is taken at the decision.
+    A retry covers a pooled database connection that an earlier interruption left broken.
     """
     with signals_held():
+        if status == "FINISHED" and runtime.received() is not None:
+            status = "KILLED"
+        end_time = int(time.time() * 1000)
         for attempt in range(attempts):
             try:
-                mlflow_client.set_terminated(run_id, status)
-                return
+                mlflow_client.set_terminated(run_id, status, end_time=end_time)
+                return status
             except Exception:
                 if attempt == attempts - 1:
                     raise
                 time.sleep(0.2)
+    return status
 
 
 @contextlib.contextmanager

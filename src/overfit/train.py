@@ -16,26 +16,34 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
-from overfit import layout, tracking
-from overfit.artifacts import SweepRecord, read_result, write_sweep
+from overfit import layout, runtime, tracking
+from overfit.artifacts import SweepRecord, read_result, write_sweep, write_text
 from overfit.config import (
     ComposedJob,
     ConfigError,
     compose_jobs,
     exit_on_config_error,
     expand_presets,
-    load_params,
+    parse_params,
     project_root,
+    read_params,
 )
 from overfit.data import DataError, load_train_test
-from overfit.job import Phases, hydra_task, run_job, train_together, write_job_config
+from overfit.job import (
+    Phases,
+    TrainingDiverged,
+    hydra_task,
+    run_job,
+    train_together,
+    write_job_config,
+)
 from overfit.summary import results_table
 from overfit.sweep import (
     check_unique_names,
@@ -50,15 +58,18 @@ from overfit.sweep import (
 PROCESS_STARTED = time.perf_counter()
 
 
-def plan(root: Path, args: Sequence[str]) -> tuple[list[ComposedJob], list[str], str]:
-    """The sweep's jobs, composed and checked; the multirun overrides; the sweep's name."""
-    params = load_params(root)
+def plan(
+    root: Path, config_dir: Path, args: Sequence[str]
+) -> tuple[list[ComposedJob], list[str], str]:
+    """The sweep's jobs, composed from the copy of params.yaml in `config_dir` and checked;
+    the multirun overrides; the sweep's name."""
+    params = parse_params((config_dir / layout.PARAMS.name).read_text(), root / layout.PARAMS)
     # By hand: the user's Hydra overrides; as the DVC stage: params.yaml's sweep and launcher.
     if args:
         overrides = expand_presets(root, args)
     else:
         overrides = [*launcher_overrides(params.launcher), *sweep_overrides(params.sweep)]
-    jobs = compose_jobs(root, job_overrides(overrides))
+    jobs = compose_jobs(config_dir, job_overrides(overrides))
     check_unique_names([job.config.penalty for job in jobs])
     return jobs, overrides, "by-hand" if args else params.sweep.name
 
@@ -67,42 +78,73 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--multirun", "-m")]
     try:
         root = project_root()
-        jobs, overrides, sweep_name = plan(root, args)
-        uri = tracking.tracking_uri(root, jobs[0].config.tracking)
     except ConfigError as error:
         exit_on_config_error(error)
+    try:
+        # One pipeline per folder; Ctrl-C and SIGTERM stop the sweep at its next safe point.
+        with runtime.project_lock(root / layout.PIPELINE_LOCK), runtime.signals_recorded():
+            train(root, args)
+    except runtime.FolderBusy as error:
+        fail(error)
+    except runtime.Interrupted as stop:
+        print(f"error: {stop}; the sweep's MLflow runs are marked KILLED", file=sys.stderr)
+        raise SystemExit(stop.exit_status) from None
+
+
+def fail(error: BaseException) -> NoReturn:
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(1) from None
+
+
+def train(root: Path, args: Sequence[str]) -> None:
+    """Plan and check the sweep, then run it; every refusal is one line."""
+    with tempfile.TemporaryDirectory() as snapshot:
+        # params.yaml is read once: every job is composed from this copy, so a params.yaml
+        # rewritten meanwhile (make params, dvc exp run) cannot mix two sweeps.
+        config_dir = Path(snapshot)
+        try:
+            params_text = read_params(root)
+            (config_dir / layout.PARAMS.name).write_text(params_text, encoding="utf-8")
+            jobs, overrides, sweep_name = plan(root, config_dir, args)
+            uri = tracking.tracking_uri(root, jobs[0].config.tracking)
+        except ConfigError as error:
+            exit_on_config_error(error)
+    runtime.checkpoint()
     try:
         for data in {job.config.data for job in jobs}:  # bad data stops the sweep before any run
             load_train_test(root, data)
         tracking.check_reachable(uri)
     except (DataError, ConnectionError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-    signal.signal(signal.SIGTERM, _interrupt)
+        fail(error)
+    runtime.checkpoint()
     try:
-        run_sweep(root, jobs, overrides, sweep_name)
-    except KeyboardInterrupt:
-        print("error: interrupted; the sweep's MLflow runs are marked KILLED", file=sys.stderr)
-        raise SystemExit(130) from None
+        run_sweep(root, jobs, overrides, sweep_name, params_text)
+    except (tracking.StoreError, TrainingDiverged) as error:
+        fail(error)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def run_sweep(root: Path, jobs: list[ComposedJob], overrides: list[str], sweep_name: str) -> None:
+def run_sweep(
+    root: Path, jobs: list[ComposedJob], overrides: list[str], sweep_name: str, params_text: str
+) -> None:
     """One parent MLflow run around the jobs; the sweep's table and record at the end."""
+    # A sweep that does not finish leaves no record: DVC then runs this stage again.
+    (root / layout.SWEEP_RECORD).unlink(missing_ok=True)
     store = tracking.open_store(root, jobs[0].config.tracking)
     for orphan in tracking.fail_orphaned_runs(store.client, store.experiment_id):
         print(f"marked run {orphan} FAILED: the process that ran it is gone")
+    finished = False
     try:
-        run_under_parent(root, jobs, overrides, sweep_name, store)
-    except KeyboardInterrupt:
+        run_under_parent(root, jobs, overrides, sweep_name, store, params_text)
+        finished = True
+    except (runtime.Interrupted, KeyboardInterrupt):
         tracking.kill_own_runs(store.client, store.experiment_id)
         raise
-    with contextlib.suppress(OSError):  # left only if a job was interrupted
-        (root / layout.PARTIAL_DIR).rmdir()
+    finally:
+        if not finished:  # the record is written last thing before the parent run ends
+            (root / layout.SWEEP_RECORD).unlink(missing_ok=True)
+        (root / layout.PARAMS_SNAPSHOT).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # left only if a job was interrupted
+            (root / layout.PARTIAL_DIR).rmdir()
 
 
 def run_under_parent(
@@ -111,6 +153,7 @@ def run_under_parent(
     overrides: list[str],
     sweep_name: str,
     store: tracking.Store,
+    params_text: str,
 ) -> None:
     configs = [job.config for job in jobs]
     names = [run_name(c.penalty) for c in configs]
@@ -133,9 +176,12 @@ def run_under_parent(
             flush=True,
         )
         phases = Phases()
+        runtime.checkpoint()
         if uses_hydra_launcher(overrides):
             for name in names:  # an interrupted run's leftovers
                 shutil.rmtree(layout.partial_run_dir(root, name), ignore_errors=True)
+            # The jobs' processes compose from the sweep's copy of params.yaml too.
+            write_text(root / layout.PARAMS_SNAPSHOT, params_text)
             launch_hydra(root, [*overrides, f"++tracking.parent_run_id={parent}"])
             results = [read_result(layout.run_dir(root, name)) for name in names]
         else:
@@ -144,14 +190,20 @@ def run_under_parent(
             trained = train_together(root, configs, phases)
             count = sum(len(t.models) for t in trained)
             print(f"trained {count} models stacked in {phases['train']:.1f} s", flush=True)
+            # A job whose loss became NaN fails first, before any other job is logged.
+            order = sorted(
+                range(len(jobs)),
+                key=lambda i: trained[i].divergence(configs[i].train.seeds) is None,
+            )
             results = []
-            for job, name, models in zip(jobs, names, trained, strict=True):
+            for i in order:
+                job, name = jobs[i], names[i]
                 tracking_config = dataclasses.replace(job.config.tracking, parent_run_id=parent)
                 config = dataclasses.replace(job.config, tracking=tracking_config)
                 work_dir = layout.partial_run_dir(root, name)
                 shutil.rmtree(work_dir, ignore_errors=True)  # an interrupted run's leftovers
                 write_job_config(work_dir, job.yaml, job.overrides)
-                results.append(run_job(root, config, store, tags, work_dir, models))
+                results.append(run_job(root, config, store, tags, work_dir, trained[i]))
         for result in results:
             phases.add(result.phases)
         table = results_table(results)
@@ -164,6 +216,7 @@ def run_under_parent(
             phases=dict(phases),
             process_seconds=round(time.perf_counter() - PROCESS_STARTED, 3),
         )
+        runtime.checkpoint()
         write_sweep(root, record)
     print(f"\n{table}\n{len(results)} configurations in {time.perf_counter() - started:.1f} s")
 
@@ -178,9 +231,10 @@ def launch_hydra(root: Path, overrides: list[str]) -> None:
         f"hydra.sweep.subdir={layout.PARTIAL_DIR.name}/${{run_name:}}",
         "hydra.job.chdir=False",
     ]
-    task = hydra.main(config_path=str(root), config_name=layout.PARAMS.stem, version_base=None)(
-        hydra_task
-    )
+    snapshot = root / layout.PARAMS_SNAPSHOT
+    task = hydra.main(
+        config_path=str(snapshot.parent), config_name=snapshot.stem, version_base=None
+    )(hydra_task)
     saved = sys.argv
     sys.argv = [saved[0], "--multirun", *settings, *overrides]
     try:

@@ -17,7 +17,8 @@ regularizers and optimizer state.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import keras
@@ -322,6 +323,7 @@ def train_stacked(
     x_test: np.ndarray,
     y_test: np.ndarray,
     epochs: int,
+    checkpoint: Callable[[], None] | None = None,
 ) -> list[History]:
     """Train compiled models full-batch for `epochs` epochs, in place, as `model.fit` would.
 
@@ -335,6 +337,10 @@ def train_stacked(
     per core), one compiled call per group, as many groups at once as there are cores (XLA
     releases the GIL). A model's result is bit-identical whichever other models, and however
     many, it is trained with.
+
+    `checkpoint`, if given, is called about every 0.1 s while groups train: when it raises, the
+    groups not started are dropped and the exception propagates (a compiled call that is
+    running cannot be stopped; it finishes in the background).
     """
     for model in models:
         _check_architecture(model)
@@ -347,15 +353,23 @@ def train_stacked(
     n_groups = max(workers, -(-len(models) // MAX_GROUP))
     size = -(-len(models) // n_groups)  # equal sizes: one compiled shape for every group
     groups = [models[start : start + size] for start in range(0, len(models), size)]
+    check = checkpoint or (lambda: None)
     if len(groups) == 1:
-        return _train_group(groups[0], data, epochs, size)
-    with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_train_group, group, data, epochs, size) for group in groups]
-        try:
-            return [history for future in futures for history in future.result()]
-        except BaseException:  # Ctrl-C: drop the groups not started, wait only for the running
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        check()
+        histories = _train_group(groups[0], data, epochs, size)
+        check()
+        return histories
+    pool = ThreadPoolExecutor(workers)
+    futures = [pool.submit(_train_group, group, data, epochs, size) for group in groups]
+    try:
+        pending = set(futures)
+        while pending:
+            check()
+            pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED).not_done
+        check()
+        return [history for future in futures for history in future.result()]
+    finally:  # on a stop: drop the groups not started, leave the running ones to finish
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def train_one(

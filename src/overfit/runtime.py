@@ -1,0 +1,95 @@
+"""What a pipeline process holds while it runs: the project folder, and the signals it was sent.
+
+Ctrl-C and SIGTERM are recorded when they arrive and acted on at the next safe point
+(`checkpoint`), never raised inside whatever code happens to be running: an exception raised
+from a signal handler can land in a garbage-collection callback (and be dropped) or half-way
+through a library's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+_received: list[int] = []
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM reached a safe point. A BaseException, as KeyboardInterrupt is, so
+    that no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's convention: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+def _record(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+
+
+@contextlib.contextmanager
+def signals_recorded() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM are recorded for `checkpoint`, not raised."""
+    previous = {signum: signal.signal(signum, _record) for signum in HANDLED}
+    _received.clear()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _received.clear()
+
+
+def received() -> int | None:
+    """The first signal recorded since the block began, if any."""
+    return _received[0] if _received else None
+
+
+def checkpoint() -> None:
+    """A safe point: stop here if Ctrl-C or SIGTERM has arrived."""
+    if _received:
+        raise Interrupted(_received[0])
+
+
+class FolderBusy(RuntimeError):
+    """Another pipeline process holds the project folder; the message names its pid."""
+
+
+@contextlib.contextmanager
+def project_lock(lock_file: Path) -> Iterator[None]:
+    """Hold the project folder for this process: a second pipeline in the same folder stops at
+    once. The lock dies with its process (flock), so a lock left by a killed process is taken
+    over by the next one; the file only says whose it was."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise FolderBusy(
+                f"another pipeline process (pid {holder}) is running in {lock_file.parent}; "
+                "wait for it to end, or stop it"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,80 @@
+"""Settings that are accepted run to the end, or fail clearly: a loss that becomes NaN or
+infinite, a tracking server that does not answer (its secrets never shown)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from overfit import config as config_entry
+from overfit import prepare, train
+
+TINY = ["train.epochs=20", "train.seeds=[1]", "sweep.kinds=[l2]", "data.fresh_samples=200"]
+
+
+def with_data(root: Path, entry, *overrides: str) -> None:
+    """params.yaml with these settings, and the data stages run."""
+    assert entry(config_entry.main, root, *TINY, *overrides)[0] == 0
+    for stage in ("generate", "split"):
+        assert entry(prepare.main, root, stage)[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "culprit"),
+    [
+        (["model.learning_rate=1.0e+30", "sweep.strengths=[1.0e-3]"], "none"),
+        (["sweep.strengths=[1.0e+308]"], "l2_1e+308"),
+    ],
+    ids=["learning rate 1e30", "strength 1e308"],
+)
+def test_a_loss_that_becomes_nan_fails_clearly(project, entry, overrides, culprit) -> None:
+    """The configuration's run ends FAILED, one line names it, nothing downstream is written."""
+    root, _ = project
+    with_data(root, entry, *overrides)
+    status, _, err = entry(train.main, root)
+    assert status == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: {culprit}: the train loss of seed 1 became ")
+    assert lines[0].endswith("lower model.learning_rate or the penalty's strength")
+    with sqlite3.connect(root / "mlflow.db") as db:
+        statuses = dict(db.execute("SELECT name, status FROM runs").fetchall())
+    # The diverged job failed first: no other job was logged, and the sweep failed with it.
+    assert statuses == {culprit: "FAILED", "sweep-default": "FAILED"}
+    assert not (root / "reports/sweep.json").exists()
+    assert not any((root / "models").glob("*/result.json"))
+    assert json.loads((root / "reports/metrics.json").read_text()) != {}  # untouched
+
+
+SECRET = "secret"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"HTTP://user:{SECRET}@127.0.0.1:1",
+        f"http://127.0.0.1:1/?token={SECRET}",
+        f"https://127.0.0.1:1/mlflow#{SECRET}",
+    ],
+    ids=["upper-case scheme, password", "token in the query", "fragment"],
+)
+def test_an_unreachable_server_is_named_without_its_secret(
+    project, entry, monkeypatch, uri: str
+) -> None:
+    root, _ = project
+    with_data(root, entry, "tracking=server")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    status, out, err = entry(train.main, root)
+    assert time.monotonic() - started < 30
+    assert status == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: cannot reach the MLflow tracking server at http")
+    assert "127.0.0.1:1" in lines[0]
+    assert SECRET not in out + err
+    assert not (root / "mlflow.db").exists() and not (root / "models").exists()
