@@ -8,11 +8,19 @@ from pathlib import Path
 
 import pytest
 
-# Two jobs of the shared shrunk sweep, one per worker: enough to run them side by side.
-JOBS = ["penalty=l1,l2", "penalty.strength=1e-3"]
+# Jobs of the shared shrunk sweep: two for joblib's two workers, side by side; one for
+# submitit, whose local executor takes the path a SLURM cluster takes.
 LAUNCHERS = {
-    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "launcher.threads=1"],
-    "submitit_local": ["hydra/launcher=submitit_local", "launcher.threads=1"],
+    "joblib": (
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "launcher.threads=1"],
+        ["penalty=l1,l2", "penalty.strength=1e-3"],
+        ["l1_1e-03", "l2_1e-03"],
+    ),
+    "submitit_local": (
+        ["hydra/launcher=submitit_local", "launcher.threads=1"],
+        ["penalty=l2", "penalty.strength=1e-3"],
+        ["l2_1e-03"],
+    ),
 }
 
 
@@ -31,12 +39,12 @@ def test_other_launchers_train_exactly_what_the_default_does(
     sequential = shrunk_pipeline.root
     root = tmp_path / "project"
     run = shrunk_pipeline.copy_to(root)
-    result = run(sys.executable, "-m", "overfit.train", "--multirun", *LAUNCHERS[launcher], *JOBS)
+    settings, jobs, names = LAUNCHERS[launcher]
+    result = run(sys.executable, "-m", "overfit.train", "--multirun", *settings, *jobs)
     if launcher == "joblib":
         assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     else:
         assert any((root / "models/.submitit").iterdir()), "the jobs did not go through submitit"
-    names = ["l1_1e-03", "l2_1e-03"]
     ours, reference = job_results(root, names), job_results(sequential, names)
     for name in names:
         assert ours[name]["per_seed"] == reference[name]["per_seed"], name

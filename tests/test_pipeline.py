@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from overfit.config import load_params
+from overfit.gate import HEADLINE_KEYS
 from overfit.sweep import run_name
 
 EXPECTED_RUNS = {"none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"}
@@ -120,7 +121,7 @@ def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sw
         assert child.data.tags["data.md5.data/split"]
         assert child.data.tags["git.commit"] == parent.data.tags["git.commit"]
         paths = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"model", "learning_curve.png", "config"} <= paths
+        assert {"model", "learning_curve.png", "history.csv", "config"} <= paths
 
 
 def test_logged_model_loads_and_predicts(shrunk_pipeline, sweep) -> None:
@@ -170,15 +171,7 @@ def test_dvc_reads_metrics_and_plots(shrunk_pipeline) -> None:
     # The headline fits a 120-column terminal; per-configuration figures are not DVC metrics.
     table = run("dvc", "metrics", "show").stdout.splitlines()
     assert table and max(len(line) for line in table) <= 120, table
-    assert set(table[0].split()) == {
-        "Path",
-        "baseline.train",
-        "baseline.test",
-        "baseline.fresh",
-        "best.run",
-        "best.test",
-        "best.fresh",
-    }
+    assert table[0].split() == ["Path", *sorted(HEADLINE_KEYS)]
     out = root / "plots-html"
     run("dvc", "plots", "show", "-o", str(out))
     page = (out / "index.html").read_text()

@@ -37,13 +37,13 @@ RUN = [
 COVERED = {
     "make test": "the suite itself; tests/test_workflow.py::test_every_make_target_exists",
     "dvc exp run -S data.noise=0.3": (
-        "tests/test_reliability.py::test_two_queued_experiments_share_one_store"
+        "tests/test_concurrency.py::test_two_queued_experiments_share_one_store"
     ),
     "dvc exp run -S sweep=article -S 'train.seeds=[1,2,3]'": (
-        "tests/test_reliability.py::test_two_queued_experiments_share_one_store"
+        "tests/test_concurrency.py::test_two_queued_experiments_share_one_store"
     ),
     "dvc exp run --queue -S 'data.n_train=20,40,60' && dvc queue start": (
-        "tests/test_reliability.py::test_two_queued_experiments_share_one_store"
+        "tests/test_concurrency.py::test_two_queued_experiments_share_one_store"
     ),
     "python -m overfit.train --multirun penalty.kind=l2 penalty.strength=1e-3,1e-2": (
         "tests/test_config.py::test_bad_overrides_stop_the_sweep_before_any_run"

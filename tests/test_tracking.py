@@ -142,6 +142,7 @@ def test_an_unusable_store_is_one_line_naming_it(shrunk_pipeline, tmp_path, entr
     root = tmp_path / "project"
     shrunk_pipeline.copy_to(root)
     shutil.rmtree(root / "models")
+    (root / "mlflow.db").unlink()
     spoil(root / "mlflow.db")
     started = time.monotonic()
     status, _, err = entry(train.main, root)

@@ -94,10 +94,10 @@ def test_stacked_equals_alone_and_saves(moons, tmp_path):
 
 
 def test_result_independent_of_stack_size(moons):
-    """The same model trained among 1, 2, 3 and 9 models: identical weights every time."""
+    """The same model trained among 1, 3 and 9 models: identical weights every time."""
     x_tr, y_tr, x_te, y_te = moons
     finals = []
-    for size in (1, 2, 3, 9):
+    for size in (1, 3, 9):
         models = [build_model(500, "l1", 1e-4, "hidden", 0.001, seed=s) for s in range(1, size + 1)]
         train_stacked(models, x_tr, y_tr, x_te, y_te, 300)
         finals.append(models[0].get_weights())

@@ -33,8 +33,6 @@ from overfit.artifacts import (
 )
 from overfit.config import (
     Config,
-    ConfigError,
-    exit_on_config_error,
     load_job_config,
     load_params,
     project_root,
@@ -50,24 +48,16 @@ from overfit.metrics import (
     summarize_run,
     weight_stats,
 )
+from overfit.runtime import run_stage
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def expected_architecture(config: Config) -> list[dict[str, object]]:
     """The architecture a job's configuration describes, from a model built as training does."""
-    from overfit.model import architecture, build_model
+    from overfit.model import architecture, build_configured
 
-    return architecture(
-        build_model(
-            hidden_units=config.model.hidden_units,
-            kind=config.penalty.kind,
-            strength=config.penalty.strength,
-            apply_to=config.penalty.apply_to,
-            learning_rate=config.model.learning_rate,
-            seed=0,
-        )
-    )
+    return architecture(build_configured(config, seed=0))
 
 
 def load_checked(path: Path, architecture: list[dict[str, object]], digest: str) -> Any:
@@ -199,16 +189,9 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    try:
-        report = evaluate(project_root())
-    except ConfigError as error:
-        exit_on_config_error(error)
-    except KeyboardInterrupt:  # files are written whole or not at all: nothing to clean up
-        print("error: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    except (DataError, EvaluationError, ArtifactError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    report = run_stage(
+        lambda: evaluate(project_root()), (DataError, EvaluationError, ArtifactError)
+    )
     if report.headline is not None:
         configs = report.configs
         for label, name in (("baseline", report.baseline_run), ("best", report.headline.best_run)):

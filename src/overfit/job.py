@@ -94,19 +94,9 @@ class TrainingDiverged(RuntimeError):
 
 def build_models(config: Config) -> list[Any]:
     """One compiled Keras model per seed, with that seed's initial weights."""
-    from overfit.model import build_model  # Keras: imported once there is work for it
+    from overfit.model import build_configured  # Keras: imported once there is work for it
 
-    return [
-        build_model(
-            hidden_units=config.model.hidden_units,
-            kind=config.penalty.kind,
-            strength=config.penalty.strength,
-            apply_to=config.penalty.apply_to,
-            learning_rate=config.model.learning_rate,
-            seed=seed,
-        )
-        for seed in config.train.seeds
-    ]
+    return [build_configured(config, seed) for seed in config.train.seeds]
 
 
 def train_together(root: Path, configs: Sequence[Config], phases: Phases) -> list[Trained]:
@@ -211,7 +201,9 @@ def run_job(
         runtime.checkpoint()
         with phases.timed("log"):
             log_child_run(store.client, child, config, summary, curves, trained.models[0], train)
-            store.client.log_artifact(child, str(work_dir / layout.LEARNING_CURVE_FILE))
+            # The figure, and every epoch of every seed (MLflow's curves are sampled from it).
+            for artifact in (layout.LEARNING_CURVE_FILE, layout.HISTORY_FILE):
+                store.client.log_artifact(child, str(work_dir / artifact))
             store.client.log_artifact(child, str(work_dir / layout.JOB_CONFIG), "config")
         result = JobResult(
             run=name,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from overfit.config import Config
+
 PENALTY_KINDS = ("none", "l1", "l2", "l1_l2")
 APPLY_TO = ("hidden", "all")
 
@@ -55,6 +57,18 @@ def build_model(
         metrics=["accuracy"],
     )
     return model
+
+
+def build_configured(config: Config, seed: int) -> keras.Model:
+    """`build_model` with a job's settings: its model, its penalty."""
+    return build_model(
+        hidden_units=config.model.hidden_units,
+        kind=config.penalty.kind,
+        strength=config.penalty.strength,
+        apply_to=config.penalty.apply_to,
+        learning_rate=config.model.learning_rate,
+        seed=seed,
+    )
 
 
 def architecture(model: keras.Model) -> list[dict[str, object]]:

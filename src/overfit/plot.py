@@ -16,9 +16,10 @@ from overfit.artifacts import (
     write_bytes,
     write_text,
 )
-from overfit.config import ConfigError, exit_on_config_error, load_params, project_root
+from overfit.config import load_params, project_root
 from overfit.data import DataError, load_train_test
 from overfit.metrics import NEAR_ZERO
+from overfit.runtime import run_stage
 from overfit.summary import summary_markdown
 
 
@@ -83,18 +84,13 @@ def main(argv: list[str] | None = None) -> None:
     if sys.argv[1:] if argv is None else argv:
         print("usage: python -m overfit.plot (no arguments: it reads params.yaml)", file=sys.stderr)
         raise SystemExit(2)
-    try:
+
+    def work() -> tuple[Path, list[Path], str | None]:
         root = project_root()
         files = plot(root)
-        parent = log_to_parent_run(root, files)
-    except ConfigError as error:
-        exit_on_config_error(error)
-    except KeyboardInterrupt:  # files are written whole or not at all: nothing to clean up
-        print("error: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    except (ArtifactError, DataError, KeyError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        return root, files, log_to_parent_run(root, files)
+
+    root, files, parent = run_stage(work, (ArtifactError, DataError, KeyError))
     for path in files:
         print(f"wrote {path.relative_to(root)}")
     if parent is not None:

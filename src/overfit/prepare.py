@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from overfit import layout
-from overfit.config import ConfigError, DataConfig, exit_on_config_error, load_params, project_root
+from overfit.config import DataConfig, load_params, project_root
 from overfit.data import DataError, make_moons_points, read_points, split_points, write_points
+from overfit.runtime import run_stage
 
 
 def generate(root: Path, data: DataConfig) -> None:
@@ -36,17 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1 or args[0] not in STAGES:
         print(f"usage: python -m overfit.prepare {{{','.join(STAGES)}}}", file=sys.stderr)
         raise SystemExit(2)
-    try:
+
+    def work() -> None:
         root = project_root()
         STAGES[args[0]](root, load_params(root).data)
-    except ConfigError as error:
-        exit_on_config_error(error)
-    except KeyboardInterrupt:  # files are written whole or not at all: nothing to clean up
-        print("error: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+
+    run_stage(work, (DataError,))
 
 
 if __name__ == "__main__":

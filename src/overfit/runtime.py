@@ -12,9 +12,15 @@ import contextlib
 import fcntl
 import os
 import signal
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
+
+from overfit.config import ConfigError, exit_on_config_error
+
+T = TypeVar("T")
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -61,6 +67,21 @@ def checkpoint() -> None:
     """A safe point: stop here if Ctrl-C or SIGTERM has arrived."""
     if _received:
         raise Interrupted(_received[0])
+
+
+def run_stage(work: Callable[[], T], failures: tuple[type[Exception], ...]) -> T:
+    """A simple stage's work, with its refusals as one line each: a bad setting exits 2, one of
+    `failures` 1, Ctrl-C 130 (its files are written whole or not at all: nothing to clean up)."""
+    try:
+        return work()
+    except ConfigError as error:
+        exit_on_config_error(error)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except failures as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 class FolderBusy(RuntimeError):

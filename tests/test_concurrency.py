@@ -1,0 +1,105 @@
+"""Pipelines side by side: two queued DVC experiments logging to one store, and a second
+pipeline in a folder where one runs (real DVC, real MLflow store, real subprocesses)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .test_reliability import runs_by_status, start, wait_for
+
+
+def test_two_queued_experiments_share_one_store(tmp_path: Path, shrunk_pipeline) -> None:
+    root = tmp_path / "project"
+    run = shrunk_pipeline.copy_to(root)
+    # The shared pipeline's data (its stages are skipped), two configurations of one seed,
+    # up to the stage that logs every run.
+    settings = ["data.fresh_samples=500", "sweep=article", "train.seeds=[1]"]
+    for epochs in (50, 70):
+        overrides = [*settings, f"train.epochs={epochs}"]
+        run("dvc", "exp", "run", "--queue", *(a for o in overrides for a in ("-S", o)), "train")
+    run("dvc", "queue", "start", "-j", "2")
+
+    def sweeps_ended() -> bool:  # read from the store: `dvc queue status` costs a DVC start
+        if not (root / "mlflow.db").is_file():
+            return False
+        with contextlib.closing(sqlite3.connect(root / "mlflow.db")) as db:
+            ended = db.execute(
+                "SELECT COUNT(*) FROM runs WHERE name LIKE 'sweep-%' AND status != 'RUNNING'"
+            ).fetchone()[0]
+        return ended == 2
+
+    def queue_done() -> bool:
+        status = run("dvc", "queue", "status").stdout
+        return "Queued" not in status and "Running" not in status
+
+    try:
+        wait_for(sweeps_ended, 400, "both queued experiments' sweeps", interval=0.5)
+        wait_for(queue_done, 120, "DVC to collect both experiments", interval=1)
+    finally:
+        run("dvc", "queue", "stop", "--kill", check=False)
+    status = run("dvc", "queue", "status").stdout
+    assert status.count("Success") == 2, status
+
+    with sqlite3.connect(root / "mlflow.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        parents = db.execute(
+            "SELECT run_uuid FROM runs WHERE name LIKE 'sweep-%' AND status = 'FINISHED'"
+        ).fetchall()
+        assert len(parents) == 2
+        for (parent,) in parents:
+            children = db.execute(
+                "SELECT COUNT(*) FROM tags WHERE key = 'mlflow.parentRunId' AND value = ?",
+                (parent,),
+            ).fetchone()[0]
+            assert children == 2
+        epochs = {
+            value for (value,) in db.execute("SELECT value FROM params WHERE key = 'train.epochs'")
+        }
+        assert epochs == {"50", "70"}
+
+
+def test_one_pipeline_per_project_folder(tmp_path: Path, shrunk_pipeline) -> None:
+    """A second train, or a second `dvc repro`, stops at once; the first is unaffected."""
+    root = tmp_path / "project"
+    run = shrunk_pipeline.copy_to(root)
+    first = start(root, "dvc", "repro", "--force", "--single-item", "train")
+    lock = root / ".overfit.lock"
+    wait_for(lambda: lock.is_file() and lock.read_text().strip(), 60, "the lock's holder")
+    holder = lock.read_text().strip()
+
+    started = time.monotonic()
+    second = run(sys.executable, "-m", "overfit.train", check=False)
+    assert time.monotonic() - started < 15
+    assert second.returncode == 1
+    assert second.stderr.splitlines() == [
+        f"error: another pipeline process (pid {holder}) is running in {root}; "
+        "wait for it to end, or stop it"
+    ]
+    # DVC's own lock stops a second `dvc repro` before it touches the first one's outputs.
+    again = run("dvc", "repro", check=False)
+    assert again.returncode != 0 and "lock" in again.stderr.lower(), again.stderr
+
+    output, _ = first.communicate(timeout=180)
+    assert first.returncode == 0, output
+    assert set(runs_by_status(root).values()) == {"FINISHED"}
+    assert not lock.read_text().strip(), "the lock still names a holder"
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    from overfit import runtime
+
+    lock = tmp_path / ".overfit.lock"
+    lock.write_text("4194303\n")  # a pid that held it, and died: the kernel freed its lock
+    with runtime.project_lock(lock):
+        assert lock.read_text() == f"{os.getpid()}\n"
+        busy = pytest.raises(runtime.FolderBusy, match=rf"\(pid {os.getpid()}\) is running")
+        with busy, runtime.project_lock(lock):
+            pass
