@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from overfit import layout, runtime, tracking
-from overfit.artifacts import SweepRecord, read_result, write_sweep, write_text
+from overfit.artifacts import JobResult, SweepRecord, read_result, write_sweep, write_text
 from overfit.config import (
     ComposedJob,
     ConfigError,
@@ -185,25 +185,7 @@ def run_under_parent(
             launch_hydra(root, [*overrides, f"++tracking.parent_run_id={parent}"])
             results = [read_result(layout.run_dir(root, name)) for name in names]
         else:
-            with phases.timed("import"):
-                import overfit.trainer  # noqa: F401  (TensorFlow and Keras)
-            trained = train_together(root, configs, phases)
-            count = sum(len(t.models) for t in trained)
-            print(f"trained {count} models stacked in {phases['train']:.1f} s", flush=True)
-            # A job whose loss became NaN fails first, before any other job is logged.
-            order = sorted(
-                range(len(jobs)),
-                key=lambda i: trained[i].divergence(configs[i].train.seeds) is None,
-            )
-            results = []
-            for i in order:
-                job, name = jobs[i], names[i]
-                tracking_config = dataclasses.replace(job.config.tracking, parent_run_id=parent)
-                config = dataclasses.replace(job.config, tracking=tracking_config)
-                work_dir = layout.partial_run_dir(root, name)
-                shutil.rmtree(work_dir, ignore_errors=True)  # an interrupted run's leftovers
-                write_job_config(work_dir, job.yaml, job.overrides)
-                results.append(run_job(root, config, store, tags, work_dir, trained[i]))
+            results = run_stacked(root, jobs, store, parent, tags, phases)
         for result in results:
             phases.add(result.phases)
         table = results_table(results)
@@ -219,6 +201,37 @@ def run_under_parent(
         runtime.checkpoint()
         write_sweep(root, record)
     print(f"\n{table}\n{len(results)} configurations in {time.perf_counter() - started:.1f} s")
+
+
+def run_stacked(
+    root: Path,
+    jobs: list[ComposedJob],
+    store: tracking.Store,
+    parent: str,
+    tags: dict[str, str],
+    phases: Phases,
+) -> list[JobResult]:
+    """Every job's models trained together in this process, then each job saved and logged."""
+    with phases.timed("import"):
+        import overfit.trainer  # noqa: F401  (TensorFlow and Keras)
+    configs = [job.config for job in jobs]
+    trained = train_together(root, configs, phases)
+    count = sum(len(t.models) for t in trained)
+    print(f"trained {count} models stacked in {phases['train']:.1f} s", flush=True)
+    # A job whose loss became NaN fails first, before any other job is logged.
+    order = sorted(
+        range(len(jobs)), key=lambda i: trained[i].divergence(configs[i].train.seeds) is None
+    )
+    results = []
+    for i in order:
+        job, name = jobs[i], run_name(configs[i].penalty)
+        tracking_config = dataclasses.replace(job.config.tracking, parent_run_id=parent)
+        config = dataclasses.replace(job.config, tracking=tracking_config)
+        work_dir = layout.partial_run_dir(root, name)
+        shutil.rmtree(work_dir, ignore_errors=True)  # an interrupted run's leftovers
+        write_job_config(work_dir, job.yaml, job.overrides)
+        results.append(run_job(root, config, store, tags, work_dir, trained[i]))
+    return results
 
 
 def launch_hydra(root: Path, overrides: list[str]) -> None:
