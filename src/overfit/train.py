@@ -59,11 +59,11 @@ PROCESS_STARTED = time.perf_counter()
 
 
 def plan(
-    root: Path, config_dir: Path, args: Sequence[str]
+    root: Path, config_dir: Path, params_text: str, args: Sequence[str]
 ) -> tuple[list[ComposedJob], list[str], str]:
-    """The sweep's jobs, composed from the copy of params.yaml in `config_dir` and checked;
-    the multirun overrides; the sweep's name."""
-    params = parse_params((config_dir / layout.PARAMS.name).read_text(), root / layout.PARAMS)
+    """The sweep's jobs, composed from the copy of params.yaml in `config_dir` (whose text is
+    `params_text`) and checked; the multirun overrides; the sweep's name."""
+    params = parse_params(params_text, root / layout.PARAMS)
     # By hand: the user's Hydra overrides; as the DVC stage: params.yaml's sweep and launcher.
     if args:
         overrides = expand_presets(root, args)
@@ -105,7 +105,7 @@ def train(root: Path, args: Sequence[str]) -> None:
         try:
             params_text = read_params(root)
             (config_dir / layout.PARAMS.name).write_text(params_text, encoding="utf-8")
-            jobs, overrides, sweep_name = plan(root, config_dir, args)
+            jobs, overrides, sweep_name = plan(root, config_dir, params_text, args)
             uri = tracking.tracking_uri(root, jobs[0].config.tracking)
         except ConfigError as error:
             exit_on_config_error(error)
