@@ -48,6 +48,9 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks scripts
 
 ui: setup
+	@echo "The sweep on MLflow's Model training view (the experiment's plain address opens GenAI):"
+	@$(BIN)/python scripts/ui_screenshot.py --store sqlite:///$(CURDIR)/mlflow.db \
+		--link http://127.0.0.1:5000 || true
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --workers 1 \
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 

@@ -9,7 +9,9 @@ in one run, not figures taken on different days):
 - our compiled loop on one model, 4000 epochs (compiled once beforehand);
 - the same loop on 5 and on 20 stacked models (the seeds of a configuration), and on 95 (every
   model of the default sweep, as the train stage trains them);
-- the default pipeline, `dvc repro` in a clean copy of the project (set-up excluded);
+- the default pipeline, `dvc repro` in a clean copy of the project (set-up excluded), and the
+  same without cross-validation (`select.folds: 0`, chosen on test), alternately, so the cost
+  of cross-validation is a ratio of figures taken side by side;
 - a no-op `dvc repro` (nothing changed);
 - each stage of one clean run, and where the train stage's time goes (TensorFlow import,
   building, training, saving, plotting, MLflow logging), from its own phase timings.
@@ -133,12 +135,23 @@ def dvc(cwd: Path, *args: str) -> float:
 STAGES = ("generate", "split", "train", "evaluate", "plot")
 
 
+def without_cross_validation(copy: Path) -> None:
+    """params.yaml of the copy with no folds: the choice falls back to the test set."""
+    import yaml
+
+    path = copy / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    params["select"] |= {"folds": 0, "metric": "test_acc"}
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
 def pipeline(reps: int) -> dict[str, float]:
-    """Full `dvc repro` in clean copies, no-op reruns, then one clean run stage by stage.
+    """Full `dvc repro` in clean copies, with and without cross-validation by turns, no-op
+    reruns, then one clean run stage by stage.
 
     The train stage's own phase timings (reports/sweep.json) say where its time goes.
     """
-    full, noop, phases, process = [], [], [], []
+    full, no_cv, noop, phases, process = [], [], [], [], []
     for _ in range(reps):
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp)
@@ -148,6 +161,11 @@ def pipeline(reps: int) -> dict[str, float]:
             sweep = json.loads((copy / "reports" / "sweep.json").read_text())
             phases.append(sweep["phases"])
             process.append(sweep["process_seconds"])
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp)
+            copy_project(copy)
+            without_cross_validation(copy)
+            no_cv.append(dvc(copy, "repro"))
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp)
         copy_project(copy)
@@ -157,6 +175,8 @@ def pipeline(reps: int) -> dict[str, float]:
     totals["other"] = train_process - sum(totals.values())
     return {
         "repro_s": statistics.median(full),
+        "repro_no_cv_s": statistics.median(no_cv),
+        "cv_cost": statistics.median(full) / statistics.median(no_cv) - 1,
         "noop_repro_s": statistics.median(noop),
         **{f"stage_{k}_s": v for k, v in stages.items()},
         "train_process_s": train_process,
@@ -220,6 +240,11 @@ def table(f: dict) -> str:
             "dvc repro, default pipeline, clean copy",
             f"{f['repro_s']:.1f} s",
             f"fit would take ~{f['fit_default_sweep_h']:.1f} h",
+        ),
+        (
+            "dvc repro, without cross-validation",
+            f"{f['repro_no_cv_s']:.1f} s",
+            f"5-fold cross-validation adds {f['cv_cost']:.0%}",
         ),
         ("dvc repro, nothing changed", f"{f['noop_repro_s']:.2f} s", ""),
         (

@@ -3,11 +3,15 @@
     .venv/bin/python scripts/ui_screenshot.py                    # this project's mlflow.db
     .venv/bin/python scripts/ui_screenshot.py --store sqlite:////path/to/mlflow.db --out x.png
     .venv/bin/python scripts/ui_screenshot.py --url http://127.0.0.1:5001   # a running server
+    .venv/bin/python scripts/ui_screenshot.py --link http://127.0.0.1:5000  # print its address
 
 Starts `mlflow ui` on a free port (unless --url names a running server), drives Chromium
 headless through Playwright, and writes docs/mlflow-ui.png by default. Needs Chromium at
 /usr/bin/chromium (Debian: `apt-get install chromium`; scripts/ci_services.sh installs it) or
 CHROMIUM=/path/to/chrome; Playwright's own browser download is not used.
+
+--link prints, instead, the address of the sweep's runs on the UI at that base URL, in the
+"Model training" view (what `make ui` prints).
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# What a reader compares across the sweep.
-METRIC_COLUMNS = ("test_acc_mean", "train_acc_mean", "gap_mean")
+# What a reader compares across the sweep: the selection's estimate (cross-validation), then
+# the accuracies on the test, fresh and training data, and the train-test gap.
+METRIC_COLUMNS = ("cv_acc_mean", "test_acc_mean", "fresh_acc_mean", "train_acc_mean", "gap_mean")
 # Default columns that stay empty for this project (no datasets, sources or logged models).
 HIDDEN_COLUMNS = ("Dataset", "Source", "Models")
 # Wide enough for a whole header and "0.7357142..."; fitted to the values they would be huge.
@@ -122,7 +127,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def runs_page(base_url: str, experiment_id: str) -> str:
-    # MLflow 3 opens experiments in its GenAI view; the runs table is the "model training" one.
+    """The experiment's runs in the UI's "Model training" view.
+
+    MLflow 3.17's UI picks the view from this query parameter, else from the browser's own
+    setting (localStorage, "GenAI" until the user flips the sidebar switch); it ignores the
+    experiment's mlflow.experimentKind tag. Without the parameter a new browser gets GenAI.
+    """
     return f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
@@ -133,7 +143,8 @@ def capture(
     out: Path,
     metrics: Sequence[str] = METRIC_COLUMNS,
 ) -> list[Row]:
-    """Open the runs table, expand the sweep's parent run, show the metric columns, screenshot.
+    """Open the runs table, expand the sweep's parent run, show the metric columns in the order
+    given, all within the page's width, and take the screenshot.
 
     Returns the rows as the page shows them (run id, name, metric texts), for checking.
     """
@@ -194,9 +205,52 @@ def _show_columns(page: Any, metrics: Sequence[str]) -> None:
             item.first.click()
     page.keyboard.press("Escape")
     for name in metrics:
-        header = page.locator(f'[role=columnheader][col-id="metrics.`{name}`"]').first
+        header = _header(page, name)
         header.wait_for()
         _widen(page, header)
+    grid = page.locator(".ag-center-cols-viewport").first.bounding_box()
+    right = max(_box(page, name)["x"] + _box(page, name)["width"] for name in metrics)
+    if grid is None or right > grid["x"] + grid["width"]:
+        raise UIError(f"the metric columns do not fit in the page ({VIEWPORT['width']} px wide)")
+    _order(page, metrics)
+    page.mouse.move(VIEWPORT["width"] / 2, 60)  # off the grid: no header left highlighted
+
+
+def _header(page: Any, metric: str) -> Any:
+    return page.locator(f'[role=columnheader][col-id="metrics.`{metric}`"]').first
+
+
+def _box(page: Any, metric: str) -> dict[str, float]:
+    # The grid leaves out the headers of columns scrolled out of sight.
+    header = _header(page, metric)
+    box = header.bounding_box() if header.count() else None
+    if box is None:
+        raise UIError(f"the metric columns do not fit in the page: no {metric} in sight")
+    return box
+
+
+def _shown_order(page: Any, metrics: Sequence[str]) -> list[str]:
+    return sorted(metrics, key=lambda name: _box(page, name)["x"])
+
+
+def _order(page: Any, metrics: Sequence[str]) -> None:
+    """Put the columns in the order given (the grid lists metrics alphabetically): drag each
+    header onto the left edge of the one now in its place."""
+    for place, name in enumerate(metrics):
+        there = _shown_order(page, metrics)[place]
+        if there == name:
+            continue
+        start, target = _box(page, name), _box(page, there)
+        x, y = start["x"] + start["width"] / 2, start["y"] + start["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        for step in range(1, 21):  # the grid follows the pointer only in small moves
+            page.mouse.move(x + (target["x"] + 5 - x) * step / 20, y)
+            page.wait_for_timeout(20)
+        page.mouse.up()
+    shown = _shown_order(page, metrics)
+    if shown != list(metrics):
+        raise UIError(f"the metric columns show as {shown}, not {list(metrics)}")
 
 
 def _widen(page: Any, header: Any) -> None:
@@ -260,10 +314,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     where.add_argument("--url", help="a running MLflow server to browse instead")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/mlflow-ui.png")
+    parser.add_argument(
+        "--link",
+        metavar="BASE_URL",
+        help="print the sweep's address on the UI at BASE_URL (Model training view) and exit",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         experiment_id, parent = _sweep(args.url or args.store)
+        if args.link:
+            print(runs_page(args.link.rstrip("/"), experiment_id))
+            return
         if args.url:
             rows = capture(args.url.rstrip("/"), experiment_id, parent, args.out)
         else:

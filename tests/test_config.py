@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -63,12 +64,22 @@ def raw_params() -> dict:
         ("sweep", "kinds", [], "sweep.kinds: must be a non-empty list"),
         ("sweep", "strengths", [], "sweep.strengths: must be a non-empty list"),
         ("sweep", "kinds", ["l2", "elastic"], "sweep.kinds: must be one of l1, l2, l1_l2"),
+        ("select", "folds", 1, "select.folds: must be 0 (no cross-validation) or an integer"),
+        ("select", "folds", 101, "select.folds: must be 0 (no cross-validation) or an integer"),
+        ("select", "folds", 31, "select.folds: must be at most data.n_train (30)"),
+        (
+            "select",
+            "metric",
+            "fresh_acc",
+            "select.metric: must be one of cv_acc, cv_loss, test_acc",
+        ),
+        ("select", "random_state", -1, "select.random_state: must be an integer from 0 to"),
     ],
 )
 def test_bad_setting_is_named(section: str, key: str, value: object, message: str) -> None:
     raw = raw_params()
     raw[section][key] = value
-    with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
         parse_config(raw)
 
 
@@ -173,3 +184,14 @@ def test_bad_overrides_stop_the_sweep_before_any_run(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), err
     assert not (root / "mlflow.db").exists() and not (root / "models").exists()
+
+
+def test_choosing_on_cross_validation_needs_folds() -> None:
+    raw = {"select": {"folds": 0, "metric": "cv_loss"}}
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw)
+    assert str(error.value) == (
+        "select.metric: must be test_acc when select.folds is 0 (cv_acc and cv_loss need "
+        "cross-validation), got 'cv_loss'"
+    )
+    assert parse_config({"select": {"folds": 0, "metric": "test_acc"}}).select.folds == 0

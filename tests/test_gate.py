@@ -1,5 +1,6 @@
 """The CI gate: metrics.json in the working tree against a base commit, in a throw-away git copy
-of the project, with the real gate CLI, git and DVC."""
+of the project, with the real gate CLI, git and DVC. The rules guard the selected configuration
+(chosen by cross-validation by default), never the best one on the test set."""
 
 from __future__ import annotations
 
@@ -13,80 +14,105 @@ from typing import Any
 
 import pytest
 
-from overfit.artifacts import Evaluation, write_evaluation
 from overfit.config import GateConfig
-from overfit.gate import GateError, Metrics, check_rules, parse_metrics
-from overfit.metrics import evaluation, summarize_run
+from overfit.gate import GateError, Metrics, check_rules, parse_metrics, selection_notes
 
 from .conftest import Run, copy_project, env_for
 
 METRICS = "reports/metrics.json"
 CONFIGS = "reports/configs.json"
 RULES = {
-    "best_test_accuracy",
-    "best_fresh_accuracy",
+    "selected_cv_accuracy",
+    "selected_test_accuracy",
+    "selected_fresh_accuracy",
     "baseline_overfits",
-    "best_beats_baseline",
+    "selected_beats_baseline",
     "configurations_kept",
 }
+OPTIMISTIC = "chosen on the test set (optimistic)"
 
-# Per configuration: (strength, train accuracy, test points right out of 70, fresh accuracy).
-# As in the article, the unregularized run learns its 30 points by heart and L2 does best.
-BASE_RUNS = {
-    "none": (0.0, 1.0, 64, 0.900),
-    "l1_1e-03": (1e-3, 0.966667, 66, 0.925),
-    "l2_1e-03": (1e-3, 0.966667, 67, 0.930),
-    "l2_1e-02": (1e-2, 0.933333, 65, 0.920),
+# Per configuration: (strength, train accuracy, test points right out of 70, fresh accuracy,
+# cross-validation accuracy or None). The unregularized run learns its 30 points by heart;
+# cross-validation selects l1_1e-03 while l2_1e-03 is best on the test set.
+Runs = dict[str, tuple[float, float, int, float, float | None]]
+BASE_RUNS: Runs = {
+    "none": (0.0, 1.0, 62, 0.900, 0.90),
+    "l1_1e-03": (1e-3, 0.966667, 66, 0.925, 0.95),
+    "l2_1e-03": (1e-3, 0.966667, 67, 0.930, 0.93),
+    "l2_1e-02": (1e-2, 0.933333, 65, 0.920, 0.92),
 }
 
-# The best configuration (l2_1e-03) loses two of its 67 test points; the best is now 65 of 70.
-TWO_POINTS_LOST = {
-    "l1_1e-03": (1e-3, 0.966667, 65, 0.925),
-    "l2_1e-03": (1e-3, 0.966667, 65, 0.925),
-}
+# The selected configuration (l1_1e-03) loses two of its 66 test points.
+TWO_POINTS_LOST: Runs = {"l1_1e-03": (1e-3, 0.966667, 64, 0.925, 0.95)}
 
 
-def metrics(runs: dict[str, tuple[float, float, int, float]]) -> Evaluation:
-    """What the evaluate stage reports, one seed per configuration."""
-    configs = {}
-    for name, (strength, train, right, fresh) in runs.items():
-        test = right / 70
-        seed = {
-            "train_acc": train,
-            "test_acc": test,
-            "fresh_acc": fresh,
-            "gap": train - test,
-            "train_loss": 0.05,
-            "test_loss": 1 - test,
-            "fresh_loss": 1 - fresh,
-            "hidden_l1": 60.0,
-            "hidden_l2": 2.5,
-            "near_zero_share": 0.1,
-        }
+def reports(runs: Runs, rule: str = "cv_acc") -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json and configs.json as evaluate writes them, one seed per configuration; a
+    configuration whose cross-validation accuracy is None has no cv entries."""
+    configs: dict[str, Any] = {}
+    for name, (strength, train, right, fresh, cv) in sorted(runs.items()):
+        test = round(right / 70, 6)
+        measures = {"train_acc": train, "test_acc": test, "fresh_acc": fresh}
+        measures |= {"gap": round(train - test, 6), "test_loss": round(1 - test, 6)}
+        if cv is not None:
+            measures |= {"cv_acc": cv, "cv_loss": round(1 - cv, 6)}
         kind = "none" if name == "none" else name.rsplit("_", 1)[0]
-        configs[name] = summarize_run([seed], kind, strength)
-    return evaluation(configs)
+        configs[name] = {"kind": kind, "strength": strength} | {
+            key: {"mean": value, "std": 0.0} for key, value in measures.items()
+        }
+
+    def mean(name: str, measure: str) -> float:
+        return configs[name][measure]["mean"]
+
+    candidates = sorted(name for name in configs if name != "none")
+    test_choice = max(candidates, key=lambda n: mean(n, "test_acc"))
+    selected = {
+        "cv_acc": lambda: max(candidates, key=lambda n: mean(n, "cv_acc")),
+        "cv_loss": lambda: min(candidates, key=lambda n: mean(n, "cv_loss")),
+        "test_acc": lambda: test_choice,
+    }[rule]()
+    chosen, base = configs[selected], configs["none"]
+    metrics = {
+        "baseline": {key: base[f"{key}_acc"]["mean"] for key in ("train", "test")},
+        "selected": {
+            "run": selected,
+            "cv": chosen["cv_acc"]["mean"] if "cv_acc" in chosen else None,
+            "test": chosen["test_acc"]["mean"],
+            "fresh": chosen["fresh_acc"]["mean"],
+        },
+    }
+    cv_choice = None if rule == "test_acc" else selected
+    listing = {"baseline": "none", "selected": selected, "rule": rule, "cv_choice": cv_choice}
+    listing |= {"test_choice": test_choice, "configs": configs}
+    return metrics, listing
 
 
-def texts(report: Evaluation) -> tuple[dict[str, Any], dict[str, Any]]:
-    """metrics.json and configs.json's contents, as evaluate writes them."""
-    assert report.headline is not None
-    configs = {name: c.to_json() for name, c in report.configs.items()}
-    return report.headline.to_json(), {"baseline": "none", "configs": configs}
+def before_selection(runs: Runs) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The format before selection: `best` (the best on the test set), no cross-validation."""
+    metrics, listing = reports({n: (*r[:4], None) for n, r in runs.items()}, rule="test_acc")
+    best = metrics.pop("selected")
+    metrics["best"] = {key: best[key] for key in ("run", "test", "fresh")}
+    configs = listing["configs"]
+    return metrics, {"baseline": "none", "best": best["run"], "configs": configs}
 
 
-def changed(runs: dict[str, tuple[float, float, int, float]]) -> Evaluation:
-    """The base metrics with some configurations' results replaced."""
-    return metrics(BASE_RUNS | runs)
+def changed(runs: Runs, rule: str = "cv_acc") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The base results with some configurations' results replaced."""
+    return reports(BASE_RUNS | runs, rule)
 
 
-def parsed(report: Evaluation) -> Metrics:
-    headline, configs = texts(report)
-    return parse_metrics(json.dumps(headline), json.dumps(configs), "here")
+def parsed(files: tuple[dict[str, Any], dict[str, Any]]) -> Metrics:
+    metrics, listing = files
+    return parse_metrics(json.dumps(metrics), json.dumps(listing), "here")
 
 
-def write_metrics(root: Path, report: Evaluation) -> None:
-    write_evaluation(root, report)
+def rule_results(base: Metrics, new: Metrics, gate: GateConfig | None = None) -> dict[str, bool]:
+    return {r.name: r.passed for r in check_rules(base, new, gate or GateConfig())}
+
+
+def write_reports(root: Path, files: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    for name, content in zip((METRICS, CONFIGS), files, strict=True):
+        (root / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
 def commit_all(run: Run, message: str) -> None:
@@ -96,13 +122,27 @@ def commit_all(run: Run, message: str) -> None:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> tuple[Path, Run]:
-    """The project on `main` with the base metrics committed, checked out on a change branch."""
+    """The project on `main` with the base reports committed, checked out on a change branch."""
     root = tmp_path / "project"
     run = copy_project(root)
-    write_metrics(root, metrics(BASE_RUNS))
+    write_reports(root, reports(BASE_RUNS))
     commit_all(run, "base metrics")
     run("git", "checkout", "-q", "-b", "change")
     return root, run
+
+
+def base_in(repo: tuple[Path, Run], files: dict[str, Any]) -> None:
+    """Replace main's committed reports (path -> content, None: removed) and go back to the
+    change branch."""
+    root, run = repo
+    run("git", "checkout", "-q", "main")
+    for name, content in files.items():
+        if content is None:
+            run("git", "rm", "-q", name)
+        else:
+            (root / name).write_text(json.dumps(content), encoding="utf-8")
+    commit_all(run, "another base")
+    run("git", "checkout", "-q", "change")
 
 
 def gate(root: Path, run: Run, *args: str, summary: Path | None = None):
@@ -116,13 +156,17 @@ def gate(root: Path, run: Run, *args: str, summary: Path | None = None):
 
 
 def verdicts(report: str) -> dict[str, str]:
-    """rule -> pass/FAIL from the report's rule table."""
-    rows = re.findall(r"^\| (\w+) \|.*\| (pass|\*\*FAIL\*\*) \|$", report, flags=re.M)
+    """rule -> pass/FAIL/skipped from the report's rule table."""
+    rows = re.findall(r"^\| (\w+) \|.*\| (pass|\*\*FAIL\*\*|skipped) \|$", report, flags=re.M)
     return {rule: result.strip("*") for rule, result in rows}
 
 
 def failed(report: str) -> set[str]:
     return {rule for rule, result in verdicts(report).items() if result == "FAIL"}
+
+
+def gate_report(root: Path) -> str:
+    return (root / "reports/gate.md").read_text(encoding="utf-8")
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -136,7 +180,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 
 def test_an_improvement_passes(repo, tmp_path) -> None:
     root, run = repo
-    write_metrics(root, changed({"l2_1e-03": (1e-3, 0.966667, 68, 0.935)}))
+    write_reports(root, changed({"l1_1e-03": (1e-3, 0.966667, 67, 0.935, 0.96)}))
     summary = tmp_path / "summary.md"
     summary.write_text("earlier step\n", encoding="utf-8")
 
@@ -146,46 +190,69 @@ def test_an_improvement_passes(repo, tmp_path) -> None:
     report = (root / "out/gate.md").read_text(encoding="utf-8")
     assert "| rule | base | new | tolerance | result |" in report
     assert verdicts(report) == dict.fromkeys(RULES, "pass")
-    # DVC's diff of the key metrics: best test accuracy up by one point of 70.
-    assert re.search(r"^\| best\.test \| 0\.9571 \| 0\.9714 \| \+0\.0143 \|$", report, re.M)
+    assert "| selected_cv_accuracy | 0.9500 (l1_1e-03, cv_acc) | 0.9600 (l1_1e-03, cv_acc) |" in (
+        report
+    )
+    assert "Selected: base `l1_1e-03` by cv_acc; working tree `l1_1e-03` by cv_acc." in report
+    assert "selection rule changed" not in report
+    # DVC's diff of the key metrics: the selected test accuracy up by one point of 70.
+    assert re.search(r"^\| selected\.test \| 0\.9429 \| 0\.9571 \| \+0\.0143 \|$", report, re.M)
     assert "No parameter changed." in report
     assert summary.read_text(encoding="utf-8") == "earlier step\n" + report + "\n"
 
 
-def test_a_drop_in_best_test_accuracy_beyond_tolerance_fails(repo) -> None:
+def test_a_drop_in_selected_test_accuracy_beyond_tolerance_fails(repo) -> None:
     root, run = repo
-    write_metrics(root, changed(TWO_POINTS_LOST))
+    write_reports(root, changed(TWO_POINTS_LOST))
 
     result = gate(root, run, "--base", "main")
 
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "FAIL best_test_accuracy: base 0.9571 (l2_1e-03); new 0.9286" in result.stdout
-    report = (root / "reports/gate.md").read_text(encoding="utf-8")
-    assert failed(report) == {"best_test_accuracy"}
-    assert "**FAIL**: 1 of 5 rules broken (best_test_accuracy)" in report
-    assert "| best_test_accuracy | 0.9571 (l2_1e-03) | 0.9286 (l1_1e-03) |" in report
+    assert "FAIL selected_test_accuracy: base 0.9429 (l1_1e-03, cv_acc); new 0.9143" in (
+        result.stdout
+    )
+    report = gate_report(root)
+    assert failed(report) == {"selected_test_accuracy"}
+    assert "**FAIL**: 1 of 6 rules broken (selected_test_accuracy)" in report
+
+
+def test_a_change_of_the_test_sets_favourite_alone_passes(repo) -> None:
+    """The best configuration on the test set changes (l2_1e-03 loses seven points, l2_1e-02
+    gains three), the selection does not: nothing the gate guards got worse."""
+    root, run = repo
+    metrics, listing = changed(
+        {"l2_1e-03": (1e-3, 0.966667, 60, 0.9, 0.93), "l2_1e-02": (1e-2, 0.933333, 68, 0.92, 0.92)}
+    )
+    listing["configs"] = dict(reversed(listing["configs"].items()))
+    assert listing["test_choice"] == "l2_1e-02" and listing["selected"] == "l1_1e-03"
+    write_reports(root, (metrics, listing))
+
+    result = gate(root, run, "--base", "main")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert verdicts(gate_report(root)) == dict.fromkeys(RULES, "pass")
 
 
 def test_a_baseline_that_stops_overfitting_fails(repo) -> None:
     root, run = repo
     # The unregularized run no longer learns its training points by heart.
-    write_metrics(root, changed({"none": (0.0, 0.933333, 64, 0.9)}))
+    write_reports(root, changed({"none": (0.0, 0.933333, 62, 0.9, 0.9)}))
 
     result = gate(root, run, "--base", "main")
 
     assert result.returncode == 1, result.stdout + result.stderr
-    assert failed((root / "reports/gate.md").read_text(encoding="utf-8")) == {"baseline_overfits"}
+    assert failed(gate_report(root)) == {"baseline_overfits"}
     assert "FAIL baseline_overfits" in result.stdout
 
 
 def test_a_vanished_configuration_fails(repo) -> None:
     root, run = repo
-    write_metrics(root, metrics({k: v for k, v in BASE_RUNS.items() if k != "l2_1e-02"}))
+    write_reports(root, reports({k: v for k, v in BASE_RUNS.items() if k != "l2_1e-02"}))
 
     result = gate(root, run, "--base", "main")
 
     assert result.returncode == 1, result.stdout + result.stderr
-    report = (root / "reports/gate.md").read_text(encoding="utf-8")
+    report = gate_report(root)
     assert failed(report) == {"configurations_kept"}
     row = "| configurations_kept | 4 configurations | 3 configurations, missing: l2_1e-02 |"
     assert row in report
@@ -193,13 +260,16 @@ def test_a_vanished_configuration_fails(repo) -> None:
 
 def test_an_edited_tolerance_changes_the_verdict(repo) -> None:
     root, run = repo
-    write_metrics(root, changed(TWO_POINTS_LOST))
+    write_reports(root, changed(TWO_POINTS_LOST))
     assert gate(root, run, "--base", "main").returncode == 1
 
     # What a person does: edit conf/gate/default.yaml, then `make params`.
     conf = root / "conf/gate/default.yaml"
     text, count = re.subn(
-        r"^best_test_drop:.*$", "best_test_drop: 0.03", conf.read_text(encoding="utf-8"), flags=re.M
+        r"^selected_test_drop:.*$",
+        "selected_test_drop: 0.03",
+        conf.read_text(encoding="utf-8"),
+        flags=re.M,
     )
     assert count == 1
     conf.write_text(text, encoding="utf-8")
@@ -208,26 +278,92 @@ def test_an_edited_tolerance_changes_the_verdict(repo) -> None:
     result = gate(root, run, "--base", "main")
 
     assert result.returncode == 0, result.stdout + result.stderr
-    report = (root / "reports/gate.md").read_text(encoding="utf-8")
-    assert verdicts(report)["best_test_accuracy"] == "pass"
+    report = gate_report(root)
+    assert verdicts(report)["selected_test_accuracy"] == "pass"
     assert "drop at most 0.0300" in report
     # DVC's params diff shows the edited tolerance.
-    assert re.search(r"^\|.*gate\.best_test_drop.*0\.03", report, re.M), report
+    assert re.search(r"^\|.*gate\.selected_test_drop.*0\.03", report, re.M), report
+
+
+def test_a_selection_on_the_test_set_is_labelled_optimistic(repo) -> None:
+    """select.folds 0: no cross-validation, chosen on the test set; the cv rule is skipped and
+    the change of selection rule is said."""
+    root, run = repo
+    write_reports(root, reports({n: (*r[:4], None) for n, r in BASE_RUNS.items()}, "test_acc"))
+
+    result = gate(root, run, "--base", "main")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = gate_report(root)
+    assert verdicts(report) == dict.fromkeys(RULES, "pass") | {"selected_cv_accuracy": "skipped"}
+    assert f"| 0.9571 (l2_1e-03, test_acc: {OPTIMISTIC}) |" in report
+    assert f"working tree `l2_1e-03` by test_acc, {OPTIMISTIC}." in result.stdout
+    assert "The selection rule changed: base cv_acc, working tree test_acc" in result.stdout
+    assert "SKIP selected_cv_accuracy: the working tree selected without cross-validation" in (
+        result.stdout
+    )
+    assert "**pass**: all 5 rules compared hold; 1 skipped (selected_cv_accuracy)" in report
+
+
+def test_a_base_from_before_selection_is_compared_on_the_same_configuration(repo) -> None:
+    """main's earlier format: `best` (l2_1e-03, best on the test set), no cross-validation.
+    The working tree's selected l1_1e-03 is compared with the base's figures for l1_1e-03, not
+    with the base's best."""
+    root, run = repo
+    metrics, listing = before_selection(BASE_RUNS)
+    assert metrics["best"]["run"] == "l2_1e-03"
+    base_in(repo, {METRICS: metrics, CONFIGS: listing})
+    write_reports(root, reports(BASE_RUNS))
+
+    result = gate(root, run, "--base", "main")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = gate_report(root)
+    assert verdicts(report) == dict.fromkeys(RULES, "pass") | {"selected_cv_accuracy": "skipped"}
+    row = "| selected_test_accuracy | 0.9429 (l1_1e-03, same configuration) | 0.9429 (l1_1e-03, "
+    assert row in report
+    assert "`selected_cv_accuracy` skipped: the base has no cross-validation." in report
+    assert "it reported `best` = `l2_1e-03`" in report
+    # The base's `best` shows in DVC's diff, with nothing beside it in the working tree.
+    assert re.search(r"^\| best\.test \| 0\.9571 \| missing \|", report, re.M), report
+
+    # Two points lost on that same configuration fail, whatever the base's best was.
+    write_reports(root, changed(TWO_POINTS_LOST))
+    result = gate(root, run, "--base", "main")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert failed(gate_report(root)) == {"selected_test_accuracy"}
+
+
+def test_a_base_from_before_configs_json_is_read(repo) -> None:
+    """A base whose metrics.json still held every configuration, with `_acc` keys."""
+    root, run = repo
+    _, listing = before_selection(BASE_RUNS)
+    old: dict[str, Any] = {"configs": listing["configs"]}
+    for entry, name in (("baseline", "none"), ("best", "l2_1e-03")):
+        config = listing["configs"][name]
+        old[entry] = {"run": name} | {
+            key: config[key]["mean"] for key in ("train_acc", "test_acc", "fresh_acc", "gap")
+        }
+    base_in(repo, {METRICS: old, CONFIGS: None})
+    write_reports(root, changed({"l1_1e-03": (1e-3, 0.966667, 67, 0.935, 0.96)}))
+
+    result = gate(root, run, "--base", "main")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = "| selected_test_accuracy | 0.9429 (l1_1e-03, same configuration) | 0.9571 (l1_1e-03, "
+    assert row in result.stdout
+    assert "SKIP selected_cv_accuracy: the base has no cross-validation" in result.stdout
 
 
 def test_a_base_without_metrics_cannot_compare(repo) -> None:
     root, run = repo
-    run("git", "checkout", "-q", "main")
-    run("git", "rm", "-q", METRICS)
-    commit_all(run, "no metrics")
-    write_metrics(root, metrics(BASE_RUNS))
+    base_in(repo, {METRICS: None})
 
     result = gate(root, run, "--base", "main")
 
     assert result.returncode == 2
     assert "reports/metrics.json: not in base revision main" in one_error_line(result)
-    report = (root / "reports/gate.md").read_text(encoding="utf-8")
-    assert "**Could not compare** (exit 2)" in report
+    assert "**Could not compare** (exit 2)" in gate_report(root)
 
 
 def test_a_base_revision_that_does_not_exist_cannot_compare(repo) -> None:
@@ -237,7 +373,7 @@ def test_a_base_revision_that_does_not_exist_cannot_compare(repo) -> None:
     assert "base revision 'origin/no-such-branch' not found" in one_error_line(result)
 
 
-def test_missing_or_unreadable_working_tree_metrics_cannot_compare(repo) -> None:
+def test_missing_unreadable_or_outdated_working_tree_metrics_cannot_compare(repo) -> None:
     root, run = repo
     (root / METRICS).unlink()
     result = gate(root, run, "--base", "main")
@@ -249,99 +385,154 @@ def test_missing_or_unreadable_working_tree_metrics_cannot_compare(repo) -> None
     assert result.returncode == 2
     assert "in the working tree: not valid JSON" in one_error_line(result)
 
+    # Written by an evaluate stage from before selection: only a base may be that old.
+    write_reports(root, before_selection(BASE_RUNS))
+    result = gate(root, run, "--base", "main")
+    assert result.returncode == 2
+    assert "in the working tree: no selected entry" in one_error_line(result)
+
 
 def test_a_metric_missing_at_the_base_cannot_compare(repo) -> None:
     root, run = repo
-    run("git", "checkout", "-q", "main")
-    broken, _ = texts(metrics(BASE_RUNS))
-    del broken["best"]["fresh"]
-    (root / METRICS).write_text(json.dumps(broken), encoding="utf-8")
-    commit_all(run, "a metric lost")
-    write_metrics(root, metrics(BASE_RUNS))
+    broken, _ = reports(BASE_RUNS)
+    del broken["selected"]["fresh"]
+    base_in(repo, {METRICS: broken})
 
     result = gate(root, run, "--base", "main")
 
     assert result.returncode == 2
-    assert "reports/metrics.json at main: no best.fresh" in one_error_line(result)
-
-
-def test_a_base_from_before_configs_json_is_read(repo) -> None:
-    """A base whose metrics.json still held every configuration, with `_acc` keys."""
-    root, run = repo
-    run("git", "checkout", "-q", "main")
-    report = metrics(BASE_RUNS)
-    configs = {name: c.to_json() for name, c in report.configs.items()}
-    old = {"configs": configs}
-    for entry, name in (("baseline", "none"), ("best", "l2_1e-03")):
-        c = report.configs[name]
-        old[entry] = {"run": name} | {
-            key: c.mean(key) for key in ("train_acc", "test_acc", "fresh_acc", "gap")
-        }
-    (root / METRICS).write_text(json.dumps(old), encoding="utf-8")
-    run("git", "rm", "-q", CONFIGS)
-    commit_all(run, "the earlier layout")
-    write_metrics(root, changed({"l2_1e-03": (1e-3, 0.966667, 68, 0.935)}))
-
-    result = gate(root, run, "--base", "main")
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "| best_test_accuracy | 0.9571 (l2_1e-03) | 0.9714 (l2_1e-03) |" in result.stdout
+    assert "reports/metrics.json at main: no selected.fresh" in one_error_line(result)
 
 
 # --- the rules, on their own -----------------------------------------------------------------
 
 
+BASE = parsed(reports(BASE_RUNS))
+
+
+@pytest.mark.parametrize(
+    ("runs", "broken"),
+    [
+        # Every cross-validation accuracy lower: l1_1e-03 stays selected, 0.05 down (tolerance
+        # 1/30).
+        (
+            {
+                "l1_1e-03": (1e-3, 0.966667, 66, 0.925, 0.90),
+                "l2_1e-03": (1e-3, 0.966667, 67, 0.93, 0.89),
+                "l2_1e-02": (1e-2, 0.933333, 65, 0.92, 0.88),
+            },
+            "selected_cv_accuracy",
+        ),
+        (TWO_POINTS_LOST, "selected_test_accuracy"),
+        ({"l1_1e-03": (1e-3, 0.966667, 66, 0.91, 0.95)}, "selected_fresh_accuracy"),
+        # The baseline catches up with the selected configuration's 66 test points.
+        ({"none": (0.0, 1.0, 66, 0.9, 0.9)}, "selected_beats_baseline"),
+    ],
+)
+def test_each_selected_rule_fails_on_its_own(runs: Runs, broken: str) -> None:
+    new = parsed(changed(runs))
+    assert new.selected is not None and new.selected.run == "l1_1e-03"
+    assert rule_results(BASE, new) == dict.fromkeys(RULES, True) | {broken: False}
+
+
 def test_a_drop_of_exactly_the_tolerance_passes() -> None:
-    # One test point of 70 and 0.01 fresh accuracy lost: exactly the default tolerances, after
-    # evaluate's rounding to 6 decimals.
-    base = parsed(metrics(BASE_RUNS))
-    new = parsed(
-        changed({"l2_1e-03": (1e-3, 0.966667, 66, 0.92), "l1_1e-03": (1e-3, 0.966667, 60, 0.9)})
+    # One training row of 30 (cross-validation), one test point of 70 and 0.01 fresh accuracy
+    # lost: exactly the default tolerances, after evaluate's rounding to 6 decimals.
+    others = {"l2_1e-03": (1e-3, 0.966667, 67, 0.93, 0.9), "l2_1e-02": (1e-2, 0.9, 65, 0.92, 0.9)}
+    new = parsed(changed(others | {"l1_1e-03": (1e-3, 0.966667, 65, 0.915, 0.916667)}))
+    assert new.selected is not None and new.selected.run == "l1_1e-03"
+    assert all(rule_results(BASE, new).values())
+
+    beyond = parsed(changed(others | {"l1_1e-03": (1e-3, 0.966667, 65, 0.9149, 0.916)}))
+    broken = {"selected_cv_accuracy": False, "selected_fresh_accuracy": False}
+    assert rule_results(BASE, beyond) == dict.fromkeys(RULES, True) | broken
+
+
+def test_the_selected_must_beat_the_baseline_strictly() -> None:
+    tie = parsed(changed({"none": (0.0, 1.0, 66, 0.9, 0.9)}))
+    assert rule_results(BASE, tie)["selected_beats_baseline"] is False
+
+    # The selected l1_1e-03's 66 test points against the baseline's 62.
+    by_four_points = GateConfig(selected_beats_baseline_by=4 / 70 - 1e-5)
+    assert rule_results(BASE, BASE, by_four_points)["selected_beats_baseline"]
+    by_five_points = GateConfig(selected_beats_baseline_by=5 / 70)
+    assert not rule_results(BASE, BASE, by_five_points)["selected_beats_baseline"]
+
+
+def test_a_base_without_cross_validation_skips_the_cv_rule() -> None:
+    base = parsed(reports({n: (*r[:4], None) for n, r in BASE_RUNS.items()}, "test_acc"))
+    rules = {r.name: r for r in check_rules(base, BASE, GateConfig())}
+    cv = rules["selected_cv_accuracy"]
+    assert cv.passed and cv.skipped.startswith("the base selected without cross-validation")
+    assert cv.base == "none" and cv.new == "0.9500 (l1_1e-03, cv_acc)"
+    assert not any(r.skipped for name, r in rules.items() if name != "selected_cv_accuracy")
+    # The base chose l2_1e-03 on the test set: its figures are labelled, the rule change said.
+    assert rules["selected_test_accuracy"].base == f"0.9571 (l2_1e-03, test_acc: {OPTIMISTIC})"
+    notes = selection_notes(base, BASE)
+    assert notes[0] == (
+        f"Selected: base `l2_1e-03` by test_acc, {OPTIMISTIC}; working tree `l1_1e-03` by cv_acc."
     )
-    assert new.headline.best_run == "l2_1e-03"
-    assert all(rule.passed for rule in check_rules(base, new, GateConfig()))
-
-    beyond = parsed(
-        changed({"l2_1e-03": (1e-3, 0.966667, 66, 0.9199), "l1_1e-03": (1e-3, 0.966667, 60, 0.9)})
-    )
-    rules = {rule.name: rule.passed for rule in check_rules(base, beyond, GateConfig())}
-    assert rules == dict.fromkeys(RULES, True) | {"best_fresh_accuracy": False}
+    assert notes[1].startswith("The selection rule changed: base test_acc, working tree cv_acc")
 
 
-def test_the_best_must_beat_the_baseline_strictly() -> None:
-    base = parsed(metrics(BASE_RUNS))
-    tie = {name: (s, train, 64, fresh) for name, (s, train, _, fresh) in BASE_RUNS.items()}
-    rules = {r.name: r.passed for r in check_rules(base, parsed(metrics(tie)), GateConfig())}
-    assert rules["best_beats_baseline"] is False
+def test_a_base_from_before_selection_without_the_selected_configuration_skips() -> None:
+    """The working tree selects a configuration the base never trained: nothing to compare,
+    which is said, and is no failure."""
+    base = parsed(before_selection({n: r for n, r in BASE_RUNS.items() if n != "l1_1e-03"}))
+    new = parsed(reports(BASE_RUNS | {"l1_l2_1e-03": (1e-3, 0.966667, 66, 0.93, 0.97)}))
+    assert new.selected is not None and new.selected.run == "l1_l2_1e-03"
+    rules = {r.name: r for r in check_rules(base, new, GateConfig())}
+    assert all(r.passed for r in rules.values())
+    assert rules["selected_cv_accuracy"].skipped == "the base has no cross-validation"
+    for name in ("selected_test_accuracy", "selected_fresh_accuracy"):
+        assert rules[name].skipped == "the base has no configuration l1_l2_1e-03 to compare with"
+    assert rules["selected_beats_baseline"].base == "none"
+    assert "the base has no `l1_l2_1e-03`" in selection_notes(base, new)[1]
 
-    ahead = parsed(metrics(BASE_RUNS))  # best 67 of 70 against the baseline's 64
-    by_two_points = GateConfig(best_beats_baseline_by=2 / 70)
-    assert {r.name: r.passed for r in check_rules(base, ahead, by_two_points)}[
-        "best_beats_baseline"
-    ]
-    by_three_points = GateConfig(best_beats_baseline_by=3 / 70)
-    assert not {r.name: r.passed for r in check_rules(base, ahead, by_three_points)}[
-        "best_beats_baseline"
-    ]
+
+def test_the_rule_is_read_from_configs_json() -> None:
+    """metrics.json is kept narrow for `dvc metrics show`; configs.json names the rule."""
+    metrics, listing = reports(BASE_RUNS, "cv_loss")
+    narrow = parse_metrics(json.dumps(metrics), json.dumps(listing), "here")
+    assert narrow.selected is not None and narrow.selected.rule == "cv_loss"
+    assert rule_results(BASE, narrow) == dict.fromkeys(RULES, True)
 
 
 def _without(key: str) -> str:
-    headline, _ = texts(metrics(BASE_RUNS))
+    metrics, _ = reports(BASE_RUNS)
     entry, _, name = key.partition(".")
     if name:
-        del headline[entry][name]
+        del metrics[entry][name]
     else:
-        del headline[entry]
-    return json.dumps(headline)
-
-
-GOOD_HEADLINE, GOOD_CONFIGS = (json.dumps(t) for t in texts(metrics(BASE_RUNS)))
+        del metrics[entry]
+    return json.dumps(metrics)
 
 
 def _with(entry: str, key: str, value: Any) -> str:
-    headline, _ = texts(metrics(BASE_RUNS))
-    headline[entry][key] = value
-    return json.dumps(headline)
+    metrics, _ = reports(BASE_RUNS)
+    metrics[entry][key] = value
+    return json.dumps(metrics)
+
+
+def _config_without(name: str, measure: str) -> str:
+    _, listing = reports(BASE_RUNS)
+    del listing["configs"][name][measure]
+    return json.dumps(listing)
+
+
+def _listing_without_rule() -> str:
+    _, listing = reports(BASE_RUNS)
+    del listing["rule"]
+    return json.dumps(listing)
+
+
+def _listing_with_rule(rule: str) -> str:
+    _, listing = reports(BASE_RUNS)
+    listing["rule"] = rule
+    return json.dumps(listing)
+
+
+GOOD_METRICS, GOOD_CONFIGS = (json.dumps(t) for t in reports(BASE_RUNS))
 
 
 @pytest.mark.parametrize(
@@ -349,20 +540,44 @@ def _with(entry: str, key: str, value: Any) -> str:
     [
         ("{bad", GOOD_CONFIGS, "reports/metrics.json here: not valid JSON"),
         ("[]", GOOD_CONFIGS, "reports/metrics.json here: not a JSON object"),
-        (GOOD_HEADLINE, "{bad", "reports/configs.json here: not valid JSON"),
-        (GOOD_HEADLINE, "{}", "reports/configs.json here: no configs"),
+        (GOOD_METRICS, "{bad", "reports/configs.json here: not valid JSON"),
+        (GOOD_METRICS, "{}", "reports/configs.json here: no configs"),
+        (
+            GOOD_METRICS,
+            _config_without("l2_1e-02", "fresh_acc"),
+            "reports/configs.json here: no configs.l2_1e-02.fresh_acc.mean (a number)",
+        ),
         (_without("baseline"), GOOD_CONFIGS, "reports/metrics.json here: no baseline entry"),
-        (_without("best.test"), GOOD_CONFIGS, "reports/metrics.json here: no best.test"),
-        (_without("best.run"), GOOD_CONFIGS, "reports/metrics.json here: no best.run"),
+        (_without("selected"), GOOD_CONFIGS, "reports/metrics.json here: no selected entry"),
+        (_without("selected.test"), GOOD_CONFIGS, "reports/metrics.json here: no selected.test"),
+        (_without("selected.run"), GOOD_CONFIGS, "reports/metrics.json here: no selected.run"),
+        (_without("selected.cv"), GOOD_CONFIGS, "reports/metrics.json here: no selected.cv"),
+        (
+            GOOD_METRICS,
+            _listing_without_rule(),
+            "reports/metrics.json here: reports/configs.json names no selection rule",
+        ),
+        (
+            GOOD_METRICS,
+            _listing_with_rule("best"),
+            "reports/metrics.json here: reports/configs.json's rule is 'best', not one of "
+            "cv_acc, cv_loss, test_acc",
+        ),
+        (
+            _with("selected", "cv", None),
+            GOOD_CONFIGS,
+            "reports/metrics.json here: selected.cv is null, but rule cv_acc needs "
+            "cross-validation",
+        ),
         (
             _with("baseline", "train", "1"),
             GOOD_CONFIGS,
             "reports/metrics.json here: no baseline.train (a number)",
         ),
         (
-            _with("best", "fresh", math.nan),  # JSON's NaN
+            _with("selected", "fresh", math.nan),  # JSON's NaN
             GOOD_CONFIGS,
-            "reports/metrics.json here: best.fresh is nan, not a finite number",
+            "reports/metrics.json here: selected.fresh is nan, not a finite number",
         ),
     ],
 )
@@ -387,5 +602,5 @@ def test_an_edited_configuration_that_hurts_the_model_fails(shrunk_pipeline, tmp
     result = run(sys.executable, "-m", "overfit.gate", "--base", "HEAD", check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     report = (root / "reports/gate.md").read_text()
-    assert re.search(r"\| best_test_accuracy \|[^\n]*\| \*\*FAIL\*\* \|", report), report
+    assert re.search(r"\| selected_test_accuracy \|[^\n]*\| \*\*FAIL\*\* \|", report), report
     assert "model.learning_rate" in report  # the params diff shows what changed

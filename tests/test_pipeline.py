@@ -91,6 +91,16 @@ def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sw
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "reports")}
     assert "reports/summary.md" in parent_artifacts
     assert "reports/decision_boundaries.png" in parent_artifacts
+    # The parent records the choice; the experiment opens on MLflow's model-training view.
+    report = json.loads((root / "reports/configs.json").read_text())
+    assert parent.data.tags["overfit.selected_run"] == report["selected"]
+    assert parent.data.tags["overfit.selected_run_id"] == sweep["runs"][report["selected"]]
+    assert parent.data.tags["overfit.selection_rule"] == (
+        "cv_acc: highest mean held-out accuracy in 5-fold cross-validation on the training rows"
+    )
+    assert parent.data.tags["overfit.test_choice"] == report["test_choice"]
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     children = client.search_runs(
         [parent.info.experiment_id],
@@ -104,12 +114,25 @@ def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sw
         assert params["train.epochs"] == str(EPOCHS)
         assert params["train.seeds"] == str(SEEDS)
         assert params["penalty.kind"] == name.split("_1e")[0]
-        assert "gate.best_test_drop" not in params
+        assert "gate.selected_test_drop" not in params
         metrics = child.data.metrics
-        for key in ("train_acc", "test_acc", "train_loss", "test_loss", "gap"):
-            assert metrics[f"{key}_std"] >= 0 and np.isfinite(metrics[f"{key}_mean"])
+        sortable = ("train_acc", "test_acc", "train_loss", "test_loss", "gap", "cv_acc")
+        sortable += ("cv_loss", "fresh_acc", "hidden_l1", "hidden_l2", "near_zero_share")
+        for key in sortable:
+            assert metrics[f"{key}_std"] >= 0 and np.isfinite(metrics[f"{key}_mean"]), key
         result = json.loads((root / "models" / name / "result.json").read_text())
         assert metrics["test_acc_mean"] == pytest.approx(result["mean"]["test_acc"])
+        # Cross-validation: 5 folds of the 30 training rows, seeds 1, 2, 1, 2, 1.
+        folds = result["cv"]["per_fold"]
+        assert [(f["fold"], f["seed"], f["rows"]) for f in folds] == [
+            (i + 1, SEEDS[i % 2], 6) for i in range(5)
+        ]
+        accs = [f["acc"] for f in folds]
+        assert all(round(a * 6) == pytest.approx(a * 6, abs=1e-5) for a in accs)  # k of 6 rows
+        assert metrics["cv_acc_mean"] == pytest.approx(np.mean(accs), abs=1e-6)
+        assert metrics["cv_acc_std"] == pytest.approx(np.std(accs), abs=1e-6)
+        assert metrics["cv_loss_mean"] == pytest.approx(result["cv"]["mean"]["cv_loss"], abs=1e-6)
+        assert "select.metric" not in params and params["select.folds"] == "5"
         # Every 20th epoch, the first and the last; history.csv keeps every epoch.
         history = client.get_metric_history(child.info.run_id, "test_accuracy")
         assert sorted(m.step for m in history) == [1, 20, 40, 60]
@@ -138,25 +161,29 @@ def test_logged_model_loads_and_predicts(shrunk_pipeline, sweep) -> None:
     assert model_file["signature"]["inputs"] and model_file["saved_input_example_info"]
 
 
-def test_metrics_file_matches_training_and_mlflow(shrunk_pipeline, sweep) -> None:
+def test_metrics_file_holds_the_selection_made_on_cross_validation(shrunk_pipeline, sweep) -> None:
     root = shrunk_pipeline.root
     headline = json.loads((root / "reports/metrics.json").read_text())
     report = json.loads((root / "reports/configs.json").read_text())
     assert set(report["configs"]) == EXPECTED_RUNS
-    assert report["baseline"] == "none" and report["best"] == headline["best"]["run"] != "none"
     configs = report["configs"]
+    selected = report["selected"]
+    assert report["baseline"] == "none" and report["rule"] == "cv_acc"
+    assert selected == report["cv_choice"] == headline["selected"]["run"]
     assert headline == {
-        "baseline": {k: configs["none"][f"{k}_acc"]["mean"] for k in ("train", "test", "fresh")},
-        "best": {"run": report["best"]}
-        | {k: configs[report["best"]][f"{k}_acc"]["mean"] for k in ("test", "fresh")},
+        "baseline": {k: configs["none"][f"{k}_acc"]["mean"] for k in ("train", "test")},
+        "selected": {"run": selected}
+        | {k: configs[selected][f"{k}_acc"]["mean"] for k in ("cv", "test", "fresh")},
     }
-    assert headline["best"]["test"] == max(
-        c["test_acc"]["mean"] for n, c in configs.items() if n != "none"
+    # Chosen on cross-validation: the highest mean held-out accuracy, whatever the test says.
+    assert headline["selected"]["cv"] == max(c["cv_acc"]["mean"] for c in configs.values())
+    assert configs[report["test_choice"]]["test_acc"]["mean"] == max(
+        c["test_acc"]["mean"] for c in configs.values()
     )
     client = mlflow_client(root)
     for name, c in configs.items():
         run = client.get_run(sweep["runs"][name])
-        for key in ("train_acc", "test_acc", "gap"):
+        for key in ("train_acc", "test_acc", "gap", "cv_acc", "fresh_acc", "hidden_l1"):
             assert c[key]["mean"] == pytest.approx(run.data.metrics[f"{key}_mean"], abs=1e-6)
         assert 0 <= c["near_zero_share"]["mean"] <= 1
         assert 0 < c["hidden_l2"]["mean"] < c["hidden_l1"]["mean"]
@@ -167,7 +194,7 @@ def test_dvc_reads_metrics_and_plots(shrunk_pipeline) -> None:
     root, run = shrunk_pipeline.root, shrunk_pipeline.run
     shown = json.loads(run("dvc", "metrics", "show", "--json").stdout)
     data = shown[""]["data"]["reports/metrics.json"]["data"]
-    assert set(data) == {"baseline", "best"} and data["best"]["run"] in EXPECTED_RUNS
+    assert set(data) == {"baseline", "selected"} and data["selected"]["run"] in EXPECTED_RUNS
     # The headline fits a 120-column terminal; per-configuration figures are not DVC metrics.
     table = run("dvc", "metrics", "show").stdout.splitlines()
     assert table and max(len(line) for line in table) <= 120, table
@@ -175,8 +202,8 @@ def test_dvc_reads_metrics_and_plots(shrunk_pipeline) -> None:
     out = root / "plots-html"
     run("dvc", "plots", "show", "-o", str(out))
     page = (out / "index.html").read_text()
-    assert "Accuracy per epoch, baseline vs best" in page
-    assert "Accuracy vs penalty strength" in page
+    assert "Accuracy per epoch, baseline vs selected" in page
+    assert "Accuracy vs penalty strength (cross-validation, test, fresh)" in page
 
 
 def png_size(path) -> tuple[int, int]:
@@ -197,13 +224,21 @@ def test_figures_are_written(shrunk_pipeline) -> None:
         assert 400 <= width <= 3000 and 250 <= height <= 3000, (name, width, height)
 
 
-def test_summary_has_every_configuration(shrunk_pipeline) -> None:
+def test_summary_sets_both_rules_side_by_side(shrunk_pipeline) -> None:
     root = shrunk_pipeline.root
     summary = (root / "reports/summary.md").read_text()
-    headline = json.loads((root / "reports/metrics.json").read_text())
-    for name in EXPECTED_RUNS:
+    report = json.loads((root / "reports/configs.json").read_text())
+    selected, on_test = report["selected"], report["test_choice"]
+    for name in EXPECTED_RUNS - {selected, on_test}:
         assert f"| {name} |" in summary
-    assert f"The best penalty, {headline['best']['run']}" in summary
+    assert f"| {selected} (selected) |" in summary
+    assert (
+        f"Selected: **{selected}**, by highest mean held-out accuracy in 5-fold cross-validation "
+        "on the training rows." in summary
+    )
+    rows = [line for line in summary.splitlines() if line.startswith("| highest")]
+    assert [row.split(" | ")[1] for row in rows] == [selected, on_test]
+    assert rows[1].startswith("| highest test accuracy, chosen on the test set (optimistic) |")
 
 
 def test_every_file_the_pipeline_wrote_follows_the_umask(shrunk_pipeline) -> None:
@@ -220,3 +255,28 @@ def test_every_file_the_pipeline_wrote_follows_the_umask(shrunk_pipeline) -> Non
         str(p.relative_to(root)) for p in files if stat.S_IMODE(p.stat().st_mode) != 0o666 & ~umask
     }
     assert wrong == set()
+
+
+def test_choosing_on_the_test_set_reruns_only_the_reports_and_says_it_is_optimistic(
+    tmp_path, shrunk_pipeline
+) -> None:
+    """`dvc exp run -S select.metric=test_acc`, as the README shows it (with the shrunk
+    settings, which the shared pipeline composed from conf/ the same way)."""
+    from .conftest import SHRUNK
+
+    root = tmp_path / "project"
+    run = shrunk_pipeline.copy_to(root)
+    before = json.loads((root / "reports/configs.json").read_text())
+    overrides = [*SHRUNK, "select.metric=test_acc"]
+    out = run("dvc", "exp", "run", *(a for o in overrides for a in ("-S", o))).stdout
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"evaluate", "plot"}
+    report = json.loads((root / "reports/configs.json").read_text())
+    assert report["rule"] == "test_acc"
+    assert report["selected"] == report["test_choice"] == before["test_choice"]
+    assert report["cv_choice"] == before["selected"]  # still shown beside it
+    assert "selected by highest test accuracy, chosen on the test set (optimistic)" in out
+    summary = (root / "reports/summary.md").read_text()
+    assert (
+        f"Selected: **{report['selected']}**, by highest test accuracy, chosen on the test set "
+        "(optimistic)." in summary
+    )

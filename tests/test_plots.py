@@ -6,14 +6,17 @@ import numpy as np
 
 from overfit.artifacts import Evaluation
 from overfit.data import make_moons_points, split_points
-from overfit.figures import boundaries_figure, comparable_pair, weights_figure
+from overfit.figures import boundaries_figure, comparable_pair, strength_figure, weights_figure
 from overfit.metrics import decision_grid, evaluation, summarize_run
 from overfit.summary import summary_markdown
 
 RUNS = {"none": ("none", 0.0), "l1_1e-02": ("l1", 0.01), "l2_1e-02": ("l2", 0.01)}
 
 
-def report(test_acc: dict[str, float]) -> Evaluation:
+def report(
+    test_acc: dict[str, float], cv_acc: dict[str, float] | None = None, rule: str = "cv_acc"
+) -> Evaluation:
+    cv = cv_acc or {"none": 0.9, "l1": 0.95, "l2": 0.93}
     configs = {
         name: summarize_run(
             [
@@ -29,10 +32,13 @@ def report(test_acc: dict[str, float]) -> Evaluation:
             ],
             kind,
             strength,
+            [{"acc": cv_value, "loss": 1 - cv_value}] * 3,
         )
-        for (name, (kind, strength)), acc in zip(RUNS.items(), test_acc.values(), strict=True)
+        for (name, (kind, strength)), acc, cv_value in zip(
+            RUNS.items(), test_acc.values(), cv.values(), strict=True
+        )
     }
-    return evaluation(configs)
+    return evaluation(configs, rule)
 
 
 def test_decision_boundaries_have_one_panel_per_configuration() -> None:
@@ -46,11 +52,55 @@ def test_decision_boundaries_have_one_panel_per_configuration() -> None:
     assert [ax.get_title().split("\n")[0] for ax in panels] == list(RUNS)
 
 
-def test_summary_names_the_overfit_and_the_best() -> None:
-    summary = summary_markdown(report({"none": 0.914, "l1": 0.929, "l2": 0.943}))
+def test_summary_sets_the_two_rules_side_by_side() -> None:
+    """Cross-validation picks l1 (0.95), the test set l2 (0.943): both rows, the optimistic
+    label, what each reaches on fresh points, and every configuration in the rule's order."""
+    summary = summary_markdown(report({"none": 0.914, "l1": 0.929, "l2": 0.943}), folds=3)
     assert "train accuracy 1.000, test 0.914 (a gap of 0.086)" in summary
-    assert "The best penalty, l2_1e-02, reaches test 0.943 (+0.029)" in summary
-    assert summary.count("\n| ") == 1 + len(RUNS)  # header + one row per configuration
+    assert (
+        "Selected: **l1_1e-02**, by highest mean held-out accuracy in 3-fold cross-validation "
+        "on the training rows. Its test accuracy is 0.929" in summary
+    )
+    rows = [line for line in summary.splitlines() if line.startswith("| ")]
+    assert rows[1] == (
+        "| highest mean held-out accuracy in 3-fold cross-validation on the training rows "
+        "| l1_1e-02 | 0.950 | 0.929 | 0.919 | +0.010 |"
+    )
+    assert rows[2] == (
+        "| highest test accuracy, chosen on the test set (optimistic) | l2_1e-02 | 0.930 "
+        "| 0.943 | 0.933 | +0.010 |"
+    )
+    assert (
+        "Choosing on the test set picks l2_1e-02 and reports test 0.943, +0.014 above the "
+        "cross-validation choice; on fresh points it reaches 0.933, +0.014 against 0.919 for "
+        "l1_1e-02." in summary
+    )
+    table = rows[3:]
+    assert table[0].startswith("| configuration | train acc | cv acc | test acc |")
+    names = [row.split(" | ")[0].lstrip("| ") for row in table[1:]]
+    assert names == ["l1_1e-02 (selected)", "l2_1e-02 (best on test)", "none"]
+
+
+def test_the_test_rule_is_labelled_optimistic_wherever_it_decides() -> None:
+    r = report({"none": 0.914, "l1": 0.929, "l2": 0.943}, rule="test_acc")
+    assert (r.selected, r.cv_choice, r.test_choice) == ("l2_1e-02", "l1_1e-02", "l2_1e-02")
+    assert r.headline is not None and r.headline.selected.run == "l2_1e-02"
+    summary = summary_markdown(r, folds=3)
+    assert (
+        "Selected: **l2_1e-02**, by highest test accuracy, chosen on the test set (optimistic)."
+        in summary
+    )
+
+
+def test_strength_figure_marks_both_choices() -> None:
+    r = report({"none": 0.914, "l1": 0.929, "l2": 0.943})
+    fig = strength_figure(r.configs, "none", r.selected, r.test_choice)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["l1", "l2"]
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in panels]
+    assert legends[0][:3] == ["cross-validation (training rows)", "test", "fresh sample"]
+    assert "selected: l1_1e-02" in legends[0]
+    assert "best on test (optimistic): l2_1e-02" in legends[1]
 
 
 def test_l1_and_l2_at_the_same_strength_are_paired() -> None:

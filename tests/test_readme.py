@@ -51,7 +51,7 @@ COVERED = {
     "python -m overfit.train --multirun penalty=l1,l2": (
         "tests/test_launchers.py::test_other_launchers_train_exactly_what_the_default_does"
     ),
-    "make ui": "tests/test_ui.py::test_the_ui_lists_every_child_run_with_its_test_accuracy",
+    "make ui": "tests/test_ui.py::test_the_link_make_ui_prints_opens_the_model_training_view",
     "dvc exp run -S launcher=joblib": (
         "tests/test_launchers.py::test_other_launchers_train_exactly_what_the_default_does"
     ),
@@ -65,6 +65,10 @@ COVERED = {
     "python -m overfit.train --multirun hydra/launcher=joblib hydra.launcher.n_jobs=2 "
     "penalty.kind=l1,l2 penalty.strength=1e-3,1e-4": (
         "tests/test_launchers.py::test_other_launchers_train_exactly_what_the_default_does"
+    ),
+    "dvc exp run -S select.metric=test_acc": (
+        "tests/test_pipeline.py::"
+        "test_choosing_on_the_test_set_reruns_only_the_reports_and_says_it_is_optimistic"
     ),
     "make server": (
         "tests/test_server.py::"
@@ -162,7 +166,7 @@ def test_readme_commands_work_after_activating_the_venv(shrunk_pipeline, tmp_pat
     activated = typed("command -v dvc python").stdout.split()
     assert [Path(p).parent.parent.resolve() for p in activated] == [VENV.resolve()] * 2
     assert "source .venv/bin/activate" in outputs["make run"].stdout
-    assert "best.run" in outputs["dvc metrics show"].stdout
+    assert "selected.run" in outputs["dvc metrics show"].stdout
     assert "| Path" in outputs["dvc metrics diff main --md"].stdout
     assert "Data and pipelines are up to date." in outputs["dvc status"].stdout
     assert "| rule | base | new | tolerance | result |" in outputs["make gate"].stdout

@@ -78,3 +78,18 @@ def test_an_unreachable_server_is_named_without_its_secret(
     assert "127.0.0.1:1" in lines[0]
     assert SECRET not in out + err
     assert not (root / "mlflow.db").exists() and not (root / "models").exists()
+
+
+def test_folds_that_cannot_hold_out_each_class_stop_the_sweep_before_any_run(
+    project, entry
+) -> None:
+    """Known only once the data is read: the 30 training rows hold 14 of one class."""
+    root, _ = project
+    with_data(root, entry, "select.folds=16")
+    status, _, err = entry(train.main, root)
+    assert status == 2
+    assert err.strip() == (
+        "error: select.folds: must be at most 14 (the training rows' smallest class), so that "
+        "every fold holds out each class, got 16"
+    )
+    assert not (root / "mlflow.db").exists() and not (root / "models").exists()

@@ -8,7 +8,7 @@ import pytest
 from sklearn.datasets import make_moons
 
 from overfit.model import build_model
-from overfit.trainer import evaluate, train_one, train_stacked
+from overfit.trainer import Fold, evaluate, train_one, train_stacked, train_with_folds
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,59 @@ def test_rejects_what_it_cannot_reproduce(moons):
     model.compile(optimizer=keras.optimizers.SGD(), loss="binary_crossentropy")
     with pytest.raises(ValueError, match="Adam"):
         train_one(model, *moons, epochs=1)
+
+
+# --- cross-validation folds in the same stacks ----------------------------------------------
+
+HELD_OUT = np.isin(np.arange(30), [0, 5, 11, 17, 23, 29])
+
+
+def test_a_fold_trained_stacked_equals_the_fold_trained_alone(moons):
+    """A fold model stacked with other models and folds ends bit-identical to the same fold
+    trained alone; adding folds to a stack changes nothing for its models."""
+    x_tr, y_tr, x_te, y_te = moons
+    plain = [build_model(500, k, s, a, 0.001, seed) for seed, k, s, a in STACK]
+    with_folds = [build_model(500, k, s, a, 0.001, seed) for seed, k, s, a in STACK]
+    folds = [Fold(0, HELD_OUT), Fold(2, ~HELD_OUT), Fold(2, HELD_OUT)]
+    histories = train_stacked(plain, x_tr, y_tr, x_te, y_te, 300)
+    stacked, fold_histories = train_with_folds(with_folds, folds, x_tr, y_tr, x_te, y_te, 300)
+
+    for a, b, ha, hb in zip(plain, with_folds, histories, stacked, strict=True):
+        assert max_weight_diff(a, b) == 0.0
+        np.testing.assert_array_equal(ha.history["accuracy"], hb.history["accuracy"])
+        np.testing.assert_array_equal(ha.history["val_accuracy"], hb.history["val_accuracy"])
+        np.testing.assert_allclose(ha.history["val_loss"], hb.history["val_loss"], rtol=1e-6)
+    for fold, history in zip(folds, fold_histories, strict=True):
+        seed, k, s, a = STACK[fold.start]
+        alone = build_model(500, k, s, a, 0.001, seed)
+        alone_fold = Fold(0, fold.held_out)
+        _, (alone_history,) = train_with_folds([alone], [alone_fold], x_tr, y_tr, x_te, y_te, 300)
+        assert history.final == alone_history.final
+        for name, curve in history.history.items():
+            np.testing.assert_array_equal(curve, alone_history.history[name])
+
+
+def test_a_fold_learns_its_rows_only_and_is_scored_on_the_held_out_ones(moons):
+    """The masked fold model follows the model trained on its 24 rows alone (sums over 24
+    rows instead of masked 30 round differently, so within float tolerance); its held-out
+    figures are Keras' own on the 6 held-out rows."""
+    x_tr, y_tr, x_te, y_te = moons
+    reference = build_model(500, "l2", 1e-3, "hidden", 0.001, seed=1)
+    source = build_model(500, "l2", 1e-3, "hidden", 0.001, seed=1)
+    on_rows = train_one(reference, x_tr[~HELD_OUT], y_tr[~HELD_OUT], x_te, y_te, 200)
+    _, (fold,) = train_with_folds([source], [Fold(0, HELD_OUT)], x_tr, y_tr, x_te, y_te, 200)
+
+    np.testing.assert_allclose(fold.history["loss"], on_rows.history["loss"], rtol=1e-4)
+    np.testing.assert_array_equal(fold.history["accuracy"], on_rows.history["accuracy"])
+    held = evaluate(reference, x_tr[HELD_OUT], y_tr[HELD_OUT])
+    assert fold.final["val_accuracy"] == pytest.approx(held["accuracy"], abs=1e-6)
+    assert fold.final["val_loss"] == pytest.approx(held["loss"], abs=1e-4)
+    penalty = float(sum(np.asarray(loss) for loss in reference.losses))
+    assert fold.final["val_crossentropy"] == pytest.approx(held["loss"] - penalty, abs=1e-4)
+
+
+@pytest.mark.parametrize("rows", [np.zeros(30, bool), np.ones(30, bool), np.ones(29, bool)])
+def test_a_fold_must_hold_out_some_but_not_all_training_rows(moons, rows):
+    model = build_model(8, "none", 0.0, "hidden", 0.001, seed=1)
+    with pytest.raises(ValueError, match="held_out"):
+        train_with_folds([model], [Fold(0, rows)], *moons, epochs=1)

@@ -21,6 +21,8 @@ import pytest
 from .conftest import ROOT, env_for, missing_service
 
 EXPECTED_RUNS = {"none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"}
+# The child runs' metrics the runs table shows, left to right.
+SHOWN_METRICS = ["cv_acc_mean", "test_acc_mean", "fresh_acc_mean", "train_acc_mean", "gap_mean"]
 SCRIPT = ROOT / "scripts/ui_screenshot.py"
 
 
@@ -65,28 +67,71 @@ def ui_url(ui, shrunk_pipeline) -> Iterator[str]:
         yield url
 
 
-def test_the_ui_lists_every_child_run_with_its_test_accuracy(
+def store_uri(shrunk_pipeline) -> str:
+    return f"sqlite:///{shrunk_pipeline.root / 'mlflow.db'}"
+
+
+def test_the_ui_lists_every_child_run_with_its_accuracies(
     ui, ui_url, shrunk_pipeline, sweep, tmp_path
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    root = shrunk_pipeline.root
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=store_uri(shrunk_pipeline))
     parent = client.get_run(sweep["parent_run_id"])
     shot = tmp_path / "runs.png"
 
+    # capture() fails unless the columns are on the page, in this order.
     rows = ui.capture(ui_url, parent.info.experiment_id, parent.info.run_id, shot)
 
+    assert list(ui.METRIC_COLUMNS) == SHOWN_METRICS
     shown = {row.name: row for row in rows}
     assert set(shown) == EXPECTED_RUNS | {parent.info.run_name}
     assert shown[parent.info.run_name].run_id == parent.info.run_id
-    assert shown[parent.info.run_name].cells["test_acc_mean"] == "-"  # the parent has none
+    # The parent has none of them.
+    assert shown[parent.info.run_name].cells == dict.fromkeys(SHOWN_METRICS, "-")
     for name, run_id in sweep["runs"].items():
         assert shown[name].run_id == run_id
+        assert list(shown[name].cells) == SHOWN_METRICS, name
         metrics = client.get_run(run_id).data.metrics
-        for metric in ("test_acc_mean", "train_acc_mean", "gap_mean"):
+        for metric in SHOWN_METRICS:
             assert float(shown[name].cells[metric]) == pytest.approx(metrics[metric]), name
     assert_screenshot(shot)
+
+
+def test_the_link_make_ui_prints_opens_the_model_training_view(
+    ui, ui_url, shrunk_pipeline, sweep, tmp_path
+) -> None:
+    """MLflow 3.17 opens an experiment on its GenAI view unless the address or the browser's
+    own setting says otherwise; the experiment's mlflow.experimentKind tag does not count. So
+    `make ui` prints this link, and it must open Model training in a browser that never chose."""
+    from mlflow.tracking import MlflowClient
+    from playwright.sync_api import expect, sync_playwright
+
+    result = screenshot_script(
+        "--store", store_uri(shrunk_pipeline), "--link", ui_url, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    link = result.stdout.strip()
+    parent = MlflowClient(tracking_uri=store_uri(shrunk_pipeline)).get_run(sweep["parent_run_id"])
+    assert link.startswith(f"{ui_url}/#/experiments/{parent.info.experiment_id}/")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=ui.CHROMIUM, args=ui.CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=ui.VIEWPORT)  # a profile of its own: nothing stored
+            page.goto(link, wait_until="domcontentloaded")
+            # Model training: the sidebar lists the experiment's Runs, this page, and the model
+            # registry; the GenAI view lists neither and titles the runs "Training runs".
+            nav = page.get_by_role("navigation")
+            runs = nav.get_by_role("link", name="Runs", exact=True)
+            expect(runs).to_have_attribute("aria-current", "page", timeout=30_000)
+            expect(nav.get_by_role("link", name="Model registry", exact=True)).to_be_visible()
+            expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
+            # The link chose the view, not a setting the page stored (the sidebar's switch).
+            stored = "Object.keys(localStorage).filter(key => key.includes('workflowType'))"
+            assert page.evaluate(stored) == []
+        finally:
+            browser.close()
 
 
 def screenshot_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -98,6 +98,9 @@ class JobResult:
     per_seed: dict[str, dict[str, float]]
     mean: dict[str, float]
     std: dict[str, float]
+    # Cross-validation inside the training rows: per fold (fold, seed, rows, acc, loss), and
+    # the mean and spread over folds of cv_acc and cv_loss; None without cross-validation.
+    cv: dict[str, Any] | None
     # Per seed: the SHA-256 of the saved model's weights, checked when evaluate loads it.
     weights_sha256: dict[str, str]
 
@@ -214,48 +217,66 @@ class ConfigSummary:
 
 
 @dataclass(frozen=True)
-class Accuracies:
-    """Mean accuracies of one configuration over seeds (`train` only for the baseline)."""
+class Baseline:
+    """The unregularized configuration's mean train and test accuracy: how much it overfits."""
 
+    train: float
+    test: float
+
+
+@dataclass(frozen=True)
+class Selected:
+    """The configuration the selection rule chose, and its figures: mean held-out accuracy in
+    cross-validation (None without it), then test and fresh-sample accuracy, read after."""
+
+    run: str
+    cv: float | None
     test: float
     fresh: float
-    train: float | None = None
 
 
 @dataclass(frozen=True)
 class Headline:
     """reports/metrics.json: the few figures `dvc metrics show` prints and the gate guards.
 
-    The unregularized baseline and the best regularized configuration; every figure is a
-    mean accuracy over seeds. Kept to what fits a 120-column terminal.
+    The unregularized baseline and the selected configuration; every figure is a mean
+    accuracy (over seeds; cv over folds). Kept to what fits a 120-column terminal (119): the
+    rule, the baseline's fresh accuracy and the rest are in configs.json.
     """
 
-    baseline: Accuracies
-    best_run: str
-    best: Accuracies
+    baseline: Baseline
+    selected: Selected
 
     def to_json(self) -> dict[str, Any]:
-        base, best = self.baseline, self.best
         return {
-            "baseline": {"train": base.train, "test": base.test, "fresh": base.fresh},
-            "best": {"run": self.best_run, "test": best.test, "fresh": best.fresh},
+            "baseline": dataclasses.asdict(self.baseline),
+            "selected": dataclasses.asdict(self.selected),
         }
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Everything evaluate reports: per configuration, and the headline (None without a
+    """Everything evaluate reports: per configuration; the selection (`selected` by `rule`;
+    side by side, `cv_choice`, what cross-validation picks, None without it, and
+    `test_choice`, what the highest test accuracy picks); the headline (None without a
     baseline run to compare with)."""
 
     configs: dict[str, ConfigSummary]
     baseline_run: str | None
     headline: Headline | None
+    rule: str
+    selected: str
+    cv_choice: str | None
+    test_choice: str
 
 
 def write_evaluation(root: Path, evaluation: Evaluation) -> None:
     configs = {
         "baseline": evaluation.baseline_run,
-        "best": evaluation.headline.best_run if evaluation.headline else None,
+        "selected": evaluation.selected,
+        "rule": evaluation.rule,
+        "cv_choice": evaluation.cv_choice,
+        "test_choice": evaluation.test_choice,
         "configs": {n: c.to_json() for n, c in sorted(evaluation.configs.items())},
     }
     write_json(root / layout.CONFIGS, configs)
@@ -267,7 +288,8 @@ def read_evaluation(root: Path) -> Evaluation:
     headline = parse_headline(read_json(root / layout.METRICS, "run the evaluate stage first"))
     try:
         configs = {n: ConfigSummary.from_json(c) for n, c in raw["configs"].items()}
-        return Evaluation(configs, raw["baseline"], headline)
+        choices = [raw[k] for k in ("rule", "selected", "cv_choice", "test_choice")]
+        return Evaluation(configs, raw["baseline"], headline, *choices)
     except (KeyError, TypeError, ValueError, AttributeError):
         raise ArtifactError(f"{root / layout.CONFIGS}: not a configurations report") from None
 
@@ -276,12 +298,7 @@ def parse_headline(raw: Any) -> Headline | None:
     """metrics.json's content as a Headline (None when empty); KeyError/TypeError if malformed."""
     if raw == {}:
         return None
-    base, best = raw["baseline"], raw["best"]
-    return Headline(
-        baseline=Accuracies(test=base["test"], fresh=base["fresh"], train=base["train"]),
-        best_run=best["run"],
-        best=Accuracies(test=best["test"], fresh=best["fresh"]),
-    )
+    return Headline(baseline=Baseline(**raw["baseline"]), selected=Selected(**raw["selected"]))
 
 
 def write_arrays(root: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -308,23 +325,31 @@ def read_arrays(root: Path) -> Mapping[str, np.ndarray]:
 
 # --- the tables behind the DVC plots ---------------------------------------------------------
 
-STRENGTH_COLUMNS = ("run", "kind", "strength", "test_acc", "fresh_acc", "train_acc", "gap")
+STRENGTH_COLUMNS = (
+    "run",
+    "kind",
+    "strength",
+    "cv_acc",
+    "test_acc",
+    "fresh_acc",
+    "train_acc",
+    "gap",
+)
 CURVE_COLUMNS = ("train_accuracy", "test_accuracy", "train_std", "test_std")
 
 
 def write_strength_table(root: Path, configs: Mapping[str, ConfigSummary]) -> None:
-    """Accuracy against penalty strength, one row per regularized configuration."""
+    """Accuracy against penalty strength, one row per regularized configuration (cv_acc empty
+    without cross-validation)."""
     rows = [",".join(STRENGTH_COLUMNS)]
     for name, c in sorted(configs.items(), key=lambda kv: (kv[1].kind, kv[1].strength)):
-        rows.append(
-            f"{name},{c.kind},{c.strength!r},{c.mean('test_acc')},{c.mean('fresh_acc')},"
-            f"{c.mean('train_acc')},{c.mean('gap')}"
-        )
+        values = [c.mean(k) if k in c.measures else "" for k in STRENGTH_COLUMNS[3:]]
+        rows.append(f"{name},{c.kind},{c.strength!r}," + ",".join(map(str, values)))
     write_text(root / layout.STRENGTH_TABLE, "\n".join(rows) + "\n")
 
 
 def write_curves_table(root: Path, curves: Mapping[str, np.ndarray]) -> None:
-    """Per-epoch accuracy by label (baseline, best): [epochs, 4], the columns of CURVE_COLUMNS."""
+    """Per-epoch accuracy by label (baseline, selected): [epochs, 4], CURVE_COLUMNS' columns."""
     rows = ["epoch,run," + ",".join(CURVE_COLUMNS)]
     for label, table in curves.items():
         rows += [

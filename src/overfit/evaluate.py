@@ -49,6 +49,7 @@ from overfit.metrics import (
     weight_stats,
 )
 from overfit.runtime import run_stage
+from overfit.selection import describe
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -147,7 +148,9 @@ def evaluate_run(
         )
         grids.append(probabilities(weights, grid))
         kernels.append(kernel)
-    summary = summarize_run(per_seed, result.penalty["kind"], float(result.penalty["strength"]))
+    penalty = result.penalty
+    per_fold = result.cv["per_fold"] if result.cv else ()
+    summary = summarize_run(per_seed, penalty["kind"], float(penalty["strength"]), per_fold)
     return summary, np.mean(grids, axis=0), np.stack(kernels)
 
 
@@ -168,11 +171,11 @@ def evaluate(root: Path) -> Evaluation:
         broken = [m for m, s in summary.measures.items() if not np.isfinite([s.mean, s.std]).all()]
         if broken:
             raise EvaluationError(f"{name}: {broken[0]} is not a finite number")
-    report = evaluation(configs)
+    report = evaluation(configs, config.select.metric)
 
     curves = {}
-    if report.headline is not None and report.baseline_run is not None:
-        for label, name in (("baseline", report.baseline_run), ("best", report.headline.best_run)):
+    if report.baseline_run is not None:
+        for label, name in (("baseline", report.baseline_run), ("selected", report.selected)):
             curves[label] = accuracy_curves(read_accuracy_history(layout.run_dir(root, name)))
     regularized = {n: c for n, c in configs.items() if c.kind != "none"}
     write_strength_table(root, regularized)
@@ -192,14 +195,20 @@ def main(argv: list[str] | None = None) -> None:
     report = run_stage(
         lambda: evaluate(project_root()), (DataError, EvaluationError, ArtifactError)
     )
-    if report.headline is not None:
-        configs = report.configs
-        for label, name in (("baseline", report.baseline_run), ("best", report.headline.best_run)):
-            c = configs[name]
-            print(
-                f"{label:<8} {name}: train {c.mean('train_acc'):.3f} "
-                f"test {c.mean('test_acc'):.3f} fresh {c.mean('fresh_acc'):.3f}"
-            )
+    configs = report.configs
+    rows = [("baseline", report.baseline_run), ("selected", report.selected)]
+    if report.test_choice != report.selected:
+        rows.append(("on test", report.test_choice))
+    for label, name in rows:
+        if name is None:
+            continue
+        c = configs[name]
+        cv = f"cv {c.mean('cv_acc'):.3f} " if "cv_acc" in c.measures else ""
+        print(
+            f"{label:<8} {name}: train {c.mean('train_acc'):.3f} {cv}"
+            f"test {c.mean('test_acc'):.3f} fresh {c.mean('fresh_acc'):.3f}"
+        )
+    print(f"selected by {describe(report.rule, load_params(project_root()).select.folds)}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ KIND_COLOURS = {"l1": "tab:red", "l2": "tab:blue", "l1_l2": "tab:purple"}
 
 
 def comparison_curves_figure(curves: Mapping[str, np.ndarray], names: Mapping[str, str]) -> Figure:
-    """Train and test accuracy per epoch: the unregularized run beside the best regularized one.
+    """Train and test accuracy per epoch: the unregularized run beside the selected one.
 
     `curves[label]` is [epochs, 4]: train mean, test mean, train spread, test spread.
     """
@@ -67,46 +67,56 @@ def comparison_curves_figure(curves: Mapping[str, np.ndarray], names: Mapping[st
     return fig
 
 
-def strength_figure(configs: Mapping[str, ConfigSummary], baseline: str) -> Figure:
-    """Test and fresh accuracy against penalty strength, one line per kind, log x axis."""
-    fig = Figure(figsize=(8, 4.8), constrained_layout=True)
-    ax = fig.subplots()
-    regularized = [c for name, c in configs.items() if name != baseline]
-    for kind in sorted({c.kind for c in regularized}):
-        mine = sorted((c for c in regularized if c.kind == kind), key=lambda c: c.strength)
-        x = [c.strength for c in mine]
-        colour = KIND_COLOURS.get(kind, "tab:gray")
-        ax.plot(x, [c.mean("test_acc") for c in mine], "o-", color=colour, label=f"{kind} test")
-        ax.plot(
-            x,
-            [c.mean("fresh_acc") for c in mine],
-            "s--",
-            color=colour,
-            alpha=0.7,
-            label=f"{kind} fresh",
-        )
+SPLIT_STYLES = {  # figure, marker and line, label
+    "cv_acc": ("o-", "cross-validation (training rows)"),
+    "test_acc": ("s--", "test"),
+    "fresh_acc": ("^:", "fresh sample"),
+}
+
+
+def strength_figure(
+    configs: Mapping[str, ConfigSummary], baseline: str, selected: str, test_choice: str
+) -> Figure:
+    """Per penalty kind, one panel: CV, test and fresh accuracy against strength, with the
+    configuration selected on cross-validation and the one the test set would pick marked."""
+    kinds = sorted({c.kind for n, c in configs.items() if n != baseline})
+    fig = Figure(figsize=(4.6 * max(len(kinds), 1), 4.6), constrained_layout=True)
+    axes = np.atleast_1d(fig.subplots(1, max(len(kinds), 1), sharey=True))
+    measures = [m for m in SPLIT_STYLES if all(m in c.measures for c in configs.values())]
     base = configs[baseline]
-    ax.axhline(
-        base.mean("test_acc"),
-        color="black",
-        linewidth=1,
-        label=f"no penalty, test ({base.mean('test_acc'):.3f})",
+    for ax, kind in zip(axes, kinds, strict=False):
+        mine = sorted(
+            ((n, c) for n, c in configs.items() if c.kind == kind), key=lambda nc: nc[1].strength
+        )
+        x = [c.strength for _, c in mine]
+        colour = KIND_COLOURS.get(kind, "tab:gray")
+        for measure in measures:
+            style, label = SPLIT_STYLES[measure]
+            ax.plot(x, [c.mean(measure) for _, c in mine], style, color=colour, label=label)
+            ax.axhline(base.mean(measure), color="black", linestyle=style[1:], linewidth=0.8)
+        for name, c in mine:
+            for chosen, marker, label in (
+                (selected, "*", "selected"),
+                (test_choice, "D", "best on test (optimistic)"),
+            ):
+                if name == chosen:
+                    ax.plot(
+                        c.strength,
+                        c.mean("test_acc"),
+                        marker,
+                        markersize=16 if marker == "*" else 10,
+                        markerfacecolor="none" if marker == "D" else "gold",
+                        markeredgecolor="black",
+                        label=f"{label}: {name}",
+                    )
+        ax.set(xscale="log", xlabel="penalty strength", title=f"{kind}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0].set_ylabel("accuracy (mean; black lines: no penalty)")
+    chosen_text = f"selected {selected}" + (
+        "" if test_choice == selected else f", best on test {test_choice}"
     )
-    ax.axhline(
-        base.mean("fresh_acc"),
-        color="black",
-        linewidth=1,
-        linestyle="--",
-        label=f"no penalty, fresh ({base.mean('fresh_acc'):.3f})",
-    )
-    ax.set(
-        xscale="log",
-        xlabel="penalty strength",
-        ylabel="accuracy (mean over seeds)",
-        title="Accuracy against penalty strength",
-    )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, ncol=2)
+    fig.suptitle(f"Accuracy against penalty strength: {chosen_text}")
     return fig
 
 

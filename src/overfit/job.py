@@ -10,6 +10,7 @@ that run jobs in other processes (joblib, submitit).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -33,6 +34,7 @@ from overfit.artifacts import (
 )
 from overfit.config import Config, parse_config, project_root
 from overfit.data import Points, load_train_test
+from overfit.selection import cv_scores, fold_seed, folds
 from overfit.summary import progress_line
 from overfit.sweep import run_name, stack_groups
 
@@ -66,23 +68,46 @@ class Phases(dict[str, float]):
 
 @dataclass(frozen=True)
 class Trained:
-    """A job's models, one per seed, and their training histories."""
+    """A job's models, one per seed, and their training histories; and its cross-validation
+    folds' histories (validated on each fold's held-out rows; the fold models are not kept)."""
 
     models: list[Any]
     histories: list[Any]
+    fold_histories: list[Any] = dataclasses.field(default_factory=list)
 
     def divergence(self, seeds: Sequence[int]) -> str | None:
         """Where a loss first became NaN or infinite, if it did: no model to keep."""
-        for seed, history in zip(seeds, self.histories, strict=True):
+        named = [(f"seed {seed}", h) for seed, h in zip(seeds, self.histories, strict=True)]
+        named += [
+            (f"fold {i + 1} (seed {fold_seed(seeds, i)})", h)
+            for i, h in enumerate(self.fold_histories)
+        ]
+        for who, history in named:
             for curve in ("loss", "val_loss"):
                 values = np.asarray(history.history[curve])
                 bad = np.flatnonzero(~np.isfinite(values))
                 if bad.size:
                     name = CURVE_NAMES[curve].replace("_", " ")
-                    return (
-                        f"the {name} of seed {seed} became {values[bad[0]]} at epoch {bad[0] + 1}"
-                    )
+                    if who.startswith("fold") and curve == "val_loss":
+                        name = "held-out loss"
+                    return f"the {name} of {who} became {values[bad[0]]} at epoch {bad[0] + 1}"
         return None
+
+    def cv(self, seeds: Sequence[int], held_out: Sequence[np.ndarray]) -> dict[str, Any] | None:
+        """Each fold's held-out accuracy and cross-entropy, with mean and spread over folds."""
+        if not self.fold_histories:
+            return None
+        per_fold = [
+            {
+                "fold": i + 1,
+                "seed": fold_seed(seeds, i),
+                "rows": int(np.count_nonzero(rows)),
+                "acc": h.final["val_accuracy"],
+                "loss": h.final["val_crossentropy"],
+            }
+            for i, (h, rows) in enumerate(zip(self.fold_histories, held_out, strict=True))
+        ]
+        return cv_scores(per_fold)
 
 
 class TrainingDiverged(RuntimeError):
@@ -99,27 +124,46 @@ def build_models(config: Config) -> list[Any]:
     return [build_configured(config, seed) for seed in config.train.seeds]
 
 
+def held_out_rows(root: Path, config: Config) -> list[np.ndarray]:
+    """The job's cross-validation folds: a held-out mask over the training rows per fold."""
+    if config.select.folds == 0:
+        return []
+    train, _ = load_train_test(root, config.data)
+    return folds(train.y, config.select)
+
+
 def train_together(root: Path, configs: Sequence[Config], phases: Phases) -> list[Trained]:
-    """Every job's models trained in one compiled call per group sharing data and shape.
+    """Every job's models, and its cross-validation folds, trained in one compiled call per
+    group sharing data and shape.
 
     A model's result does not depend on what it is stacked with, so each job gets exactly
     what it would have trained alone.
     """
-    from overfit.trainer import train_stacked
+    from overfit.trainer import Fold, train_with_folds
 
     trained: list[Trained | None] = [None] * len(configs)
     for (data, _, epochs), members in stack_groups(configs).items():
         train, test = load_train_test(root, data)
         with phases.timed("build"):
             per_job = [build_models(configs[i]) for i in members]
-        models = [model for job in per_job for model in job]
+        models, cv_folds, first = [], [], []
+        for index, job_models in zip(members, per_job, strict=True):
+            first.append(len(models))
+            seeds = list(configs[index].train.seeds)
+            for i, rows in enumerate(held_out_rows(root, configs[index])):
+                start = len(models) + seeds.index(fold_seed(seeds, i))
+                cv_folds.append(Fold(start, rows))
+            models += job_models
         runtime.checkpoint()
         with phases.timed("train"):
-            histories = iter(
-                train_stacked(models, train.x, train.y, test.x, test.y, epochs, runtime.checkpoint)
+            histories, fold_histories = train_with_folds(
+                models, cv_folds, train.x, train.y, test.x, test.y, epochs, runtime.checkpoint
             )
-        for index, job_models in zip(members, per_job, strict=True):
-            trained[index] = Trained(job_models, [next(histories) for _ in job_models])
+        by_start = iter(fold_histories)
+        for index, job_models, offset in zip(members, per_job, first, strict=True):
+            mine = histories[offset : offset + len(job_models)]
+            count = configs[index].select.folds
+            trained[index] = Trained(job_models, mine, [next(by_start) for _ in range(count)])
     return [t for t in trained if t is not None]
 
 
@@ -187,6 +231,7 @@ def run_job(
                 f"{name}: {diverged}; lower model.learning_rate or the penalty's strength"
             )
         summary = summarize(config.train.seeds, [h.final for h in trained.histories])
+        cv = trained.cv(config.train.seeds, held_out_rows(root, config))
         with phases.timed("save"):
             for seed, model in zip(config.train.seeds, trained.models, strict=True):
                 model.save(layout.model_file(work_dir, seed))
@@ -200,7 +245,9 @@ def run_job(
             write_bytes(work_dir / layout.LEARNING_CURVE_FILE, figures.png_bytes(figure))
         runtime.checkpoint()
         with phases.timed("log"):
-            log_child_run(store.client, child, config, summary, curves, trained.models[0], train)
+            log_child_run(
+                store.client, child, config, summary, cv, curves, trained.models[0], train
+            )
             # The figure, and every epoch of every seed (MLflow's curves are sampled from it).
             for artifact in (layout.LEARNING_CURVE_FILE, layout.HISTORY_FILE):
                 store.client.log_artifact(child, str(work_dir / artifact))
@@ -214,6 +261,7 @@ def run_job(
             phases=dict(phases),
             threads=tensorflow_threads(),
             **summary,
+            cv=cv,
             weights_sha256={
                 str(seed): weights_digest(model.get_weights())
                 for seed, model in zip(config.train.seeds, trained.models, strict=True)
@@ -237,16 +285,22 @@ def log_child_run(
     run_id: str,
     config: Config,
     summary: Mapping[str, Any],
+    cv: Mapping[str, Any] | None,
     curves: Mapping[str, np.ndarray],
     model: Any,
     train: Points,
 ) -> None:
-    """Params, final metrics, sampled per-epoch curves and the model."""
+    """Params, final metrics (with cross-validation's), sampled per-epoch curves, the model."""
     params = tracking.flatten({k: v for k, v in config.to_dict().items() if k != "gate"})
     params.pop("tracking.parent_run_id", None)
+    params.pop("select.metric", None)  # the evaluate stage's; the parent run is tagged with it
     # Six decimals: float32 accuracies (0.91428571939...) read badly in the UI's columns.
     metrics = {f"{k}_mean": round(v, 6) for k, v in summary["mean"].items()}
     metrics |= {f"{k}_std": round(v, 6) for k, v in summary["std"].items()}
+    if cv is not None:
+        metrics |= {
+            f"{k}_{stat}": round(v, 6) for stat in ("mean", "std") for k, v in cv[stat].items()
+        }
     tracking.log_values(mlflow, run_id, params=params, metrics=metrics)
     tracking.log_metric_histories(mlflow, run_id, curves, config.tracking.history_every)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
 """What evaluate measures, as pure functions: accuracy and loss from a model's weights, weight
-statistics, the spread over seeds, the best configuration and the headline figures."""
+statistics, the spread over seeds, the selection and the headline figures."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from overfit.artifacts import Accuracies, ConfigSummary, Evaluation, Headline, Spread
+from overfit.artifacts import (
+    Baseline,
+    ConfigSummary,
+    Evaluation,
+    Headline,
+    Selected,
+    Spread,
+)
 from overfit.data import Points
+from overfit.selection import candidates, choose, choose_on_test
 
 # A hidden weight this small no longer moves the output: Adam keeps L1-penalized weights
 # jittering within about one learning rate (1e-3) of zero instead of landing exactly on it.
@@ -67,39 +75,62 @@ def spread(values: Sequence[float]) -> Spread:
 
 
 def summarize_run(
-    per_seed: Sequence[Mapping[str, float]], kind: str, strength: float
+    per_seed: Sequence[Mapping[str, float]],
+    kind: str,
+    strength: float,
+    per_fold: Sequence[Mapping[str, float]] = (),
 ) -> ConfigSummary:
-    """Mean and spread over seeds of every per-seed measure."""
+    """Mean and spread over seeds of every per-seed measure; over folds, of the held-out
+    accuracy and loss (cv_acc, cv_loss) when there was cross-validation."""
     names = per_seed[0].keys()
-    return ConfigSummary(kind, strength, {n: spread([s[n] for s in per_seed]) for n in names})
+    measures = {n: spread([s[n] for s in per_seed]) for n in names}
+    if per_fold:
+        measures["cv_acc"] = spread([f["acc"] for f in per_fold])
+        measures["cv_loss"] = spread([f["loss"] for f in per_fold])
+    return ConfigSummary(kind, strength, measures)
 
 
-def pick_best(configs: Mapping[str, ConfigSummary], baseline: str) -> str:
-    """The regularized configuration with the best mean test accuracy (ties: lower test loss)."""
-    candidates = [name for name in configs if name != baseline]
-    if not candidates:
-        raise EvaluationError("no regularized configuration to compare with the baseline")
-    return min(
-        candidates,
-        key=lambda n: (-configs[n].mean("test_acc"), configs[n].mean("test_loss"), n),
+def test_choice(configs: Mapping[str, ConfigSummary]) -> str:
+    """What the highest mean test accuracy picks (the article's rule, optimistic)."""
+    loss = "cv_loss" if all("cv_loss" in c.measures for c in configs.values()) else "test_loss"
+    return choose_on_test(
+        {n: c.mean("test_acc") for n, c in configs.items()},
+        {n: c.kind for n, c in configs.items()},
+        {n: c.strength for n, c in configs.items()},
+        {n: c.mean(loss) for n, c in configs.items()},
     )
 
 
-def evaluation(configs: dict[str, ConfigSummary]) -> Evaluation:
-    """Per-configuration summaries and, when there is an unregularized run, the headline."""
+def evaluation(configs: dict[str, ConfigSummary], rule: str) -> Evaluation:
+    """Per-configuration summaries, the configuration `rule` selects (the unregularized one
+    is a candidate too), the test set's choice beside it, and, when there is an
+    unregularized run, the headline."""
+    if not configs:
+        raise EvaluationError("no configuration to evaluate")
+    on_test = test_choice(configs)
+    missing = sorted(n for n, c in configs.items() if "cv_acc" not in c.measures)
+    if missing and rule != "test_acc":
+        raise EvaluationError(
+            f"{missing[0]}: no cross-validation scores to select on ({rule}); rerun the "
+            "train stage with select.folds >= 2"
+        )
+    # What cross-validation picks, beside the test set's pick even when the rule is test_acc.
+    on_cv = None if missing else choose(candidates(configs), rule.replace("test_acc", "cv_acc"))
+    chosen = on_test if rule == "test_acc" else on_cv
     baseline = next((n for n in sorted(configs) if configs[n].kind == "none"), None)
-    if baseline is None:
-        return Evaluation(configs, None, None)
-    best = pick_best(configs, baseline)
-    base, chosen = configs[baseline], configs[best]
-    headline = Headline(
-        baseline=Accuracies(
-            test=base.mean("test_acc"), fresh=base.mean("fresh_acc"), train=base.mean("train_acc")
-        ),
-        best_run=best,
-        best=Accuracies(test=chosen.mean("test_acc"), fresh=chosen.mean("fresh_acc")),
-    )
-    return Evaluation(configs, baseline, headline)
+    headline = None
+    if baseline is not None:
+        base, pick = configs[baseline], configs[chosen]
+        headline = Headline(
+            baseline=Baseline(train=base.mean("train_acc"), test=base.mean("test_acc")),
+            selected=Selected(
+                run=chosen,
+                cv=pick.mean("cv_acc") if "cv_acc" in pick.measures else None,
+                test=pick.mean("test_acc"),
+                fresh=pick.mean("fresh_acc"),
+            ),
+        )
+    return Evaluation(configs, baseline, headline, rule, chosen, on_cv, on_test)
 
 
 def decision_grid(points: Sequence[Points], size: int = GRID_SIZE) -> np.ndarray:

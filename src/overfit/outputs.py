@@ -7,6 +7,7 @@ from pathlib import Path
 from overfit import layout
 from overfit.artifacts import ArtifactError, read_evaluation
 from overfit.config import project_root
+from overfit.selection import OPTIMISTIC
 
 # (path, what it is), in pipeline order; only those that exist are listed.
 PRODUCTS = [
@@ -19,7 +20,7 @@ PRODUCTS = [
     (layout.CONFIGS, "every configuration's measures, mean and spread over seeds"),
     (layout.SUMMARY, "the comparison table and what it says"),
     (layout.FIGURES_DIR, "learning curves, accuracy vs strength, decision boundaries, weights"),
-    (Path(layout.MLFLOW_DB), "the MLflow store: `make ui`, then http://127.0.0.1:5000"),
+    (Path(layout.MLFLOW_DB), "the MLflow store: `make ui`, then the link it prints"),
 ]
 
 
@@ -32,20 +33,22 @@ def describe(root: Path) -> str:
         report = read_evaluation(root)
     except ArtifactError:
         report = None
-    if report is not None and report.headline is not None and report.baseline_run is not None:
-        base, best = report.configs[report.baseline_run], report.configs[report.headline.best_run]
+    if report is not None and report.baseline_run is not None:
+        base, chosen = report.configs[report.baseline_run], report.configs[report.selected]
+        cv = f"cv {chosen.mean('cv_acc'):.3f}, " if "cv_acc" in chosen.measures else ""
+        how = f", {OPTIMISTIC}" if report.rule == "test_acc" else ""
         lines += [
             "",
             f"Unregularized: train {base.mean('train_acc'):.3f}, test {base.mean('test_acc'):.3f}; "
-            f"best ({report.headline.best_run}): train {best.mean('train_acc'):.3f}, "
-            f"test {best.mean('test_acc'):.3f}, fresh {best.mean('fresh_acc'):.3f}",
+            f"selected ({report.selected}{how}): {cv}"
+            f"test {chosen.mean('test_acc'):.3f}, fresh {chosen.mean('fresh_acc'):.3f}",
         ]
     lines += [
         "",
         "Look at it (first put .venv's dvc and python on your PATH):",
         "  source .venv/bin/activate",
         "  dvc metrics show        the headline figures;  dvc plots show  renders the DVC plots",
-        "  make ui                 the MLflow UI on http://127.0.0.1:5000",
+        "  make ui                 the MLflow UI on port 5000: open the link it prints",
     ]
     return "\n".join(lines)
 

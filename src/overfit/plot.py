@@ -9,6 +9,9 @@ from pathlib import Path
 from overfit import figures, layout, tracking
 from overfit.artifacts import (
     ArtifactError,
+    ConfigSummary,
+    Evaluation,
+    SweepRecord,
     read_arrays,
     read_curves_table,
     read_evaluation,
@@ -20,6 +23,7 @@ from overfit.config import load_params, project_root
 from overfit.data import DataError, load_train_test
 from overfit.metrics import NEAR_ZERO
 from overfit.runtime import run_stage
+from overfit.selection import describe
 from overfit.summary import summary_markdown
 
 
@@ -32,10 +36,12 @@ def plot(root: Path) -> list[Path]:
     train, test = load_train_test(root, config.data)
 
     drawn = {}
-    if report.headline is not None and report.baseline_run is not None:
-        names = {"baseline": report.baseline_run, "best": report.headline.best_run}
+    if report.baseline_run is not None:
+        names = {"baseline": report.baseline_run, "selected": report.selected}
         drawn["learning_curves"] = figures.comparison_curves_figure(read_curves_table(root), names)
-        drawn["accuracy_vs_strength"] = figures.strength_figure(configs, report.baseline_run)
+        drawn["accuracy_vs_strength"] = figures.strength_figure(
+            configs, report.baseline_run, report.selected, report.test_choice
+        )
     order = figures.config_order(configs)
     scores = {n: {k: configs[n].mean(k) for k in ("train_acc", "test_acc")} for n in configs}
     drawn["decision_boundaries"] = figures.boundaries_figure(
@@ -54,12 +60,13 @@ def plot(root: Path) -> list[Path]:
         path = layout.figure_file(root, name)
         write_bytes(path, figures.png_bytes(fig))
         written.append(path)
-    write_text(root / layout.SUMMARY, summary_markdown(report))
+    write_text(root / layout.SUMMARY, summary_markdown(report, config.select.folds))
     return [*written, root / layout.SUMMARY]
 
 
-def log_to_parent_run(root: Path, files: list[Path]) -> str | None:
-    """Attach the figures and summary to the sweep's parent MLflow run, when the store has it."""
+def log_to_mlflow(root: Path, files: list[Path]) -> str | None:
+    """Attach the figures and summary to the sweep's parent MLflow run, tag it with the
+    selection, and give each child run what evaluate measured; when the store has the sweep."""
     from mlflow.exceptions import MlflowException
 
     sweep = read_sweep(root)
@@ -75,9 +82,35 @@ def log_to_parent_run(root: Path, files: list[Path]) -> str | None:
         reason = str(error).splitlines()[0]
         print(f"warning: figures not logged to MLflow: {reason}", file=sys.stderr)
         return None
+    report = read_evaluation(root)
+    for name, run_id in sweep.runs.items():
+        tracking.log_values(mlflow, run_id, metrics=evaluation_metrics(report.configs[name]))
+    folds = load_params(root).select.folds
+    tracking.log_values(mlflow, sweep.parent_run_id, tags=selection_tags(report, sweep, folds))
     for path in files:
         mlflow.log_artifact(sweep.parent_run_id, str(path), "reports")
     return sweep.parent_run_id
+
+
+def evaluation_metrics(summary: ConfigSummary) -> dict[str, float]:
+    """What evaluate measured of a configuration, as its child run's metrics: every measure's
+    mean and spread (fresh accuracy, losses, weight statistics, cross-validation)."""
+    return {
+        f"{name}_{stat}": round(getattr(spread, stat), 6)
+        for name, spread in summary.measures.items()
+        for stat in ("mean", "std")
+    }
+
+
+def selection_tags(report: Evaluation, sweep: SweepRecord, folds: int) -> dict[str, str]:
+    """The parent run's record of the choice: which run, by which rule."""
+    tags = {
+        "overfit.selected_run": report.selected,
+        "overfit.selected_run_id": sweep.runs[report.selected],
+        "overfit.selection_rule": f"{report.rule}: {describe(report.rule, folds)}",
+        "overfit.test_choice": report.test_choice,
+    }
+    return tags
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,13 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     def work() -> tuple[Path, list[Path], str | None]:
         root = project_root()
         files = plot(root)
-        return root, files, log_to_parent_run(root, files)
+        return root, files, log_to_mlflow(root, files)
 
     root, files, parent = run_stage(work, (ArtifactError, DataError, KeyError))
     for path in files:
         print(f"wrote {path.relative_to(root)}")
     if parent is not None:
-        print(f"logged them to MLflow parent run {parent}")
+        print(f"logged them, and the selection, to MLflow parent run {parent}")
 
 
 if __name__ == "__main__":

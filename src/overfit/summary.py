@@ -5,19 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from overfit.artifacts import Evaluation, JobResult
+from overfit.selection import TIE, candidates, describe, rank
 
 
 def results_table(results: Sequence[JobResult]) -> str:
-    """Markdown table of the sweep as training measured it, best mean test accuracy first."""
+    """Markdown table of the sweep as training measured it, best mean cross-validation accuracy
+    first (test accuracy without cross-validation)."""
+    with_cv = all(r.cv for r in results)
     lines = [
-        "| run | train acc | test acc | gap |",
-        "|---|---|---|---|",
+        "| run | train acc |" + (" cv acc |" if with_cv else "") + " test acc | gap |",
+        "|---|---|" + ("---|" if with_cv else "") + "---|---|",
     ]
-    for r in sorted(results, key=lambda r: (-r.mean["test_acc"], r.run)):
+    key = (lambda r: -r.cv["mean"]["cv_acc"]) if with_cv else (lambda r: -r.mean["test_acc"])
+    for r in sorted(results, key=lambda r: (key(r), r.run)):
         m, s = r.mean, r.std
+        cv = f" {r.cv['mean']['cv_acc']:.3f} ± {r.cv['std']['cv_acc']:.3f} |" if with_cv else ""
         lines.append(
-            f"| {r.run} | {m['train_acc']:.3f} ± {s['train_acc']:.3f} "
-            f"| {m['test_acc']:.3f} ± {s['test_acc']:.3f} | {m['gap']:+.3f} |"
+            f"| {r.run} | {m['train_acc']:.3f} ± {s['train_acc']:.3f} |{cv} "
+            f"{m['test_acc']:.3f} ± {s['test_acc']:.3f} | {m['gap']:+.3f} |"
         )
     return "\n".join(lines)
 
@@ -25,51 +30,114 @@ def results_table(results: Sequence[JobResult]) -> str:
 def progress_line(result: JobResult) -> str:
     """One finished job, as the sweep prints it."""
     mean, std = result.mean, result.std
+    cv = f"cv {result.cv['mean']['cv_acc']:.3f}   " if result.cv else ""
     return (
-        f"  {result.run:<14} train {mean['train_acc']:.3f} +- {std['train_acc']:.3f}   "
+        f"  {result.run:<14} train {mean['train_acc']:.3f} +- {std['train_acc']:.3f}   {cv}"
         f"test {mean['test_acc']:.3f} +- {std['test_acc']:.3f}   {result.seconds:5.1f} s"
     )
 
 
-def summary_markdown(evaluation: Evaluation) -> str:
-    """A table of every configuration and two sentences that the numbers support."""
+def summary_markdown(evaluation: Evaluation, folds: int) -> str:
+    """The overfitting in numbers, both selection rules side by side, and every configuration."""
     configs = evaluation.configs
+    has_cv = all("cv_acc" in c.measures for c in configs.values())
 
     def cell(name: str, key: str) -> str:
         spread = configs[name].measures[key]
         return f"{spread.mean:.3f} ± {spread.std:.3f}"
 
-    lines = [
-        "| configuration | train acc | test acc | fresh acc | gap (train - test) |",
-        "|---|---|---|---|---|",
-    ]
-    for name in sorted(configs, key=lambda n: (-configs[n].mean("test_acc"), n)):
-        lines.append(
-            f"| {name} | {cell(name, 'train_acc')} | {cell(name, 'test_acc')} | "
-            f"{cell(name, 'fresh_acc')} | {cell(name, 'gap')} |"
-        )
     text = ["# Sweep summary", ""]
-    if evaluation.headline is not None and evaluation.baseline_run is not None:
-        base, best = configs[evaluation.baseline_run], configs[evaluation.headline.best_run]
-        best_run = evaluation.headline.best_run
-        closers = [n for n in configs if n != evaluation.baseline_run]
-        smallest_gap = min(closers, key=lambda n: (configs[n].mean("gap"), n))
-        closing = (
-            "also the smallest gap of any configuration."
-            if smallest_gap == best_run
-            else f"the smallest gap, {configs[smallest_gap].mean('gap'):.3f}, comes from "
-            f"{smallest_gap} at test {configs[smallest_gap].mean('test_acc'):.3f}."
-        )
-        b = {k: base.mean(k) for k in ("train_acc", "test_acc", "fresh_acc", "gap")}
-        w = {k: best.mean(k) for k in ("test_acc", "fresh_acc", "gap")}
+    if evaluation.baseline_run is not None:
+        b = {k: configs[evaluation.baseline_run].mean(k) for k in ("train_acc", "test_acc")}
+        b |= {k: configs[evaluation.baseline_run].mean(k) for k in ("fresh_acc", "gap")}
         text += [
             f"Without a penalty the network overfits: train accuracy {b['train_acc']:.3f}, "
             f"test {b['test_acc']:.3f} (a gap of {b['gap']:.3f}), "
-            f"and {b['fresh_acc']:.3f} on fresh points. "
-            f"The best penalty, {best_run}, reaches test {w['test_acc']:.3f} "
-            f"({w['test_acc'] - b['test_acc']:+.3f}) and fresh {w['fresh_acc']:.3f} "
-            f"({w['fresh_acc'] - b['fresh_acc']:+.3f}) with a gap of {w['gap']:.3f}, " + closing,
+            f"and {b['fresh_acc']:.3f} on fresh points.",
             "",
         ]
-    text += ["Mean ± spread (standard deviation) over seeds, best test accuracy first.", ""]
+    text += choice_section(evaluation, folds, has_cv)
+    if has_cv:  # in the order of the rule (cv_acc when the rule is test_acc)
+        order = rank(candidates(configs), evaluation.rule.replace("test_acc", "cv_acc"))
+    else:
+        order = sorted(configs, key=lambda n: (-configs[n].mean("test_acc"), n))
+    columns = ["train acc", *(["cv acc"] if has_cv else []), "test acc", "fresh acc", "gap"]
+    lines = [
+        "| configuration | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for name in order:
+        measures = ["train_acc", *(["cv_acc"] if has_cv else []), "test_acc", "fresh_acc", "gap"]
+        marks = {evaluation.selected: " (selected)", evaluation.test_choice: " (best on test)"}
+        if evaluation.selected == evaluation.test_choice:
+            marks = {evaluation.selected: " (selected)"}
+        lines.append(
+            f"| {name}{marks.get(name, '')} | " + " | ".join(cell(name, m) for m in measures) + " |"
+        )
+    first = "best by cross-validation" if has_cv else "highest test accuracy"
+    text += [
+        "## Every configuration",
+        "",
+        f"Mean ± spread (standard deviation) over seeds (cv: over folds), {first} first; "
+        "gap = train - test.",
+        "",
+    ]
     return "\n".join(text + lines) + "\n"
+
+
+def choice_section(evaluation: Evaluation, folds: int, has_cv: bool) -> list[str]:
+    """Which configuration each rule picks, what each reports, and what it is really worth."""
+    configs = evaluation.configs
+    chosen, on_test = evaluation.selected, evaluation.test_choice
+    rule = describe(evaluation.rule, folds)
+    c = configs[chosen]
+    text = [
+        "## The choice",
+        "",
+        f"Selected: **{chosen}**, by {rule}. Its test accuracy is {c.mean('test_acc'):.3f} and "
+        f"its accuracy on the fresh sample is {c.mean('fresh_acc'):.3f}.",
+        "",
+    ]
+    if not has_cv:
+        return text + [
+            "Without cross-validation (select.folds 0) there is no honest choice to set beside "
+            "it: its test accuracy was used to choose it, so it overstates; the fresh sample "
+            "says what it is worth.",
+            "",
+        ]
+    honest = "cv_acc" if evaluation.rule == "test_acc" else evaluation.rule
+    honest_pick = evaluation.cv_choice or chosen
+    rows = [(describe(honest, folds), honest_pick), (describe("test_acc", folds), on_test)]
+    table = [
+        "| rule | picks | cv acc | test acc | fresh acc | test - fresh |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, name in rows:
+        n = configs[name]
+        table.append(
+            f"| {label} | {name} | {n.mean('cv_acc'):.3f} | {n.mean('test_acc'):.3f} | "
+            f"{n.mean('fresh_acc'):.3f} | {n.mean('test_acc') - n.mean('fresh_acc'):+.3f} |"
+        )
+    h, t = configs[honest_pick], configs[on_test]
+    if honest_pick == on_test:
+        verdict = (
+            f"Both rules pick {on_test}: on this data, choosing on the test set happens to cost "
+            "nothing, but its test accuracy is still not an independent estimate."
+        )
+    else:
+        verdict = (
+            f"Choosing on the test set picks {on_test} and reports test "
+            f"{t.mean('test_acc'):.3f}, {t.mean('test_acc') - h.mean('test_acc'):+.3f} above the "
+            f"cross-validation choice; on fresh points it reaches {t.mean('fresh_acc'):.3f}, "
+            f"{t.mean('fresh_acc') - h.mean('fresh_acc'):+.3f} against "
+            f"{h.mean('fresh_acc'):.3f} for {honest_pick}."
+        )
+    top = max(n.mean("cv_acc") for n in configs.values())
+    tied = [name for name, n in configs.items() if n.mean("cv_acc") >= top - TIE]
+    if len(tied) > 1:
+        verdict += (
+            f" {len(tied)} of {len(configs)} configurations tie at the top cross-validation "
+            f"accuracy ({top:.3f}): a few held-out rows separate few configurations, so the "
+            "held-out loss decides among them."
+        )
+    return text + table + ["", verdict, ""]

@@ -125,13 +125,24 @@ def credentials_to_env(uri: str) -> str:
     return _without_userinfo(uri)
 
 
+# The experiment tag MLflow's UI reads to open an experiment on its "Model training" view
+# rather than the GenAI one.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(mlflow_client: Any, name: str, artifacts: str | None = None) -> str:
-    """The experiment's id, created if needed (under the lock: another process may race us)."""
+    """The experiment's id, created if needed (under the lock: another process may race us),
+    tagged as a model-training experiment."""
+    key, value = EXPERIMENT_KIND
     with store_lock(mlflow_client.tracking_uri):
         experiment = mlflow_client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        return mlflow_client.create_experiment(name, artifact_location=artifacts)
+        if experiment is None:
+            return mlflow_client.create_experiment(
+                name, artifact_location=artifacts, tags={key: value}
+            )
+        if experiment.tags.get(key) != value:  # a store made before the tag was set
+            mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
 
 
 @dataclass(frozen=True)
@@ -324,8 +335,13 @@ def log_values(
     run_id: str,
     params: Mapping[str, Any] | None = None,
     metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> None:
-    from mlflow.entities import Metric, Param
+    """Params, metrics (at step 0) and tags of a run, in batches MLflow accepts."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    if tags:
+        mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     stamp = int(time.time() * 1000)
     param_list = [Param(k, str(v)) for k, v in (params or {}).items()]

@@ -44,6 +44,7 @@ from overfit.job import (
     train_together,
     write_job_config,
 )
+from overfit.selection import check_folds
 from overfit.summary import results_table
 from overfit.sweep import (
     check_unique_names,
@@ -116,6 +117,11 @@ def train(root: Path, args: Sequence[str]) -> None:
         tracking.check_reachable(uri)
     except (DataError, ConnectionError) as error:
         fail(error)
+    try:  # folds that cannot hold out every class, too
+        for data, select in {(job.config.data, job.config.select) for job in jobs}:
+            check_folds(load_train_test(root, data)[0].y, select)
+    except ConfigError as error:
+        exit_on_config_error(error)
     runtime.checkpoint()
     try:
         run_sweep(root, jobs, overrides, sweep_name, params_text)
@@ -165,6 +171,7 @@ def run_under_parent(
     shared = {k: v for k, v in configs[0].to_dict().items() if k not in ("penalty", "gate")}
     params = tracking.flatten(shared)
     params.pop("tracking.parent_run_id", None)
+    params.pop("select.metric", None)  # the evaluate stage's; the plot stage tags the run with it
     parent_tags = {"overfit.sweep": sweep_name, "overfit.stage": "train", **tags}
     with tracking.tracked_run(
         store.client, store.experiment_id, f"sweep-{sweep_name}", parent_tags

@@ -17,7 +17,8 @@ regularizers and optimizer state.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -194,26 +195,30 @@ def _losses(logits, y):
     return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
-def _scores(params, logits, l1, l2, y):
-    """Per-model (penalised loss [K], correct predictions [K])."""
-    losses = _losses(logits, y)
-    bce = _tree_sum(losses, 1) / losses.shape[1]
+def _cross_entropy(logits, y, rows):
+    """Per-model mean cross-entropy [K] over the rows a model uses (`rows` [K,n]: 1 or 0)."""
+    # A row left out contributes an exact 0, so with every row in, the sum is the plain one.
+    return _tree_sum(_losses(logits, y) * rows.mask, 1) / rows.count
+
+
+def _scores(params, logits, l1, l2, y, rows):
+    """Per-model (penalised loss [K], correct predictions [K]) over each model's rows."""
     # Keras thresholds the sigmoid output, not the logit; they differ where sigmoid rounds to 0.5.
     hits = tf.cast(tf.equal(tf.cast(tf.sigmoid(logits) > 0.5, tf.float32), y), tf.float32)
     # Counts, not means: XLA would divide by n as a multiply by 1/n, which rounds
     # differently from the true division Keras' Mean metric does. Sums of 0/1 are exact.
-    return bce + _penalty(params, l1, l2), tf.reduce_sum(hits, axis=1)
+    loss = _cross_entropy(logits, y, rows) + _penalty(params, l1, l2)
+    return loss, tf.reduce_sum(hits * rows.mask, axis=1)
 
 
-def _gradients(params, z, logits, l1, l2, x, y):
+def _gradients(params, z, logits, l1, l2, x, y, rows):
     """Per-model gradients of the mean loss plus penalty, by the chain rule written out."""
     w1, _, w2, _ = params
     with tf.GradientTape() as tape:  # elementwise only: d loss_i / d logit_i, as TF's autodiff
         tape.watch(logits)
         losses = _losses(logits, y)
-    d_logits = tape.gradient(
-        losses, logits, output_gradients=tf.fill(tf.shape(losses), 1 / y.shape[0])
-    )
+    # d mean / d loss_i is 1/n for a row the model trains on, 0 for one it leaves out.
+    d_logits = tape.gradient(losses, logits, output_gradients=rows.mask * rows.weight[:, None])
     d_z = tf.where(z > 0, d_logits[..., tf.newaxis] * w2[:, tf.newaxis], 0.0)
     d_w1 = tf.stack([_tree_sum(d_z * x[tf.newaxis, :, i : i + 1], 1) for i in range(2)], axis=1)
     d_w2 = _tree_sum(tf.nn.relu(z) * d_logits[..., tf.newaxis], 1)
@@ -236,30 +241,54 @@ def _adam_step(params, grads, m, v, iterations, lr):
     return tuple(new_p), tuple(new_m), tuple(new_v)
 
 
+class _Rows(typing.NamedTuple):
+    """Which rows of a data set each model uses: mask [K,n] of 1/0, count [K] = the mask's
+    sum, weight [K] = 1/count (rounded once, as `1 / n` is for `fit`'s mean)."""
+
+    mask: tf.Tensor
+    count: tf.Tensor
+    weight: tf.Tensor
+
+
 @tf.function(jit_compile=True)
-def _train(params, m, v, iterations, l1, l2, lr, x_tr, y_tr, x_te, y_te, epochs):
-    """Trained (params, m, v), per-epoch metrics [E, 4, K] and final metrics [4, K]."""
+def _train(params, m, v, iterations, l1, l2, lr, x_fit, y_fit, fit, x_val, y_val, val, epochs):
+    """Trained (params, m, v), per-epoch metrics [E, 4, K] and final metrics [5, K].
+
+    Model k fits the rows of x_fit that `fit` marks for it and is validated on the rows of
+    x_val that `val` marks; the fifth final metric is the validation cross-entropy alone.
+    """
     curves = tf.TensorArray(tf.float32, size=epochs, element_shape=[4, params[0].shape[0]])
 
     def body(step, params, m, v, curves):
-        z, logits = _hidden(params, x_tr), _logits(params, x_tr)
-        loss, hits = _scores(params, logits, l1, l2, y_tr)
-        grads = _gradients(params, z, logits, l1, l2, x_tr, y_tr)
+        z, logits = _hidden(params, x_fit), _logits(params, x_fit)
+        loss, hits = _scores(params, logits, l1, l2, y_fit, fit)
+        grads = _gradients(params, z, logits, l1, l2, x_fit, y_fit, fit)
         params, m, v = _adam_step(params, grads, m, v, iterations + step, lr)
-        val_loss, val_hits = _scores(params, _logits(params, x_te), l1, l2, y_te)
+        val_loss, val_hits = _scores(params, _logits(params, x_val), l1, l2, y_val, val)
         curves = curves.write(step, tf.stack([loss, hits, val_loss, val_hits]))
         return step + 1, params, m, v, curves
 
     _, params, m, v, curves = tf.while_loop(
         lambda step, *_: step < epochs, body, (tf.constant(0), params, m, v, curves)
     )
-    final = [
-        _scores(params, _logits(params, x), l1, l2, y) for x, y in ((x_tr, y_tr), (x_te, y_te))
-    ]
-    return params, m, v, curves.stack(), tf.stack([*final[0], *final[1]])
+    fit_scores = _scores(params, _logits(params, x_fit), l1, l2, y_fit, fit)
+    val_logits = _logits(params, x_val)
+    val_scores = _scores(params, val_logits, l1, l2, y_val, val)
+    val_entropy = _cross_entropy(val_logits, y_val, val)
+    return params, m, v, curves.stack(), tf.stack([*fit_scores, *val_scores, val_entropy])
 
 
 # --- public API ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fold:
+    """A cross-validation model: it starts from the initial state of `models[start]`, fits the
+    training rows outside `held_out` (a boolean mask over them) and is validated on the rows
+    inside it. Only its history is kept; its weights are dropped."""
+
+    start: int
+    held_out: np.ndarray
 
 
 def _stack(arrays_per_model: list[list[np.ndarray]]) -> tuple[tf.Tensor, ...]:
@@ -274,39 +303,94 @@ def _unstack(params: tuple[tf.Tensor, ...], k: int) -> list[np.ndarray]:
     return [w1, b1, w2[:, np.newaxis], b2[np.newaxis]]
 
 
+@dataclass(frozen=True)
+class _Start:
+    """A model's state before training, read once before any group runs (a fold starts from
+    the same state as its model, which another group may be training meanwhile)."""
+
+    weights: list[np.ndarray]
+    momentums: list[np.ndarray]
+    velocities: list[np.ndarray]
+    iterations: int
+    learning_rate: float
+    penalties: list[tuple[float, float]]
+
+
+def _start(model: keras.Model) -> _Start:
+    adam = _adam(model)
+    return _Start(
+        model.get_weights(),
+        [x.numpy() for x in adam.momentums],
+        [x.numpy() for x in adam.velocities],
+        int(adam.optimizer.iterations.numpy()),
+        float(adam.optimizer.learning_rate.numpy()),
+        [_kernel_penalty(layer) for layer in model.layers],
+    )
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One place in a stack: where the model starts, the rows it fits and is validated on
+    (masks over the stage's x_fit and x_val), and the Keras model to write back (None: a fold)."""
+
+    start: _Start
+    fit: np.ndarray
+    val: np.ndarray
+    model: keras.Model | None
+
+
+def _rows(masks: list[np.ndarray]) -> _Rows:
+    mask = np.stack(masks).astype(np.float32)
+    count = mask.sum(axis=1)
+    # 1/count in float64 rounded once to float32: the constant `1 / n` is for the full batch.
+    return _Rows(*(tf.constant(a) for a in (mask, count, (1.0 / count).astype(np.float32))))
+
+
 def _train_group(
-    models: list[keras.Model], data: list[tf.Tensor], epochs: int, pad_to: int
+    slots: list[_Slot], data: list[tf.Tensor], epochs: int, pad_to: int
 ) -> list[History]:
-    """Train models in one compiled call (padded to `pad_to` models) and write their state back."""
-    padded = models + [models[-1]] * (pad_to - len(models))  # the copies' results are dropped
-    adams = [_adam(model) for model in padded]
-    pens = np.array([[_kernel_penalty(layer) for layer in m.layers] for m in padded], np.float32)
+    """Train slots in one compiled call (padded to `pad_to`) and write their models back."""
+    padded = slots + [slots[-1]] * (pad_to - len(slots))  # the copies' results are dropped
+    starts = [slot.start for slot in padded]
+    pens = np.array([s.penalties for s in starts], np.float32)
+    fit, val = _rows([s.fit for s in padded]), _rows([s.val for s in padded])
     # Keras Adam keeps one momentum and one velocity per trainable variable, in weight order.
     params, m, v, curves, final = _train(
-        _stack([model.get_weights() for model in padded]),
-        _stack([[x.numpy() for x in adam.momentums] for adam in adams]),
-        _stack([[x.numpy() for x in adam.velocities] for adam in adams]),
-        tf.constant([int(adam.optimizer.iterations.numpy()) for adam in adams], tf.int32),
+        _stack([s.weights for s in starts]),
+        _stack([s.momentums for s in starts]),
+        _stack([s.velocities for s in starts]),
+        tf.constant([s.iterations for s in starts], tf.int32),
         tf.constant(pens[..., 0]),
         tf.constant(pens[..., 1]),
-        tf.constant([float(adam.optimizer.learning_rate.numpy()) for adam in adams], tf.float32),
-        *data,
+        tf.constant([s.learning_rate for s in starts], tf.float32),
+        data[0],
+        data[1],
+        fit,
+        data[2],
+        data[3],
+        val,
         tf.constant(epochs, tf.int32),
     )
     params, m, v = ([x.numpy() for x in group] for group in (params, m, v))
     # Turn hit counts into accuracies with float32 division, as Keras' Mean metric does.
-    sizes = np.array([1, data[0].shape[0], 1, data[2].shape[0]], np.float32)[:, None]
-    curves, final = curves.numpy() / sizes, final.numpy() / sizes
+    ones = np.ones_like(fit.count.numpy())
+    sizes = np.stack([ones, fit.count.numpy(), ones, val.count.numpy()])
+    curves = curves.numpy() / sizes[np.newaxis]
+    final = final.numpy() / np.concatenate([sizes, ones[np.newaxis]])
     results = []
-    for k, (model, adam) in enumerate(zip(models, adams, strict=False)):
-        model.set_weights(_unstack(params, k))
+    for k, slot in enumerate(slots):
+        history = {name: curves[:, i, k] for i, name in enumerate(METRICS)}
+        last = {name: float(final[i, k]) for i, name in enumerate(METRICS)}
+        last["val_crossentropy"] = float(final[len(METRICS), k])
+        results.append(History(history, last))
+        if slot.model is None:
+            continue
+        slot.model.set_weights(_unstack(params, k))
+        adam = _adam(slot.model)
         state = _unstack(m, k) + _unstack(v, k)
         for var, value in zip(adam.momentums + adam.velocities, state, strict=True):
             var.assign(value)
         adam.optimizer.iterations.assign_add(epochs)
-        history = {name: curves[:, i, k] for i, name in enumerate(METRICS)}
-        last = {name: float(final[i, k]) for i, name in enumerate(METRICS)}
-        results.append(History(history, last))
     return results
 
 
@@ -342,18 +426,73 @@ def train_stacked(
     groups not started are dropped and the exception propagates (a compiled call that is
     running cannot be stopped; it finishes in the background).
     """
+    histories, _ = train_with_folds(
+        models, [], x_train, y_train, x_test, y_test, epochs, checkpoint
+    )
+    return histories
+
+
+def train_with_folds(
+    models: list[keras.Model],
+    folds: Sequence[Fold],
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    epochs: int,
+    checkpoint: Callable[[], None] | None = None,
+) -> tuple[list[History], list[History]]:
+    """`train_stacked` for `models`, with cross-validation models trained in the same stacks.
+
+    Fold models share the models' shapes: every model computes its loss over all training
+    rows with a 0/1 mask (a fold's held-out rows weigh 0) and is validated on the test rows
+    followed by the training rows, again through a mask (a model: the test rows; a fold: its
+    held-out rows). A fold never sees a test row, and a model never sees a held-out mask; a
+    row weighing 0 adds an exact 0, so each result is the one it would get stacked alone.
+    Returns the models' histories (validated on the test set) and the folds' (validated on
+    their held-out rows; `final["val_crossentropy"]` is that loss without the penalty).
+    """
     for model in models:
         _check_architecture(model)
     # Idempotent; makes repeated runs bit-identical.
     tf.config.experimental.enable_op_determinism()
-    data = [
-        tf.constant(a, tf.float32) for a in (x_train, np.ravel(y_train), x_test, np.ravel(y_test))
-    ]
-    workers = min(parallel_groups(), len(models))
-    n_groups = max(workers, -(-len(models) // MAX_GROUP))
-    size = -(-len(models) // n_groups)  # equal sizes: one compiled shape for every group
-    groups = [models[start : start + size] for start in range(0, len(models), size)]
-    check = checkpoint or (lambda: None)
+    y_train, y_test = np.ravel(y_train), np.ravel(y_test)
+    starts = [_start(model) for model in models]
+    every_train_row = np.ones(len(x_train), bool)
+    if folds:
+        x_val, y_val = np.concatenate([x_test, x_train]), np.concatenate([y_test, y_train])
+        test_rows = np.concatenate([np.ones(len(x_test), bool), ~every_train_row])
+    else:  # validation on the test rows alone: no row that no model uses
+        x_val, y_val, test_rows = x_test, y_test, np.ones(len(x_test), bool)
+    slots = [_Slot(s, every_train_row, test_rows, m) for s, m in zip(starts, models, strict=True)]
+    for fold in folds:
+        held_out = np.asarray(fold.held_out, bool)
+        if held_out.shape != every_train_row.shape or held_out.all() or not held_out.any():
+            raise ValueError("a fold's held_out must mark some, not all, of the training rows")
+        if not 0 <= fold.start < len(models):
+            raise ValueError(
+                f"a fold starts from one of the {len(models)} models, not {fold.start}"
+            )
+        val = np.concatenate([np.zeros(len(x_test), bool), held_out])
+        slots.append(_Slot(starts[fold.start], ~held_out, val, None))
+    data = [tf.constant(a, tf.float32) for a in (x_train, y_train, x_val, y_val)]
+    workers = min(parallel_groups(), len(slots))
+    n_groups = max(workers, -(-len(slots) // MAX_GROUP))
+    size = -(-len(slots) // n_groups)  # equal sizes: one compiled shape for every group
+    groups = [slots[start : start + size] for start in range(0, len(slots), size)]
+    histories = _run_groups(groups, data, epochs, size, workers, checkpoint or (lambda: None))
+    return histories[: len(models)], histories[len(models) :]
+
+
+def _run_groups(
+    groups: list[list[_Slot]],
+    data: list[tf.Tensor],
+    epochs: int,
+    size: int,
+    workers: int,
+    check: Callable[[], None],
+) -> list[History]:
+    """Every group's histories, in order; `check` is called about every 0.1 s."""
     if len(groups) == 1:
         check()
         histories = _train_group(groups[0], data, epochs, size)
