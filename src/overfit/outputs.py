@@ -17,8 +17,8 @@ PRODUCTS = [
     (layout.MODELS_DIR, "one folder per configuration: a .keras model per seed, history, config"),
     (layout.SWEEP_RECORD, "the sweep's MLflow parent and child runs, where its time went"),
     (layout.METRICS, "the headline figures DVC tracks: `dvc metrics show`"),
-    (layout.CONFIGS, "every configuration's measures, mean and spread over seeds"),
-    (layout.SUMMARY, "the comparison table and what it says"),
+    (layout.CONFIGS, "every configuration's measures (mean and spread), the selection"),
+    (layout.SUMMARY, "the choice, both rules side by side, and every configuration"),
     (layout.FIGURES_DIR, "learning curves, accuracy vs strength, decision boundaries, weights"),
     (Path(layout.MLFLOW_DB), "the MLflow store: `make ui`, then the link it prints"),
 ]
