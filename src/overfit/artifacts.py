@@ -301,6 +301,40 @@ def parse_headline(raw: Any) -> Headline | None:
     return Headline(baseline=Baseline(**raw["baseline"]), selected=Selected(**raw["selected"]))
 
 
+# --- the registered model ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """reports/model.json: the model version the register stage registered (or found already
+    registered): which configuration and seed, the rule that chose it, and its figures (the
+    configuration's means; `seed_test` is this seed's own test accuracy)."""
+
+    name: str
+    version: str
+    uri: str
+    run: str
+    mlflow_run_id: str
+    seed: int
+    rule: str
+    cv: float | None
+    test: float
+    fresh: float
+    seed_test: float
+
+
+def write_model_record(root: Path, record: ModelRecord) -> None:
+    write_json(root / layout.MODEL_RECORD, dataclasses.asdict(record))
+
+
+def read_model_record(root: Path) -> ModelRecord:
+    raw = read_json(root / layout.MODEL_RECORD, "run the register stage first (dvc repro)")
+    try:
+        return ModelRecord(**raw)
+    except TypeError:
+        raise ArtifactError(f"{root / layout.MODEL_RECORD}: not a model record") from None
+
+
 def write_arrays(root: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """reports/evaluation.npz: decision-boundary grids and hidden kernels, for the figures."""
     path = root / layout.EVALUATION

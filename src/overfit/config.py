@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 import types
 import typing
@@ -229,6 +230,24 @@ class SelectConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """Where the selected model is registered (MLflow's Model Registry, in the tracking store)
+    and the local port `make serve` serves its champion on."""
+
+    name: str = "overfit-moons"
+    port: int = 5002
+
+    def check(self) -> None:
+        _require(
+            bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", self.name)),
+            "registry.name",
+            "a model name of letters, digits, '_', '.', '-' (at most 100)",
+            self.name,
+        )
+        _in_range("registry.port", self.port, 1024, 65535)
+
+
+@dataclass(frozen=True)
 class GateConfig:
     selected_cv_drop: float = 1 / 30
     selected_test_drop: float = 1 / 70
@@ -254,6 +273,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
     def check(self) -> None:

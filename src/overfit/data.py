@@ -15,6 +15,7 @@ from overfit.artifacts import write_text
 from overfit.config import DataConfig
 
 HEADER = ("x1", "x2", "label")
+FEATURES = HEADER[:2]  # what a model takes, by name
 
 
 class DataError(ValueError):

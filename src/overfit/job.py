@@ -291,7 +291,8 @@ def log_child_run(
     train: Points,
 ) -> None:
     """Params, final metrics (with cross-validation's), sampled per-epoch curves, the model."""
-    params = tracking.flatten({k: v for k, v in config.to_dict().items() if k != "gate"})
+    later = ("gate", "registry")  # settings of the stages after this one
+    params = tracking.flatten({k: v for k, v in config.to_dict().items() if k not in later})
     params.pop("tracking.parent_run_id", None)
     params.pop("select.metric", None)  # the evaluate stage's; the parent run is tagged with it
     # Six decimals: float32 accuracies (0.91428571939...) read badly in the UI's columns.

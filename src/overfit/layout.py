@@ -54,6 +54,12 @@ CURVES_TABLE = PLOTS_DIR / "learning_curves.csv"
 FIGURES_DIR = REPORTS_DIR / "figures"
 SUMMARY = REPORTS_DIR / "summary.md"
 GATE_REPORT = REPORTS_DIR / "gate.md"
+# What MLflow runs to load the registered model (models from code; no module imports it).
+CLASSIFIER_CODE = Path("src/overfit/classifier.py")
+# The registered model's folder among its run's artifacts.
+CLASSIFIER_ARTIFACT = "classifier"
+# The register stage's record of the model version it registered (name, version, run, figures).
+MODEL_RECORD = REPORTS_DIR / "model.json"
 
 # The embedded MLflow store and the tracking server's state.
 MLFLOW_DB = "mlflow.db"

@@ -67,20 +67,12 @@ def plot(root: Path) -> list[Path]:
 def log_to_mlflow(root: Path, files: list[Path]) -> str | None:
     """Attach the figures and summary to the sweep's parent MLflow run, tag it with the
     selection, and give each child run what evaluate measured; when the store has the sweep."""
-    from mlflow.exceptions import MlflowException
-
     sweep = read_sweep(root)
-    uri = tracking.tracking_uri(root, load_params(root).tracking)
     try:
-        tracking.check_reachable(uri)
-        if uri.startswith("sqlite:///") and not layout.mlflow_db(root).is_file():
-            raise ConnectionError(f"no MLflow store at {layout.mlflow_db(root)}")
-        mlflow = tracking.client(uri)
-        mlflow.get_run(sweep.parent_run_id)
-    except (ConnectionError, MlflowException) as error:
+        mlflow = tracking.sweep_store(root, load_params(root).tracking, sweep.parent_run_id)
+    except tracking.StoreError as error:
         # A clone that pulled models/ from a DVC remote has no store holding the sweep.
-        reason = str(error).splitlines()[0]
-        print(f"warning: figures not logged to MLflow: {reason}", file=sys.stderr)
+        print(f"warning: figures not logged to MLflow: {error}", file=sys.stderr)
         return None
     report = read_evaluation(root)
     for name, run_id in sweep.runs.items():

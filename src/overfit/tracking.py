@@ -108,7 +108,8 @@ def client(uri: str) -> Any:
 
     if uri.startswith("sqlite:") and not event.contains(Engine, "connect", _sqlite_pragmas):
         event.listen(Engine, "connect", _sqlite_pragmas)
-    return MlflowClient(tracking_uri=credentials_to_env(uri))
+    uri = credentials_to_env(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)  # the registry lives in the store
 
 
 def credentials_to_env(uri: str) -> str:
@@ -168,6 +169,24 @@ def open_store(root: Path, tracking: TrackingConfig) -> Store:
     except Exception as error:  # MLflow's, SQLAlchemy's or the server's: all mean the same
         raise StoreError(_unusable(uri, error)) from None
     return Store(mlflow, exp_id, uri)
+
+
+def sweep_store(root: Path, tracking: TrackingConfig, run_id: str) -> Any:
+    """A client of the store that holds the sweep's run `run_id`, without creating anything;
+    StoreError if it is unreachable, missing, or does not hold that run (for example in a
+    clone that pulled models/ from a DVC remote)."""
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(root, tracking)
+    try:
+        check_reachable(uri)
+        if uri.startswith("sqlite:///") and not layout.mlflow_db(root).is_file():
+            raise ConnectionError(f"no MLflow store at {layout.mlflow_db(root)}")
+        mlflow = client(uri)
+        mlflow.get_run(run_id)
+    except (ConnectionError, MlflowException) as error:
+        raise StoreError(str(error).splitlines()[0]) from None
+    return mlflow
 
 
 def _unusable(uri: str, error: BaseException) -> str:
@@ -495,3 +514,40 @@ def _tf_dist() -> str:
         except importlib.metadata.PackageNotFoundError:
             continue
     return "tensorflow"
+
+
+# --- the Model Registry -----------------------------------------------------------------------
+
+
+def registered_version(mlflow_client: Any, name: str, run_id: str) -> Any | None:
+    """The version of registered model `name` made from run `run_id`, if there is one."""
+    found = mlflow_client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def new_version(
+    mlflow_client: Any, name: str, run_id: str, artifact_path: str, tags: Mapping[str, str]
+) -> Any:
+    """A new version of registered model `name` (created if needed) from the model run
+    `run_id` logged at `artifact_path`, with these tags."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    return mlflow_client.create_model_version(name, source, run_id=run_id, tags=dict(tags))
+
+
+def version_by_alias(mlflow_client: Any, name: str, alias: str) -> Any | None:
+    """The version `alias` points at; None if the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise

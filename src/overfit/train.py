@@ -168,7 +168,8 @@ def run_under_parent(
     epochs = "/".join(map(str, sorted({c.train.epochs for c in configs})))
     started = time.perf_counter()
     # The settings every job shares, so sweeps can be compared with each other.
-    shared = {k: v for k, v in configs[0].to_dict().items() if k not in ("penalty", "gate")}
+    later = ("penalty", "gate", "registry")  # per job, or the settings of later stages
+    shared = {k: v for k, v in configs[0].to_dict().items() if k not in later}
     params = tracking.flatten(shared)
     params.pop("tracking.parent_run_id", None)
     params.pop("select.metric", None)  # the evaluate stage's; the plot stage tags the run with it

@@ -1,0 +1,29 @@
+"""The registered model: the probability of class 1 for each row of a table with columns x1
+and x2, from a Keras model of the sweep.
+
+MLflow runs this file to load the model (models from code): it is copied into the model's
+folder, so whoever serves the model needs MLflow, Keras and TensorFlow, not this project.
+"""
+
+import mlflow.models
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+FEATURES = ["x1", "x2"]
+
+
+class MoonsClassifier(PythonModel):
+    """Class-1 probabilities of a Dense(relu) -> Dense(sigmoid) Keras model, one per row."""
+
+    def load_context(self, context):
+        import keras
+
+        path = context.artifacts["keras_model"]
+        self.model = keras.models.load_model(path, safe_mode=True, compile=False)
+
+    def predict(self, context, model_input, params=None):
+        x = np.asarray(model_input[FEATURES], dtype=np.float32)
+        return self.model.predict(x, batch_size=max(len(x), 1), verbose=0)[:, 0]
+
+
+mlflow.models.set_model(MoonsClassifier())

@@ -1,0 +1,143 @@
+"""Stage register: the selected configuration's model as a version of `registry.name` in the
+MLflow Model Registry, alias `candidate`; reports/model.json says which version.
+
+The model is the one the selected configuration's child run logged: its first seed's (a seed
+is never chosen by a score). The version is linked to that run and tagged with the
+configuration, the selection rule, its cross-validation, test and fresh accuracy, the git
+commit and the data's md5. A run already registered is not registered again: rerunning the
+stage with nothing changed finds its version and points `candidate` at it once more.
+`make promote` (promote.py) decides whether the candidate becomes the champion.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from overfit import layout, tracking
+from overfit.artifacts import (
+    ArtifactError,
+    ModelRecord,
+    read_evaluation,
+    read_result,
+    read_sweep,
+    write_model_record,
+)
+from overfit.config import load_params, project_root
+from overfit.data import FEATURES, load_train_test
+from overfit.runtime import run_stage
+from overfit.selection import describe
+
+CANDIDATE = "candidate"
+
+
+def figures_of(root: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The selected model's record fields (all but name and version) and its version tags."""
+    config = load_params(root)
+    report = read_evaluation(root)
+    sweep = read_sweep(root)
+    chosen = report.configs[report.selected]
+    result = read_result(layout.run_dir(root, report.selected))
+    seed = result.seeds[0]
+    fields = {
+        "run": report.selected,
+        "mlflow_run_id": sweep.runs[report.selected],
+        "seed": seed,
+        "rule": report.rule,
+        "cv": chosen.mean("cv_acc") if "cv_acc" in chosen.measures else None,
+        "test": chosen.mean("test_acc"),
+        "fresh": chosen.mean("fresh_acc"),
+        "seed_test": round(result.per_seed[str(seed)]["test_acc"], 6),
+    }
+    penalty = result.penalty
+    tags = {
+        "overfit.run": report.selected,
+        "overfit.seed": str(seed),
+        "penalty.kind": str(penalty["kind"]),
+        "penalty.strength": str(penalty["strength"]),
+        "overfit.selection_rule": f"{report.rule}: {describe(report.rule, config.select.folds)}",
+        "cv_acc": "" if fields["cv"] is None else f"{fields['cv']:.6f}",
+        "test_acc": f"{fields['test']:.6f}",
+        "fresh_acc": f"{fields['fresh']:.6f}",
+        "seed_test_acc": f"{fields['seed_test']:.6f}",
+        "baseline_test_acc": (
+            f"{report.configs[report.baseline_run].mean('test_acc'):.6f}"
+            if report.baseline_run
+            else ""
+        ),
+    }
+    return fields, tags | tracking.git_tags(root) | tracking.data_tags(root)
+
+
+def save_classifier(root: Path, keras_file: Path, folder: Path) -> None:
+    """The model to register, in `folder`: MLflow's python-function flavor around the Keras
+    file, taking a table with columns x1, x2 and giving the class-1 probability per row."""
+    import importlib.metadata
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    test = load_train_test(root, load_params(root).data)[1]
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("double", name) for name in FEATURES]),
+        outputs=Schema([ColSpec("float", "probability")]),
+    )
+    pins = [f"{n}=={importlib.metadata.version(n)}" for n in ("mlflow", "keras", "tensorflow-cpu")]
+    mlflow.pyfunc.save_model(
+        str(folder),
+        python_model=str(root / layout.CLASSIFIER_CODE),
+        artifacts={"keras_model": str(keras_file)},
+        signature=signature,
+        input_example=pd.DataFrame(test.x[:3], columns=list(FEATURES)),
+        pip_requirements=pins,
+    )
+
+
+def register(root: Path) -> tuple[ModelRecord, bool]:
+    """Register (or find) the selected model's version, point `candidate` at it, record it."""
+    config = load_params(root)
+    fields, tags = figures_of(root)
+    run_id = fields["mlflow_run_id"]
+    mlflow = tracking.sweep_store(root, config.tracking, run_id)
+    name = config.registry.name
+    version = tracking.registered_version(mlflow, name, run_id)
+    new = version is None
+    if version is None:
+        keras_file = layout.model_file(layout.run_dir(root, fields["run"]), fields["seed"])
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch) / layout.CLASSIFIER_ARTIFACT
+            save_classifier(root, keras_file, folder)
+            mlflow.log_artifacts(run_id, str(folder), layout.CLASSIFIER_ARTIFACT)
+        version = tracking.new_version(mlflow, name, run_id, layout.CLASSIFIER_ARTIFACT, tags)
+    mlflow.set_registered_model_alias(name, CANDIDATE, version.version)
+    record = ModelRecord(
+        name=name, version=str(version.version), uri=f"models:/{name}/{version.version}", **fields
+    )
+    write_model_record(root, record)
+    return record, new
+
+
+def main(argv: list[str] | None = None) -> None:
+    if sys.argv[1:] if argv is None else argv:
+        print(
+            "usage: python -m overfit.register (no arguments: it reads params.yaml)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    record, new = run_stage(
+        lambda: register(project_root()), (ArtifactError, tracking.StoreError, KeyError)
+    )
+    made = "registered" if new else "already registered:"
+    print(
+        f"{made} {record.uri} ({record.run}, seed {record.seed}; test {record.test:.3f}, "
+        f"fresh {record.fresh:.3f}), alias {CANDIDATE}"
+    )
+    print("promote it with `make promote` (python -m overfit.promote)")
+
+
+if __name__ == "__main__":
+    main()
