@@ -16,7 +16,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup venv run test params lint ui gate bench server server-stop screenshot lock clean
+.PHONY: setup venv run test params lint ui gate bench server server-stop promote serve predict screenshot lock clean
 
 setup: $(INSTALLED)
 
@@ -64,6 +64,22 @@ server: setup
 
 server-stop: setup
 	$(BIN)/python -m overfit.server stop
+
+# The registered candidate becomes champion if the gate's rules hold against the champion
+# (python -m overfit.promote --rollback: the champion back to the version it replaced).
+promote: setup
+	$(BIN)/python -m overfit.promote
+
+# The champion (registry.name@champion) as a REST API on 127.0.0.1:<registry.port>, by
+# `mlflow models serve`: POST {"dataframe_split": {"columns": ["x1", "x2"], "data": [[...]]}}.
+serve: setup
+	$(BIN)/python -m overfit.serve
+
+# The champion's class-1 probabilities for a CSV with columns x1, x2, as JSON, by
+# `mlflow models predict`: make predict IN=data/split/test.csv OUT=predictions.json
+predict: setup
+	$(if $(and $(IN),$(OUT)),,$(error error: IN and OUT are required: make predict IN=x1x2.csv OUT=out.json))
+	$(BIN)/python -m overfit.serve predict "$(IN)" "$(OUT)"
 
 # docs/mlflow-ui.png: the latest sweep in the MLflow UI (needs Chromium).
 screenshot: setup

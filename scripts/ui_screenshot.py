@@ -4,14 +4,19 @@
     .venv/bin/python scripts/ui_screenshot.py --store sqlite:////path/to/mlflow.db --out x.png
     .venv/bin/python scripts/ui_screenshot.py --url http://127.0.0.1:5001   # a running server
     .venv/bin/python scripts/ui_screenshot.py --link http://127.0.0.1:5000  # print its address
+    .venv/bin/python scripts/ui_screenshot.py --registry overfit-moons      # the registered model
 
 Starts `mlflow ui` on a free port (unless --url names a running server), drives Chromium
-headless through Playwright, and writes docs/mlflow-ui.png by default. Needs Chromium at
+headless through Playwright, and writes docs/mlflow-ui.png by default.
+
+--registry NAME screenshots, instead, the registered model's page in the Model Registry: its
+versions with their tags and aliases (candidate, champion, previous); docs/mlflow-registry.png
+by default. It prints the versions and aliases the page shows. Needs Chromium at
 /usr/bin/chromium (Debian: `apt-get install chromium`; scripts/ci_services.sh installs it) or
 CHROMIUM=/path/to/chrome; Playwright's own browser download is not used.
 
---link prints, instead, the address of the sweep's runs on the UI at that base URL, in the
-"Model training" view (what `make ui` prints).
+--link prints, instead, the address of the sweep's runs (or, with --registry, of the model's
+page) on the UI at that base URL, in the "Model training" view (what `make ui` prints).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +59,9 @@ HIDDEN_COLUMNS = ("Dataset", "Source", "Models")
 COLUMN_WIDTH = 150
 VIEWPORT = {"width": 1600, "height": 1000}
 UI_START_TIMEOUT = 90.0
+# The model page draws the model (its heading and aliases) and its versions from two requests;
+# the versions table is read until this many reads in a row, this far apart, agree.
+STABLE_READS, READ_INTERVAL_MS = 3, 300
 
 
 class UIError(RuntimeError):
@@ -64,6 +73,15 @@ class Row:
     run_id: str
     name: str
     cells: dict[str, str]  # metric name -> the text the UI shows
+
+
+@dataclass(frozen=True)
+class Version:
+    """A row of the registered model's versions table, as the page shows it."""
+
+    version: str
+    aliases: tuple[str, ...]  # in the page's order
+    tags: dict[str, str]
 
 
 def free_port() -> int:
@@ -136,6 +154,20 @@ def runs_page(base_url: str, experiment_id: str) -> str:
     return f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def registry_page(base_url: str, name: str) -> str:
+    """The registered model's page (versions, tags, aliases), in the Model training view: its
+    sidebar has the Model registry link (see runs_page)."""
+    return f"{base_url}/#/models/{urllib.parse.quote(name, safe='')}?workflowType=machine_learning"
+
+
+def _check_chromium() -> None:
+    if not Path(CHROMIUM).is_file():
+        raise UIError(
+            f"no Chromium at {CHROMIUM}: `apt-get install chromium` "
+            "(scripts/ci_services.sh), or set CHROMIUM to a Chrome/Chromium binary"
+        )
+
+
 def capture(
     base_url: str,
     experiment_id: str,
@@ -148,11 +180,7 @@ def capture(
 
     Returns the rows as the page shows them (run id, name, metric texts), for checking.
     """
-    if not Path(CHROMIUM).is_file():
-        raise UIError(
-            f"no Chromium at {CHROMIUM}: `apt-get install chromium` "
-            "(scripts/ci_services.sh), or set CHROMIUM to a Chrome/Chromium binary"
-        )
+    _check_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -172,6 +200,80 @@ def capture(
         finally:
             browser.close()
     return rows
+
+
+def capture_registry(base_url: str, name: str, out: Path) -> list[Version]:
+    """Open the registered model's page, wait until its versions and their aliases are drawn,
+    and take the screenshot.
+
+    Returns the versions as the page shows them (number, aliases, tags), newest first; raises
+    UIError if the page shows no such model, or no versions of it.
+    """
+    _check_chromium()
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+            page.set_default_timeout(30_000)
+            page.goto(registry_page(base_url, name), wait_until="domcontentloaded")
+            try:
+                versions = _read_versions(page, name)
+            except PlaywrightError as error:
+                first = str(error).splitlines()[0]
+                raise UIError(
+                    f"the page of registered model {name} did not load: {first}"
+                ) from None
+            _close_assistant(page)
+            page.mouse.move(VIEWPORT["width"] / 2, 60)  # off the table: no row highlighted
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out))
+        finally:
+            browser.close()
+    return versions
+
+
+# A version's row holds the link to the version's own page.
+_VERSION_LINK = '[role=row] a[href*="/versions/"]'
+
+
+def _read_versions(page: Any, name: str) -> list[Version]:
+    missing = page.get_by_text("Page Not Found", exact=True)
+    empty = page.get_by_text("No models versions are registered yet")
+    page.locator(_VERSION_LINK).or_(missing).or_(empty).first.wait_for()
+    if missing.count():
+        raise UIError(f"the MLflow UI shows no registered model {name}")
+    page.get_by_role("heading", name=name, exact=True).wait_for()
+    reads: list[list[Version]] = []
+    while len(reads) < STABLE_READS or any(read != reads[-1] for read in reads[-STABLE_READS:]):
+        if reads:
+            page.wait_for_timeout(READ_INTERVAL_MS)
+        if len(reads) > 100:  # 30 s
+            raise UIError(f"the versions of registered model {name} kept changing on the page")
+        reads.append(_version_rows(page))
+    if not reads[-1]:
+        raise UIError(f"the MLflow UI shows no versions of registered model {name}")
+    return reads[-1]
+
+
+def _version_rows(page: Any) -> list[Version]:
+    versions = []
+    for row in page.locator("[role=row]").all():
+        link = row.locator('a[href*="/versions/"]')
+        if not link.count():
+            continue  # the header
+        number = link.first.get_attribute("href").rstrip("/").rsplit("/", 1)[-1]
+        chips = row.locator('[data-component-id*="modelversionaliastag"][title]')
+        aliases = tuple(chip.get_attribute("title") for chip in chips.all())
+        tags = {}
+        for tag in row.locator('[data-component-id*="keyvaluetag"][role=status]').all():
+            parts = tag.locator("span[title]")
+            if parts.count() >= 2:
+                tags[parts.nth(0).get_attribute("title")] = parts.nth(1).get_attribute("title")
+        versions.append(Version(number, aliases, tags))
+    return versions
 
 
 def _close_assistant(page: Any) -> None:
@@ -285,13 +387,17 @@ def _read_rows(page: Any, metrics: Sequence[str]) -> list[Row]:
     return list(rows.values())
 
 
+def _check_store(store_uri: str) -> None:
+    # MLflow would create an empty store where there is none.
+    if store_uri.startswith("sqlite:///") and not Path(store_uri[len("sqlite:///") :]).is_file():
+        raise UIError(f"{store_uri}: no such store; run the pipeline first (make run)")
+
+
 def _sweep(store_uri: str) -> tuple[str, str]:
     """(experiment id, parent run id) of the newest finished sweep in the store."""
     from mlflow.tracking import MlflowClient
 
-    # MLflow would create an empty store where there is none.
-    if store_uri.startswith("sqlite:///") and not Path(store_uri[len("sqlite:///") :]).is_file():
-        raise UIError(f"{store_uri}: no such store; run the pipeline first (make run)")
+    _check_store(store_uri)
     client = MlflowClient(tracking_uri=store_uri)
     parents = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
@@ -313,14 +419,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="backend store to browse with `mlflow ui` (default: the project's mlflow.db)",
     )
     where.add_argument("--url", help="a running MLflow server to browse instead")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs/mlflow-ui.png")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write the picture (default: docs/mlflow-ui.png; with --registry, "
+        "docs/mlflow-registry.png)",
+    )
     parser.add_argument(
         "--link",
         metavar="BASE_URL",
-        help="print the sweep's address on the UI at BASE_URL (Model training view) and exit",
+        help="print the sweep's (with --registry, the model's) address on the UI at BASE_URL "
+        "(Model training view) and exit",
+    )
+    parser.add_argument(
+        "--registry",
+        metavar="NAME",
+        help="screenshot the registered model NAME's page (its versions and aliases) instead",
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if args.registry:
+        _registry_main(args)
+        return
+    args.out = args.out or ROOT / "docs/mlflow-ui.png"
     try:
         experiment_id, parent = _sweep(args.url or args.store)
         if args.link:
@@ -337,6 +458,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     for row in rows:
         print(f"  {row.name:<16} " + "  ".join(f"{k} {v}" for k, v in row.cells.items()))
     print(f"wrote {args.out}")
+
+
+def _registry_main(args: argparse.Namespace) -> None:
+    out = args.out or ROOT / "docs/mlflow-registry.png"
+    try:
+        if args.link:
+            print(registry_page(args.link.rstrip("/"), args.registry))
+            return
+        if args.url:
+            versions = capture_registry(args.url.rstrip("/"), args.registry, out)
+        else:
+            _check_store(args.store)
+            with mlflow_ui(args.store) as url:
+                versions = capture_registry(url, args.registry, out)
+    except UIError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    for version in versions:
+        aliases = ", ".join(version.aliases) or "-"
+        print(f"  {args.registry} version {version.version}  aliases {aliases}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

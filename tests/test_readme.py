@@ -70,6 +70,18 @@ COVERED = {
         "tests/test_pipeline.py::"
         "test_choosing_on_the_test_set_reruns_only_the_reports_and_says_it_is_optimistic"
     ),
+    "make promote": "tests/test_registry.py::test_register_promote_roll_back_and_refuse",
+    "python -m overfit.promote --rollback": (
+        "tests/test_registry.py::test_register_promote_roll_back_and_refuse"
+    ),
+    "make serve": "tests/test_serve.py::test_served_probabilities_are_the_evaluate_stages",
+    "curl -s http://127.0.0.1:5002/invocations -H 'Content-Type: application/json' -d "
+    '\'{"dataframe_split": {"columns": ["x1", "x2"], "data": [[0.0, 1.0], [1.0, -0.5]]}}\'': (
+        "tests/test_serve.py::test_it_says_where_it_serves_and_how_to_call_it"
+    ),
+    "make predict IN=data/split/test.csv OUT=predictions.json": (
+        "tests/test_serve.py::test_batch_predict_writes_the_served_probabilities"
+    ),
     "make server": (
         "tests/test_server.py::"
         "test_start_prints_the_uri_to_export_and_keeps_the_db_password_private"

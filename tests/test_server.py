@@ -130,7 +130,7 @@ def sweep(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Sweep:
 def client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def test_start_prints_the_uri_to_export_and_keeps_the_db_password_private(server) -> None:
@@ -214,6 +214,37 @@ def test_the_model_loads_from_the_served_artifacts(server, sweep) -> None:
     probabilities = np.asarray(model.predict(np.array([[0.0, 1.0], [1.0, -0.5]]), verbose=0))
     assert probabilities.shape == (2, 1)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+def test_the_registry_works_through_the_server(server, sweep) -> None:
+    """The register stage registered the selected model in the server's registry; promote
+    makes it champion there; `models:/overfit-moons@champion` loads through the server."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    record = json.loads((sweep.root / "reports/model.json").read_text())
+    registry = client(server.uri)
+    version = registry.get_model_version(record["name"], record["version"])
+    assert version.run_id == sweep.data["runs"][record["run"]]
+    assert version.source.startswith("mlflow-artifacts:")  # stored by the server
+    assert SECRET not in json.dumps(dict(version.tags))
+    env = env_for(sweep.root) | {"MLFLOW_TRACKING_URI": server.uri_with_password}
+    promoted = sweep.run(sys.executable, "-m", "overfit.promote", env=env)
+    assert promoted.stdout.strip().endswith("is the champion (first champion)"), promoted.stdout
+    assert (
+        registry.get_model_version_by_alias(record["name"], "champion").version == version.version
+    )
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(server.uri)
+    mlflow.set_registry_uri(server.uri)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{record['name']}@champion")
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    rows = pd.DataFrame({"x1": [0.0, 1.0], "x2": [1.0, -0.5]})
+    probabilities = np.asarray(model.predict(rows))
+    assert probabilities.shape == (2,) and np.all((probabilities >= 0) & (probabilities <= 1))
 
 
 def test_the_uri_password_is_nowhere(server, sweep) -> None:

@@ -16,7 +16,10 @@ from .conftest import ROOT
 
 PACKAGE = ROOT / "src/overfit"
 # Entry points people and CI run that no DVC stage runs; like stages, nothing imports them.
-COMMANDS = {"gate", "server", "outputs"}
+COMMANDS = {"gate", "server", "outputs", "promote", "serve"}
+# Code MLflow runs (models from code) rather than any module importing it: the stage that
+# logs it depends on it all the same.
+MODEL_CODE = {"register": {"classifier"}}
 # Libraries whose private names (a leading underscore) the package must not touch.
 LIBRARIES = ("mlflow", "hydra", "omegaconf", "keras", "tensorflow")
 # Leading-underscore names that are public API: namedtuple methods.
@@ -92,7 +95,7 @@ def test_dvc_yaml_lists_every_module_a_stage_runs(name: str) -> None:
     """A change to any module a stage imports, directly or not, reruns that stage."""
     stage = dvc_stages()[name]
     listed = {Path(d).stem for d in stage["deps"] if d.startswith("src/overfit/")}
-    needed = closure(stage_module(stage)) | {"__init__"}
+    needed = closure(stage_module(stage)) | {"__init__"} | MODEL_CODE.get(name, set())
     assert needed - listed == set(), f"dvc.yaml's {name} misses {sorted(needed - listed)}"
     assert listed - needed == set(), f"dvc.yaml's {name} lists unused {sorted(listed - needed)}"
 

@@ -1,5 +1,6 @@
 """The MLflow UI in a real browser: `mlflow ui` on the shrunk sweep's store, Debian's Chromium
-driven headless by Playwright, through scripts/ui_screenshot.py (which makes docs/mlflow-ui.png).
+driven headless by Playwright, through scripts/ui_screenshot.py (which makes docs/mlflow-ui.png
+and, with --registry, docs/mlflow-registry.png).
 
 Needs Chromium at /usr/bin/chromium (Debian: `apt-get install chromium`; scripts/ci_services.sh
 installs it for CI) or CHROMIUM=/path/to/chrome.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import yaml
 
 from .conftest import ROOT, env_for, missing_service
 
@@ -163,3 +166,78 @@ def test_the_screenshot_script_says_when_there_is_no_store(ui, tmp_path) -> None
     message = f"error: {store}: no such store; run the pipeline first (make run)"
     assert result.stderr.strip() == message
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.fixture(scope="module")
+def registry_ui(ui, shrunk_pipeline, tmp_path_factory) -> Iterator[tuple[str, str, str]]:
+    """`mlflow ui` on a copy of the shrunk pipeline's store (the registry page needs no
+    artifacts) where version 1, registered as the candidate, is promoted to champion too, and
+    a second model has no versions. Yields (UI URL, store URI, the model's name)."""
+    from mlflow.tracking import MlflowClient
+
+    root = shrunk_pipeline.root
+    name = yaml.safe_load((root / "params.yaml").read_text())["registry"]["name"]
+    copy = tmp_path_factory.mktemp("registry-ui") / "mlflow.db"
+    shutil.copy2(root / "mlflow.db", copy)
+    uri = f"sqlite:///{copy}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert shown_aliases(uri, name) == {"1": ("candidate",)}  # what the register stage set
+    # What `python -m overfit.promote` does to a first candidate (tests/test_registry.py).
+    client.set_registered_model_alias(name, "champion", "1")
+    client.create_registered_model("no-versions")
+    with ui.mlflow_ui(uri) as url:
+        yield url, uri, name
+
+
+def shown_aliases(store: str, name: str) -> dict[str, tuple[str, ...]]:
+    """Each version of the model in the store, and its aliases in alphabetical order."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    found = {str(v.version): [] for v in client.search_model_versions(f"name = '{name}'")}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        found[str(version)].append(alias)
+    return {version: tuple(sorted(aliases)) for version, aliases in found.items()}
+
+
+def test_the_registry_page_shows_each_version_with_its_aliases(ui, registry_ui, tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    url, store, name = registry_ui
+    shot = tmp_path / "registry.png"
+
+    versions = ui.capture_registry(url, name, shot)
+
+    assert {v.version: tuple(sorted(v.aliases)) for v in versions} == shown_aliases(store, name)
+    assert [(v.version, set(v.aliases)) for v in versions] == [("1", {"candidate", "champion"})]
+    # The version's tags as the register stage recorded them: where it came from, its figures.
+    recorded = MlflowClient(tracking_uri=store, registry_uri=store).get_model_version(name, "1")
+    assert versions[0].tags == recorded.tags
+    assert {"overfit.run", "overfit.selection_rule", "cv_acc", "test_acc"} <= set(recorded.tags)
+    assert_screenshot(shot)
+
+
+def test_the_screenshot_script_shows_the_registry_or_says_what_is_missing(
+    registry_ui, tmp_path
+) -> None:
+    url, _, name = registry_ui
+    out = tmp_path / "docs/mlflow-registry.png"
+    result = screenshot_script("--url", url, "--registry", name, "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"  {name} version 1  aliases candidate, champion",
+        f"wrote {out}",
+    ]
+    assert_screenshot(out)
+
+    for model, message in [
+        ("no-such-model", "the MLflow UI shows no registered model no-such-model"),
+        ("no-versions", "the MLflow UI shows no versions of registered model no-versions"),
+    ]:
+        out = tmp_path / f"{model}.png"
+        result = screenshot_script(
+            "--url", url, "--registry", model, "--out", str(out), cwd=tmp_path
+        )
+        assert result.returncode == 1, model
+        assert result.stderr.strip() == f"error: {message}"
+        assert not out.exists()

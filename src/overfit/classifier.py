@@ -7,6 +7,7 @@ folder, so whoever serves the model needs MLflow, Keras and TensorFlow, not this
 
 import mlflow.models
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 FEATURES = ["x1", "x2"]
@@ -23,7 +24,11 @@ class MoonsClassifier(PythonModel):
 
     def predict(self, context, model_input, params=None):
         x = np.asarray(model_input[FEATURES], dtype=np.float32)
-        return self.model.predict(x, batch_size=max(len(x), 1), verbose=0)[:, 0]
+        if not np.isfinite(x).all():  # MLflow turns a JSON null into NaN and lets it through
+            raise MlflowException.invalid_parameter_value("x1 and x2 must be finite numbers")
+        if len(x) == 0:
+            return np.empty(0, np.float32)
+        return self.model.predict(x, batch_size=len(x), verbose=0)[:, 0]
 
 
 mlflow.models.set_model(MoonsClassifier())

@@ -20,6 +20,7 @@ PRODUCTS = [
     (layout.CONFIGS, "every configuration's measures (mean and spread), the selection"),
     (layout.SUMMARY, "the choice, both rules side by side, and every configuration"),
     (layout.FIGURES_DIR, "learning curves, accuracy vs strength, decision boundaries, weights"),
+    (layout.MODEL_RECORD, "the registered model version (alias candidate): `make promote`"),
     (Path(layout.MLFLOW_DB), "the MLflow store: `make ui`, then the link it prints"),
 ]
 
@@ -49,6 +50,8 @@ def describe(root: Path) -> str:
         "  source .venv/bin/activate",
         "  dvc metrics show        the headline figures;  dvc plots show  renders the DVC plots",
         "  make ui                 the MLflow UI on port 5000: open the link it prints",
+        "  make promote            the candidate becomes champion if the gate's rules hold;"
+        "  make serve  serves it",
     ]
     return "\n".join(lines)
 

@@ -171,20 +171,28 @@ def open_store(root: Path, tracking: TrackingConfig) -> Store:
     return Store(mlflow, exp_id, uri)
 
 
-def sweep_store(root: Path, tracking: TrackingConfig, run_id: str) -> Any:
-    """A client of the store that holds the sweep's run `run_id`, without creating anything;
-    StoreError if it is unreachable, missing, or does not hold that run (for example in a
-    clone that pulled models/ from a DVC remote)."""
-    from mlflow.exceptions import MlflowException
-
+def existing_store(root: Path, tracking: TrackingConfig) -> Any:
+    """A client of the configured store, which must exist already (nothing is created);
+    StoreError if it is unreachable or missing."""
     uri = tracking_uri(root, tracking)
     try:
         check_reachable(uri)
         if uri.startswith("sqlite:///") and not layout.mlflow_db(root).is_file():
             raise ConnectionError(f"no MLflow store at {layout.mlflow_db(root)}")
-        mlflow = client(uri)
+    except ConnectionError as error:
+        raise StoreError(str(error).splitlines()[0]) from None
+    return client(uri)
+
+
+def sweep_store(root: Path, tracking: TrackingConfig, run_id: str) -> Any:
+    """A client of the existing store that holds the sweep's run `run_id`; StoreError if it
+    does not (for example in a clone that pulled models/ from a DVC remote)."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow = existing_store(root, tracking)
+    try:
         mlflow.get_run(run_id)
-    except (ConnectionError, MlflowException) as error:
+    except MlflowException as error:
         raise StoreError(str(error).splitlines()[0]) from None
     return mlflow
 

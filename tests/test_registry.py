@@ -1,0 +1,143 @@
+"""The Model Registry story, with real DVC, a real MLflow store and real training: register
+the selected model, register again (nothing new), promote it, promote an equal one over it,
+roll back, refuse a worse one made by a worse setting, and refuse what does not exist."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from overfit.config import main as config_main
+from overfit.promote import main as promote_main
+from overfit.register import main as register_main
+
+from .conftest import SHRUNK
+
+NAME = "overfit-moons"
+
+
+def registry(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def aliases(root: Path) -> dict[str, str]:
+    return {k: str(v) for k, v in registry(root).get_registered_model(NAME).aliases.items()}
+
+
+def versions(root: Path) -> list[str]:
+    found = registry(root).search_model_versions(f"name = '{NAME}'")
+    return sorted((str(v.version) for v in found), key=int)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shrunk_pipeline):
+    """A copy of the shrunk pipeline with a store of its own, trained again into it."""
+    root = tmp_path_factory.mktemp("registry") / "project"
+    run = shrunk_pipeline.copy_to(root)
+    run("dvc", "repro", "--force", "train")
+    out = run("dvc", "repro").stdout
+    assert "Running stage 'register'" in out
+    return root, run
+
+
+def test_register_promote_roll_back_and_refuse(project, entry) -> None:
+    root, run = project
+
+    def promote(*args: str) -> tuple[int, str, str]:
+        return entry(promote_main, root, *args)
+
+    record = json.loads((root / "reports/model.json").read_text())
+    report = json.loads((root / "reports/configs.json").read_text())
+    sweep = json.loads((root / "reports/sweep.json").read_text())
+    assert record["name"] == NAME and record["run"] == report["selected"]
+    assert record["mlflow_run_id"] == sweep["runs"][report["selected"]] and record["seed"] == 1
+    version = registry(root).get_model_version(NAME, record["version"])
+    assert version.run_id == record["mlflow_run_id"]
+    assert version.tags["overfit.run"] == report["selected"]
+    assert version.tags["overfit.selection_rule"].startswith("cv_acc: highest mean held-out")
+    config = report["configs"][report["selected"]]
+    for key in ("cv_acc", "test_acc", "fresh_acc"):
+        assert float(version.tags[key]) == pytest.approx(config[key]["mean"], abs=1e-6)
+    assert version.tags["git.commit"] and version.tags["data.md5.data/split"]
+    assert aliases(root) == {"candidate": record["version"]}
+
+    # Registering again registers nothing new.
+    status, out, err = entry(register_main, root)
+    assert status == 0, err
+    assert "already registered: models:/overfit-moons/1" in out
+    assert versions(root) == ["1"]
+    assert "Running stage" not in run("dvc", "repro").stdout
+
+    # The first candidate becomes the champion.
+    status, out, err = promote()
+    assert status == 0, err
+    assert out.strip() == "version 1 is the champion (first champion)"
+    assert aliases(root) == {"candidate": "1", "champion": "1"}
+    history = registry(root).get_model_version(NAME, "1").tags["overfit.history"]
+    assert history.endswith(f"champion (first champion) (commit {version.tags['git.commit']})")
+
+    # The same sweep trained again: equal figures, a new version, promoted over the first.
+    run("dvc", "repro", "--force", "train")
+    run("dvc", "repro")
+    assert versions(root) == ["1", "2"]
+    status, out, err = promote()
+    assert status == 0, out + err
+    assert "pass  selected_test_accuracy" in out
+    assert out.splitlines()[-1] == "version 2 is the champion (over 1)"
+    assert aliases(root) == {"candidate": "2", "champion": "2", "previous": "1"}
+
+    # Roll back: the first is champion again.
+    status, out, err = promote("--rollback")
+    assert status == 0, err
+    assert out.strip() == "version 1 is the champion again (rolled back from 2)"
+    assert aliases(root) == {"candidate": "2", "champion": "1"}
+    assert "rolled back" in registry(root).get_model_version(NAME, "2").tags["overfit.history"]
+
+    # A worse setting (2 epochs: the network has not learnt the moons) makes a worse
+    # candidate: refused, the champion stays.
+    assert entry(config_main, root, *SHRUNK, "train.epochs=2")[0] == 0
+    run("dvc", "repro")
+    assert versions(root) == ["1", "2", "3"]
+    status, out, _ = promote()
+    assert status == 1
+    assert "FAIL  selected_fresh_accuracy" in out
+    assert out.splitlines()[-1] == "version 3 stays a candidate"
+    assert aliases(root) == {"candidate": "3", "champion": "1"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--version", "99"], "error: overfit-moons has no version '99'"),
+        (["--name", "nobody"], "error: no registered model 'nobody' in the tracking store; "),
+        (["--rollback", "--name", "nobody"], "error: no registered model 'nobody'"),
+    ],
+    ids=["unknown version", "unknown name", "rollback of an unknown name"],
+)
+def test_promote_refuses_what_does_not_exist_and_changes_nothing(
+    project, entry, args, message
+) -> None:
+    root, _ = project
+    before = (aliases(root), versions(root))
+    status, _, err = entry(promote_main, root, *args)
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), err
+    assert (aliases(root), versions(root)) == before
+
+
+def test_promote_without_a_candidate_says_so(tmp_path: Path, shrunk_pipeline, entry) -> None:
+    """A store with no registered model (a copy's new store): nothing to promote."""
+    root = tmp_path / "project"
+    shrunk_pipeline.copy_to(root)
+    status, _, err = entry(promote_main, root)
+    assert status == 2
+    assert err.strip() == (
+        "error: no registered model 'overfit-moons' in the tracking store; run the pipeline "
+        "(make run) or name another with --name"
+    )

@@ -1,0 +1,287 @@
+"""`python -m overfit.serve` on the shrunk pipeline's registered model: a real `mlflow models
+serve` process answering HTTP, its probabilities against the evaluate stage's, its answers to
+bad requests, `mlflow models predict` through the wrapper, and the refusals before starting.
+
+The tests work on a copy of the shared pipeline's files and store (the shared store is not
+written): the copy's store still names the shared pipeline's mlartifacts/ by absolute path,
+which MLflow only reads here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from overfit import layout
+from overfit.artifacts import ModelRecord, read_model_record
+from overfit.metrics import probabilities
+from overfit.serve import NEXT_STEP
+
+from .conftest import ROOT, env_for
+
+START_TIMEOUT = 120.0
+CHAMPION = "champion"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def copy_with_store(source: Path, dest: Path) -> Path:
+    """The pipeline's files, and its store copied by SQLite's backup: a consistent copy even
+    while another test reads the shared store."""
+    skip = shutil.ignore_patterns("mlflow.db*", layout.MLFLOW_ARTIFACTS, ".dvc", ".git")
+    shutil.copytree(source, dest, symlinks=True, ignore=skip)
+    with (
+        contextlib.closing(sqlite3.connect(source / layout.MLFLOW_DB)) as original,
+        contextlib.closing(sqlite3.connect(dest / layout.MLFLOW_DB)) as copy,
+    ):
+        original.backup(copy)
+    return dest
+
+
+def store_uri(root: Path) -> str:
+    return f"sqlite:///{root / layout.MLFLOW_DB}"
+
+
+def points_of(root: Path) -> np.ndarray:
+    """x1, x2 of the test split (its label column left out)."""
+    return np.loadtxt(root / layout.TEST_CSV, delimiter=",", skiprows=1, usecols=(0, 1))
+
+
+def serve_cli(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "overfit.serve", *args],
+        cwd=root,
+        env=env_for(root),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def post(url: str, body: bytes) -> tuple[int, str]:
+    """The status and body of a POST, whatever the status."""
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def split_body(columns: list[str], rows: list[list[object]]) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": columns, "data": rows}}).encode()
+
+
+def ping(base: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
+            return response.status
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+@dataclass(frozen=True)
+class Served:
+    root: Path
+    record: ModelRecord
+    base: str
+    log: Path
+
+    @property
+    def invocations(self) -> str:
+        return f"{self.base}/invocations"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        status, body = post(self.invocations, split_body(["x1", "x2"], x.tolist()))
+        assert status == 200, body
+        return np.asarray(json.loads(body)["predictions"], dtype=np.float64)
+
+
+def group_left(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (mlflow and the uvicorn it starts), SIGKILL if
+    any of it lingers; returns once none of the group is left."""
+    group = process.pid  # its own session: the group's id is its pid
+    for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
+        deadline = time.monotonic() + grace
+        while group_left(group) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not group_left(group):
+            return
+    raise AssertionError(f"process group {group} outlived SIGKILL")
+
+
+@pytest.fixture(scope="module")
+def served(shrunk_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """`python -m overfit.serve` on a free port, with alias champion on the registered version,
+    in a copy of the shared pipeline; started once for the module."""
+    from mlflow.tracking import MlflowClient
+
+    root = copy_with_store(shrunk_pipeline.root, tmp_path_factory.mktemp("serve") / "project")
+    record = read_model_record(root)
+    client = MlflowClient(tracking_uri=store_uri(root), registry_uri=store_uri(root))
+    client.set_registered_model_alias(record.name, CHAMPION, record.version)
+    port = free_port()
+    log = root.parent / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "overfit.serve", "--port", str(port)],
+            cwd=root,
+            env=env_for(root),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while ping(base) != 200:
+            assert process.poll() is None, f"the server exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no /ping in {START_TIMEOUT}s:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield Served(root, record, base, log)
+    finally:
+        stop_group(process)
+
+
+def test_it_says_where_it_serves_and_how_to_call_it(served) -> None:
+    lines = served.log.read_text().splitlines()
+    url = f"{served.base}/invocations"
+    assert lines[0] == (
+        f"serving models:/{served.record.name}@{CHAMPION} (version {served.record.version}) "
+        f"at {url}"
+    )
+    assert lines[1].startswith(f"try: curl -s {url} -H 'Content-Type: application/json' -d '")
+
+
+@pytest.fixture(scope="module")
+def weights(served) -> list[np.ndarray]:
+    """The registered seed's Keras weights, as the evaluate stage loads them."""
+    import keras
+
+    folder = layout.run_dir(served.root, served.record.run)
+    model = keras.models.load_model(
+        layout.model_file(folder, served.record.seed), safe_mode=True, compile=False
+    )
+    return model.get_weights()
+
+
+def test_served_probabilities_are_the_evaluate_stages(served, weights) -> None:
+    x = points_of(served.root)
+    assert x.shape == (70, 2)
+    got = served.predict(x)
+    assert got.shape == (70,)
+    np.testing.assert_allclose(got, probabilities(weights, x), rtol=0, atol=1e-6)
+
+
+# Each bad request, and what MLflow's answer (JSON: error_code, message) says about it.
+BAD_REQUESTS = {
+    "missing column": (split_body(["x1"], [[0.0], [1.0]]), "Model is missing inputs ['x2']"),
+    "strings": (
+        split_body(["x1", "x2"], [["a", "b"], ["c", "d"]]),
+        "could not convert string to float: 'a'",
+    ),
+    "empty body": (b"", "Ensure that input is a valid JSON formatted string"),
+    "malformed JSON": (b'{"dataframe_split": {', "Ensure that input is a valid JSON formatted"),
+    # JSON null: MLflow's schema lets it through as NaN; the model refuses it.
+    "a null": (split_body(["x1", "x2"], [[None, 1.0]]), "x1 and x2 must be finite numbers"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_a_bad_request_is_a_4xx_saying_why_and_the_server_keeps_serving(
+    served, weights, case
+) -> None:
+    body, says = BAD_REQUESTS[case]
+    status, text = post(served.invocations, body)
+    assert 400 <= status < 500, (status, text)
+    answer = json.loads(text)
+    assert answer["error_code"] in ("BAD_REQUEST", "INVALID_PARAMETER_VALUE"), answer
+    assert says in answer["message"], answer
+    assert "stack_trace" not in answer
+    assert ping(served.base) == 200
+    two = np.array([[0.0, 1.0], [1.0, -0.5]])
+    np.testing.assert_allclose(served.predict(two), probabilities(weights, two), rtol=0, atol=1e-6)
+
+
+def test_no_rows_get_no_predictions(served) -> None:
+    status, text = post(served.invocations, split_body(["x1", "x2"], []))
+    assert (status, json.loads(text)) == (200, {"predictions": []})
+
+
+def test_batch_predict_writes_the_served_probabilities(served) -> None:
+    out = served.root.parent / "predictions" / "test.json"
+    done = serve_cli(served.root, "predict", str(layout.TEST_CSV), str(out))
+    assert done.returncode == 0, done.stderr
+    # test.csv has a label column: MLflow ignores columns the signature does not name.
+    assert f"wrote {out}: 70 class-1 probabilities" in done.stdout
+    written = np.asarray(json.loads(out.read_text())["predictions"], dtype=np.float64)
+    np.testing.assert_array_equal(written, served.predict(points_of(served.root)))
+
+
+def test_without_a_champion_it_says_so_in_one_line_and_exits_2(shrunk_pipeline, tmp_path) -> None:
+    root = copy_with_store(shrunk_pipeline.root, tmp_path / "project")
+    done = serve_cli(root, "--port", str(free_port()))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: registered model 'overfit-moons' has no alias 'champion'")
+    assert "make promote" in done.stderr
+
+
+def test_without_a_store_it_says_so_and_creates_none(tmp_path) -> None:
+    for name in (layout.PARAMS, layout.DVC_YAML):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    done = serve_cli(tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    missing = tmp_path / layout.MLFLOW_DB
+    assert done.stderr == f"error: no MLflow store at {missing}: {NEXT_STEP[CHAMPION]}\n"
+    assert not missing.exists()
+
+
+def test_predict_without_its_input_file_exits_2(served) -> None:
+    done = serve_cli(served.root, "predict", "no-such.csv", "out.json")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "error: no-such.csv: no such file (a CSV with columns x1, x2)\n"
+
+
+def test_a_busy_port_is_refused_before_loading_the_model(served) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = serve_cli(served.root, "--port", str(port))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(f"error: port {port} on 127.0.0.1 is in use")
