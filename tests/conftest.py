@@ -125,6 +125,7 @@ class Pipeline(NamedTuple):
     run: Run
     output: str
     copy_to: Callable[[Path], Run]
+    copy_with_store: Callable[[Path], Run]
 
 
 def _shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -231,7 +232,23 @@ def shrunk_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         shutil.copy2(template, dest / "mlflow.db")
         return make_runner(dest)
 
-    return Pipeline(root, run, text, copy_to)
+    def copy_with_store(dest: Path) -> Run:
+        """A copy with the pipeline's store (its sweep, its registered model), copied by
+        SQLite's backup. The store's runs keep their artifacts in the original's mlartifacts/:
+        a copy that logs new runs adds folders there, never changes one."""
+        import sqlite3
+
+        store = shutil.ignore_patterns("mlflow.db*", "mlartifacts")
+        with exclusive(lock):
+            shutil.copytree(root, dest, symlinks=True, ignore=store)
+        with (
+            contextlib.closing(sqlite3.connect(root / "mlflow.db")) as original,
+            contextlib.closing(sqlite3.connect(dest / "mlflow.db")) as copy,
+        ):
+            original.backup(copy)
+        return make_runner(dest)
+
+    return Pipeline(root, run, text, copy_to, copy_with_store)
 
 
 @pytest.fixture

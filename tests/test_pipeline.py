@@ -49,6 +49,7 @@ def test_every_stage_ran_and_a_second_repro_does_nothing(shrunk_pipeline) -> Non
         "train",
         "evaluate",
         "plot",
+        "register",
     }
     again = run("dvc", "repro")
     assert "Running stage" not in again.stdout
@@ -265,11 +266,11 @@ def test_choosing_on_the_test_set_reruns_only_the_reports_and_says_it_is_optimis
     from .conftest import SHRUNK
 
     root = tmp_path / "project"
-    run = shrunk_pipeline.copy_to(root)
+    run = shrunk_pipeline.copy_with_store(root)
     before = json.loads((root / "reports/configs.json").read_text())
     overrides = [*SHRUNK, "select.metric=test_acc"]
     out = run("dvc", "exp", "run", *(a for o in overrides for a in ("-S", o))).stdout
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"evaluate", "plot"}
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"evaluate", "plot", "register"}
     report = json.loads((root / "reports/configs.json").read_text())
     assert report["rule"] == "test_acc"
     assert report["selected"] == report["test_choice"] == before["test_choice"]

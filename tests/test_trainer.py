@@ -160,8 +160,8 @@ def test_a_fold_trained_stacked_equals_the_fold_trained_alone(moons):
     plain = [build_model(500, k, s, a, 0.001, seed) for seed, k, s, a in STACK]
     with_folds = [build_model(500, k, s, a, 0.001, seed) for seed, k, s, a in STACK]
     folds = [Fold(0, HELD_OUT), Fold(2, ~HELD_OUT), Fold(2, HELD_OUT)]
-    histories = train_stacked(plain, x_tr, y_tr, x_te, y_te, 300)
-    stacked, fold_histories = train_with_folds(with_folds, folds, x_tr, y_tr, x_te, y_te, 300)
+    histories = train_stacked(plain, x_tr, y_tr, x_te, y_te, 150)
+    stacked, fold_histories = train_with_folds(with_folds, folds, x_tr, y_tr, x_te, y_te, 150)
 
     for a, b, ha, hb in zip(plain, with_folds, histories, stacked, strict=True):
         assert max_weight_diff(a, b) == 0.0
@@ -172,7 +172,7 @@ def test_a_fold_trained_stacked_equals_the_fold_trained_alone(moons):
         seed, k, s, a = STACK[fold.start]
         alone = build_model(500, k, s, a, 0.001, seed)
         alone_fold = Fold(0, fold.held_out)
-        _, (alone_history,) = train_with_folds([alone], [alone_fold], x_tr, y_tr, x_te, y_te, 300)
+        _, (alone_history,) = train_with_folds([alone], [alone_fold], x_tr, y_tr, x_te, y_te, 150)
         assert history.final == alone_history.final
         for name, curve in history.history.items():
             np.testing.assert_array_equal(curve, alone_history.history[name])

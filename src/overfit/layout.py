@@ -56,8 +56,13 @@ SUMMARY = REPORTS_DIR / "summary.md"
 GATE_REPORT = REPORTS_DIR / "gate.md"
 # What MLflow runs to load the registered model (models from code; no module imports it).
 CLASSIFIER_CODE = Path("src/overfit/classifier.py")
-# The registered model's folder among its run's artifacts.
-CLASSIFIER_ARTIFACT = "classifier"
+
+
+# The registered model's folder among its run's artifacts, one per content (model and code).
+def classifier_artifact(digest: str) -> str:
+    return f"classifier/{digest[:12]}"
+
+
 # The register stage's record of the model version it registered (name, version, run, figures).
 MODEL_RECORD = REPORTS_DIR / "model.json"
 

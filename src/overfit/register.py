@@ -4,13 +4,15 @@ MLflow Model Registry, alias `candidate`; reports/model.json says which version.
 The model is the one the selected configuration's child run logged: its first seed's (a seed
 is never chosen by a score). The version is linked to that run and tagged with the
 configuration, the selection rule, its cross-validation, test and fresh accuracy, the git
-commit and the data's md5. A run already registered is not registered again: rerunning the
-stage with nothing changed finds its version and points `candidate` at it once more.
+commit, the data's md5 and the SHA-256 of what the model is made of (the .keras file and the
+model code). That is registered once: rerunning the stage with nothing changed finds its
+version and points `candidate` at it once more.
 `make promote` (promote.py) decides whether the candidate becomes the champion.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +33,7 @@ from overfit.runtime import run_stage
 from overfit.selection import describe
 
 CANDIDATE = "candidate"
+CONTENT_TAG = "overfit.model_sha256"
 
 
 def figures_of(root: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -104,15 +107,21 @@ def register(root: Path) -> tuple[ModelRecord, bool]:
     run_id = fields["mlflow_run_id"]
     mlflow = tracking.sweep_store(root, config.tracking, run_id)
     name = config.registry.name
-    version = tracking.registered_version(mlflow, name, run_id)
+    keras_file = layout.model_file(layout.run_dir(root, fields["run"]), fields["seed"])
+    # What the registered model is made of: a new model file or new model code is a new version.
+    digest = hashlib.sha256(
+        keras_file.read_bytes() + (root / layout.CLASSIFIER_CODE).read_bytes()
+    ).hexdigest()
+    tags[CONTENT_TAG] = digest
+    version = tracking.registered_version(mlflow, name, run_id, (CONTENT_TAG, digest))
     new = version is None
     if version is None:
-        keras_file = layout.model_file(layout.run_dir(root, fields["run"]), fields["seed"])
+        artifact = layout.classifier_artifact(digest)
         with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch) / layout.CLASSIFIER_ARTIFACT
+            folder = Path(scratch) / "model"
             save_classifier(root, keras_file, folder)
-            mlflow.log_artifacts(run_id, str(folder), layout.CLASSIFIER_ARTIFACT)
-        version = tracking.new_version(mlflow, name, run_id, layout.CLASSIFIER_ARTIFACT, tags)
+            mlflow.log_artifacts(run_id, str(folder), artifact)
+        version = tracking.new_version(mlflow, name, run_id, artifact, tags)
     mlflow.set_registered_model_alias(name, CANDIDATE, version.version)
     record = ModelRecord(
         name=name, version=str(version.version), uri=f"models:/{name}/{version.version}", **fields

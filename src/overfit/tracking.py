@@ -527,10 +527,16 @@ def _tf_dist() -> str:
 # --- the Model Registry -----------------------------------------------------------------------
 
 
-def registered_version(mlflow_client: Any, name: str, run_id: str) -> Any | None:
-    """The version of registered model `name` made from run `run_id`, if there is one."""
+def registered_version(
+    mlflow_client: Any, name: str, run_id: str, tag: tuple[str, str]
+) -> Any | None:
+    """The version of registered model `name` made from run `run_id` and tagged `tag` (key,
+    value), if there is one."""
     found = mlflow_client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    return min(found, key=lambda v: int(v.version)) if found else None
+    # Read each version whole: a search result's tags may be left empty.
+    versions = [mlflow_client.get_model_version(name, v.version) for v in found]
+    same = [v for v in versions if v.tags.get(tag[0]) == tag[1]]
+    return min(same, key=lambda v: int(v.version)) if same else None
 
 
 def new_version(
