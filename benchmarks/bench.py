@@ -132,7 +132,7 @@ def dvc(cwd: Path, *args: str) -> float:
     return time.perf_counter() - start
 
 
-STAGES = ("generate", "split", "train", "evaluate", "plot")
+STAGES = ("generate", "split", "train", "evaluate", "plot", "register")
 
 
 def without_cross_validation(copy: Path) -> None:
