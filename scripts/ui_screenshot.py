@@ -180,6 +180,21 @@ def capture(
 
     Returns the rows as the page shows them (run id, name, metric texts), for checking.
     """
+    with browser_page(runs_page(base_url, experiment_id)) as page:
+        parent = page.locator(f'[role=row][row-id="{parent_run_id}"]').first
+        parent.wait_for()
+        _close_assistant(page)
+        _expand(page, parent_run_id)
+        _show_columns(page, metrics)
+        rows = _read_rows(page, metrics)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out))
+    return rows
+
+
+@contextlib.contextmanager
+def browser_page(url: str) -> Iterator[Any]:
+    """A page of headless Chromium at the UI's size, opened on `url`; closed afterwards."""
     _check_chromium()
     from playwright.sync_api import sync_playwright
 
@@ -188,18 +203,10 @@ def capture(
         try:
             page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
             page.set_default_timeout(30_000)
-            page.goto(runs_page(base_url, experiment_id), wait_until="domcontentloaded")
-            parent = page.locator(f'[role=row][row-id="{parent_run_id}"]').first
-            parent.wait_for()
-            _close_assistant(page)
-            _expand(page, parent_run_id)
-            _show_columns(page, metrics)
-            rows = _read_rows(page, metrics)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out))
+            page.goto(url, wait_until="domcontentloaded")
+            yield page
         finally:
             browser.close()
-    return rows
 
 
 def capture_registry(base_url: str, name: str, out: Path) -> list[Version]:
@@ -209,29 +216,18 @@ def capture_registry(base_url: str, name: str, out: Path) -> list[Version]:
     Returns the versions as the page shows them (number, aliases, tags), newest first; raises
     UIError if the page shows no such model, or no versions of it.
     """
-    _check_chromium()
     from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with browser_page(registry_page(base_url, name)) as page:
         try:
-            page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
-            page.set_default_timeout(30_000)
-            page.goto(registry_page(base_url, name), wait_until="domcontentloaded")
-            try:
-                versions = _read_versions(page, name)
-            except PlaywrightError as error:
-                first = str(error).splitlines()[0]
-                raise UIError(
-                    f"the page of registered model {name} did not load: {first}"
-                ) from None
-            _close_assistant(page)
-            page.mouse.move(VIEWPORT["width"] / 2, 60)  # off the table: no row highlighted
-            out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out))
-        finally:
-            browser.close()
+            versions = _read_versions(page, name)
+        except PlaywrightError as error:
+            first = str(error).splitlines()[0]
+            raise UIError(f"the page of registered model {name} did not load: {first}") from None
+        _close_assistant(page)
+        page.mouse.move(VIEWPORT["width"] / 2, 60)  # off the table: no row highlighted
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out))
     return versions
 
 

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from overfit import layout
 
 # Per-epoch curves, as MLflow and the reports name them, in history.csv's column order.
 CURVES = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+T = TypeVar("T")
 
 
 class ArtifactError(RuntimeError):
@@ -70,6 +73,16 @@ def write_json(path: Path, data: Any) -> None:
     except ValueError:
         raise ArtifactError(f"{path}: not written, a value is NaN or infinite") from None
     write_text(path, text + "\n")
+
+
+def read_record(cls: type[T], path: Path, missing: str, kind: str) -> T:
+    """A dataclass from a JSON file: ArtifactError if the file is missing (`missing` says what
+    to do), is not JSON, or is not a `kind`."""
+    raw = read_json(path, missing)
+    try:
+        return cls(**raw)
+    except TypeError:
+        raise ArtifactError(f"{path}: not {kind}") from None
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -121,11 +134,8 @@ def write_result(folder: Path, result: JobResult) -> None:
 
 
 def read_result(folder: Path) -> JobResult:
-    raw = read_json(folder / layout.RESULT_FILE, f"the job for {folder.name} did not finish")
-    try:
-        return JobResult(**raw)
-    except TypeError:
-        raise ArtifactError(f"{folder / layout.RESULT_FILE}: not a job result") from None
+    missing = f"the job for {folder.name} did not finish"
+    return read_record(JobResult, folder / layout.RESULT_FILE, missing, "a job result")
 
 
 # --- per-epoch histories ---------------------------------------------------------------------
@@ -176,11 +186,8 @@ def write_sweep(root: Path, record: SweepRecord) -> None:
 
 
 def read_sweep(root: Path) -> SweepRecord:
-    raw = read_json(root / layout.SWEEP_RECORD, "run the train stage first")
-    try:
-        return SweepRecord(**raw)
-    except TypeError:
-        raise ArtifactError(f"{root / layout.SWEEP_RECORD}: not a sweep record") from None
+    path = root / layout.SWEEP_RECORD
+    return read_record(SweepRecord, path, "run the train stage first", "a sweep record")
 
 
 # --- evaluate's reports ----------------------------------------------------------------------
@@ -328,11 +335,8 @@ def write_model_record(root: Path, record: ModelRecord) -> None:
 
 
 def read_model_record(root: Path) -> ModelRecord:
-    raw = read_json(root / layout.MODEL_RECORD, "run the register stage first (dvc repro)")
-    try:
-        return ModelRecord(**raw)
-    except TypeError:
-        raise ArtifactError(f"{root / layout.MODEL_RECORD}: not a model record") from None
+    missing = "run the register stage first (dvc repro)"
+    return read_record(ModelRecord, root / layout.MODEL_RECORD, missing, "a model record")
 
 
 def write_arrays(root: Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -124,12 +124,9 @@ def build_models(config: Config) -> list[Any]:
     return [build_configured(config, seed) for seed in config.train.seeds]
 
 
-def held_out_rows(root: Path, config: Config) -> list[np.ndarray]:
+def held_out_rows(train: Points, config: Config) -> list[np.ndarray]:
     """The job's cross-validation folds: a held-out mask over the training rows per fold."""
-    if config.select.folds == 0:
-        return []
-    train, _ = load_train_test(root, config.data)
-    return folds(train.y, config.select)
+    return folds(train.y, config.select) if config.select.folds else []
 
 
 def train_together(root: Path, configs: Sequence[Config], phases: Phases) -> list[Trained]:
@@ -150,7 +147,7 @@ def train_together(root: Path, configs: Sequence[Config], phases: Phases) -> lis
         for index, job_models in zip(members, per_job, strict=True):
             first.append(len(models))
             seeds = list(configs[index].train.seeds)
-            for i, rows in enumerate(held_out_rows(root, configs[index])):
+            for i, rows in enumerate(held_out_rows(train, configs[index])):
                 start = len(models) + seeds.index(fold_seed(seeds, i))
                 cv_folds.append(Fold(start, rows))
             models += job_models
@@ -231,7 +228,7 @@ def run_job(
                 f"{name}: {diverged}; lower model.learning_rate or the penalty's strength"
             )
         summary = summarize(config.train.seeds, [h.final for h in trained.histories])
-        cv = trained.cv(config.train.seeds, held_out_rows(root, config))
+        cv = trained.cv(config.train.seeds, held_out_rows(train, config))
         with phases.timed("save"):
             for seed, model in zip(config.train.seeds, trained.models, strict=True):
                 model.save(layout.model_file(work_dir, seed))

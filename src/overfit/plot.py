@@ -68,8 +68,9 @@ def log_to_mlflow(root: Path, files: list[Path]) -> str | None:
     """Attach the figures and summary to the sweep's parent MLflow run, tag it with the
     selection, and give each child run what evaluate measured; when the store has the sweep."""
     sweep = read_sweep(root)
+    config = load_params(root)
     try:
-        mlflow = tracking.sweep_store(root, load_params(root).tracking, sweep.parent_run_id)
+        mlflow = tracking.sweep_store(root, config.tracking, sweep.parent_run_id)
     except tracking.StoreError as error:
         # A clone that pulled models/ from a DVC remote has no store holding the sweep.
         print(f"warning: figures not logged to MLflow: {error}", file=sys.stderr)
@@ -77,8 +78,8 @@ def log_to_mlflow(root: Path, files: list[Path]) -> str | None:
     report = read_evaluation(root)
     for name, run_id in sweep.runs.items():
         tracking.log_values(mlflow, run_id, metrics=evaluation_metrics(report.configs[name]))
-    folds = load_params(root).select.folds
-    tracking.log_values(mlflow, sweep.parent_run_id, tags=selection_tags(report, sweep, folds))
+    tags = selection_tags(report, sweep, config.select.folds)
+    tracking.log_values(mlflow, sweep.parent_run_id, tags=tags)
     for path in files:
         mlflow.log_artifact(sweep.parent_run_id, str(path), "reports")
     return sweep.parent_run_id

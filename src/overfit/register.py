@@ -27,7 +27,7 @@ from overfit.artifacts import (
     read_sweep,
     write_model_record,
 )
-from overfit.config import load_params, project_root
+from overfit.config import Config, load_params, project_root
 from overfit.data import FEATURES, load_train_test
 from overfit.runtime import run_stage
 from overfit.selection import describe
@@ -36,9 +36,8 @@ CANDIDATE = "candidate"
 CONTENT_TAG = "overfit.model_sha256"
 
 
-def figures_of(root: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def figures_of(root: Path, config: Config) -> tuple[dict[str, Any], dict[str, str]]:
     """The selected model's record fields (all but name and version) and its version tags."""
-    config = load_params(root)
     report = read_evaluation(root)
     sweep = read_sweep(root)
     chosen = report.configs[report.selected]
@@ -74,7 +73,7 @@ def figures_of(root: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return fields, tags | tracking.git_tags(root) | tracking.data_tags(root)
 
 
-def save_classifier(root: Path, keras_file: Path, folder: Path) -> None:
+def save_classifier(root: Path, config: Config, keras_file: Path, folder: Path) -> None:
     """The model to register, in `folder`: MLflow's python-function flavor around the Keras
     file, taking a table with columns x1, x2 and giving the class-1 probability per row."""
     import importlib.metadata
@@ -84,7 +83,7 @@ def save_classifier(root: Path, keras_file: Path, folder: Path) -> None:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    test = load_train_test(root, load_params(root).data)[1]
+    test = load_train_test(root, config.data)[1]
     signature = ModelSignature(
         inputs=Schema([ColSpec("double", name) for name in FEATURES]),
         outputs=Schema([ColSpec("float", "probability")]),
@@ -103,7 +102,7 @@ def save_classifier(root: Path, keras_file: Path, folder: Path) -> None:
 def register(root: Path) -> tuple[ModelRecord, bool]:
     """Register (or find) the selected model's version, point `candidate` at it, record it."""
     config = load_params(root)
-    fields, tags = figures_of(root)
+    fields, tags = figures_of(root, config)
     run_id = fields["mlflow_run_id"]
     mlflow = tracking.sweep_store(root, config.tracking, run_id)
     name = config.registry.name
@@ -119,7 +118,7 @@ def register(root: Path) -> tuple[ModelRecord, bool]:
         artifact = layout.classifier_artifact(digest)
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch) / "model"
-            save_classifier(root, keras_file, folder)
+            save_classifier(root, config, keras_file, folder)
             mlflow.log_artifacts(run_id, str(folder), artifact)
         version = tracking.new_version(mlflow, name, run_id, artifact, tags)
     mlflow.set_registered_model_alias(name, CANDIDATE, version.version)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from overfit import layout, tracking
+from overfit import tracking
 from overfit.config import ConfigError, load_params, project_root
 from overfit.data import FEATURES
 
@@ -74,21 +74,12 @@ def resolve(root: Path, alias: str) -> Target:
     name = config.registry.name
     uri = tracking.tracking_uri(root, config.tracking)
     step = NEXT_STEP.get(alias, f"set alias {alias!r} on a version of {name}")
-    if uri.startswith("sqlite:///"):
-        database = layout.mlflow_db(root)
-        # MLflow would create an empty store here rather than say there is none.
-        if not database.is_file():
-            raise ServeError(f"no MLflow store at {database}: {step}")
-        try:
-            tracking.check_sqlite_store(database)
-        except tracking.StoreError as error:
-            raise ServeError(str(error)) from None
     try:
-        tracking.check_reachable(uri)
-        client = tracking.client(uri)
+        client = tracking.existing_store(root, config.tracking)
+    except tracking.StoreError as error:
+        raise ServeError(f"{error}: {step}") from None
+    try:
         model = client.get_registered_model(name)
-    except ConnectionError as error:
-        raise ServeError(str(error)) from None
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise ServeError(

@@ -173,12 +173,16 @@ def open_store(root: Path, tracking: TrackingConfig) -> Store:
 
 def existing_store(root: Path, tracking: TrackingConfig) -> Any:
     """A client of the configured store, which must exist already (nothing is created);
-    StoreError if it is unreachable or missing."""
+    StoreError if it is missing, not an MLflow store, or unreachable."""
     uri = tracking_uri(root, tracking)
+    if uri.startswith("sqlite:///"):
+        database = layout.mlflow_db(root)
+        # MLflow would create an empty store here rather than say there is none.
+        if not database.is_file():
+            raise StoreError(f"no MLflow store at {database}")
+        check_sqlite_store(database)
     try:
         check_reachable(uri)
-        if uri.startswith("sqlite:///") and not layout.mlflow_db(root).is_file():
-            raise ConnectionError(f"no MLflow store at {layout.mlflow_db(root)}")
     except ConnectionError as error:
         raise StoreError(str(error).splitlines()[0]) from None
     return client(uri)
