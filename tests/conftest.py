@@ -23,12 +23,22 @@ os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 # A pipeline shrunk to seconds: the real configs with few epochs, two seeds, two strengths.
+# One configuration of each other remedy's family.
+FAMILIES = [
+    "sweep.dropout_rates=[0.5]",
+    "sweep.patiences=[5]",
+    "sweep.constraints=[max_norm]",
+    "sweep.max_norms=[0.5]",
+]
+# The penalties alone, for tests about something else.
+PENALTIES_ONLY = ["sweep.dropout_rates=[]", "sweep.patiences=[]", "sweep.constraints=[]"]
 SHRUNK = [
     "train.epochs=60",
     "train.seeds=[1,2]",
     "sweep.kinds=[l1,l2]",
     "sweep.strengths=[1.0e-2,1.0e-3]",
     "data.fresh_samples=500",
+    *FAMILIES,
 ]
 
 

@@ -29,6 +29,7 @@ def test_defaults_are_the_article() -> None:
     assert config.train.epochs == 4000
     assert config.penalty.kind == "none"
     assert len(config.sweep.kinds) * len(config.sweep.strengths) + config.sweep.baseline == 19
+    assert (config.sweep.dropout_rates, config.sweep.patiences) == ([0.1, 0.3, 0.5], [20, 100, 500])
 
 
 def raw_params() -> dict:
@@ -45,6 +46,9 @@ def raw_params() -> dict:
         ("data", "n_train", 100, "data.n_train: must be an integer below data.n_samples"),
         ("data", "n_train", 1, "data.n_train: must be an integer >= 2"),
         ("data", "noise", -0.2, "data.noise: must be a number >= 0"),
+        ("data", "name", "squares", "data.name: must be one of moons, circles, got 'squares'"),
+        ("data", "factor", 1.5, "data.factor: must be a number > 0 and < 1, got 1.5"),
+        ("data", "factor", 0, "data.factor: must be a number > 0 and < 1, got 0.0"),
         ("train", "epochs", 0, "train.epochs: must be an integer > 0"),
         ("model", "hidden_units", 0, "model.hidden_units: must be an integer from 1 to 10,000"),
         # Every accepted setting runs to the end: seeds and random states as NumPy takes them,
@@ -61,8 +65,15 @@ def raw_params() -> dict:
         ("model", "learning_rate", "inf", "model.learning_rate: must be a finite number"),
         ("penalty", "strength", "nan", "penalty.strength: must be a finite number"),
         ("train", "seeds", [], "train.seeds: must be a non-empty list"),
-        ("sweep", "kinds", [], "sweep.kinds: must be a non-empty list"),
         ("sweep", "strengths", [], "sweep.strengths: must be a non-empty list"),
+        ("model", "dropout", 1.0, "model.dropout: must be a rate in [0, 1), got 1.0"),
+        ("model", "dropout", -0.1, "model.dropout: must be a rate in [0, 1), got -0.1"),
+        ("model", "constraint", "non_neg", "model.constraint: must be one of none, max_norm,"),
+        ("model", "max_norm", 0, "model.max_norm: must be a number > 0, got 0.0"),
+        ("sweep", "dropout_rates", [0.5, 1.0], "sweep.dropout_rates: must be a list of rates"),
+        ("sweep", "patiences", [0], "sweep.patiences: must be a list of integers from 1 to"),
+        ("sweep", "constraints", ["non_neg"], "sweep.constraints: must be one of max_norm,"),
+        ("sweep", "max_norms", [-1.0], "sweep.max_norms: must be a list of numbers > 0"),
         ("sweep", "kinds", ["l2", "elastic"], "sweep.kinds: must be one of l1, l2, l1_l2"),
         ("select", "folds", 1, "select.folds: must be 0 (no cross-validation) or an integer"),
         ("select", "folds", 101, "select.folds: must be 0 (no cross-validation) or an integer"),
@@ -81,6 +92,38 @@ def test_bad_setting_is_named(section: str, key: str, value: object, message: st
     raw[section][key] = value
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
         parse_config(raw)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("patience", 0, "train.early_stopping.patience: must be an integer from 1 to 100,000"),
+        ("monitor", "loss", "train.early_stopping.monitor: must be one of val_loss, val_accuracy"),
+        ("watch", "train", "train.early_stopping.watch: must be one of none, cv, test"),
+        ("min_delta", -0.1, "train.early_stopping.min_delta: must be a number >= 0"),
+    ],
+)
+def test_bad_early_stopping_is_named(key: str, value: object, message: str) -> None:
+    raw = raw_params()
+    raw["train"]["early_stopping"][key] = value
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        parse_config(raw)
+
+
+def test_early_stopping_needs_validation_rows() -> None:
+    """On cv it watches the folds' held-out rows: without folds there are none."""
+    for early_stopping, patiences in (({"watch": "cv"}, []), ({"watch": "none"}, [20])):
+        raw = raw_params()
+        raw["select"]["folds"] = 0
+        raw["select"]["metric"] = "test_acc"
+        raw["train"]["early_stopping"] |= early_stopping
+        raw["sweep"]["patiences"] = patiences
+        with pytest.raises(
+            ConfigError, match=r"^train\.early_stopping\.watch: must be none or test"
+        ):
+            parse_config(raw)
+    raw["train"]["early_stopping"]["watch"] = "test"  # the test rows are always there
+    assert parse_config(raw).train.early_stopping.watch == "test"
 
 
 def test_limits_across_settings_are_named() -> None:
@@ -107,6 +150,8 @@ def test_unknown_top_level_key() -> None:
         ("penalty.kind=l3", "error: penalty.kind: must be one of none, l1, l2, l1_l2, got 'l3'"),
         ("data.n_train=100", "error: data.n_train: must be an integer below data.n_samples (100)"),
         ("train.epochs=0", "error: train.epochs: must be an integer > 0, got 0"),
+        ("data.name=squares", "error: data.name: must be one of moons, circles, got 'squares'"),
+        ("data.factor=1.5", "error: data.factor: must be a number > 0 and < 1, got 1.5"),
         ("train.seeds=[]", "error: train.seeds: must be a non-empty list of integers, got []"),
         ("+penalty.colour=red", "error: penalty.colour: unknown key"),
     ],
@@ -170,7 +215,7 @@ def test_make_params_refuses_a_bad_override(
         ("penalty=elastic", "error: penalty=elastic: no such option; choose one of l1, l1_l2, l2,"),
         ("penalty.colour=red", "error: penalty.colour: unknown key; allowed here: kind, strength"),
         ("hydra/launcher=nosuch", "error: hydra/launcher=nosuch: In 'hydra/config': Could not"),
-        ("penalty.kind=l2,l2", "error: penalty: two jobs would both be named 'l2_1e-03'"),
+        ("penalty.kind=l2,l2", "error: sweep: two jobs would both be named 'l2_1e-03'"),
         ("penalty.strength=[", "error: bad override 'penalty.strength=[': no viable alternative"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Stages generate and split: the article's data, and clear errors for files that are wrong."""
+"""Stages generate and split: the article's data (and circles), and clear errors for bad files."""
 
 from __future__ import annotations
 
@@ -6,28 +6,67 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import make_moons
+import yaml
+from sklearn.datasets import make_circles, make_moons
 
-from overfit import evaluate, prepare, train
+from overfit import evaluate, layout, prepare, train
+from overfit.config import compose_params, parse_config
 from overfit.data import (
     DataError,
-    make_moons_points,
+    make_points,
     parse_csv_text,
     read_points,
     split_points,
     to_csv_text,
 )
 
+from .conftest import ROOT
+
 
 def test_generated_points_are_the_articles() -> None:
     x, y = make_moons(n_samples=100, noise=0.2, random_state=1)
-    points = make_moons_points(100, 0.2, 1)
+    points = make_points("moons", 100, 0.2, 1)
     np.testing.assert_array_equal(points.x, x)
     np.testing.assert_array_equal(points.y, y)
+    assert (points.x.dtype, points.y.dtype) == (np.float64, np.int64)
+
+
+def test_circles_points_are_sklearns() -> None:
+    x, y = make_circles(n_samples=100, noise=0.1, random_state=1)
+    points = make_points("circles", 100, 0.1, 1, factor=0.8)
+    np.testing.assert_array_equal(points.x, x)
+    np.testing.assert_array_equal(points.y, y)
+    assert (points.x.dtype, points.y.dtype) == (np.float64, np.int64)
+
+
+def test_circles_preset_composes_and_its_training_rows_hold_both_classes() -> None:
+    config = parse_config(yaml.safe_load(compose_params(ROOT, ["data=circles"])))
+    data = config.data
+    assert (data.name, data.n_samples, data.noise, data.random_state) == ("circles", 100, 0.1, 1)
+    assert (data.n_train, data.factor) == (30, 0.8)
+    assert (data.fresh_samples, data.fresh_random_state) == (10000, 10)
+    assert config.registry.name == "overfit-circles"
+    points = make_points(data.name, data.n_samples, data.noise, data.random_state, data.factor)
+    train, _ = split_points(points, data.n_train)
+    assert set(train.y.tolist()) == {0, 1}
+
+
+def test_generate_writes_the_configured_data_set(project, entry) -> None:
+    root, _ = project
+    params = root / layout.PARAMS
+    params.write_text(compose_params(ROOT, ["data=circles"]), encoding="utf-8")
+    assert entry(prepare.main, root, "generate")[0] == 0
+    points = read_points(root / layout.POINTS_CSV, expected_rows=100)
+    x, y = make_circles(n_samples=100, noise=0.1, random_state=1, factor=0.8)
+    np.testing.assert_array_equal(points.x, x)
+    np.testing.assert_array_equal(points.y, y)
+    fresh = read_points(root / layout.FRESH_CSV, expected_rows=10000)
+    x, _ = make_circles(n_samples=10000, noise=0.1, random_state=10, factor=0.8)
+    np.testing.assert_array_equal(fresh.x, x)
 
 
 def test_csv_round_trip_is_exact() -> None:
-    points = make_moons_points(50, 0.3, 7)
+    points = make_points("moons", 50, 0.3, 7)
     text = to_csv_text(points)
     assert text.splitlines()[0] == "x1,x2,label"
     back = parse_csv_text(text, "points.csv", expected_rows=50)
@@ -36,7 +75,7 @@ def test_csv_round_trip_is_exact() -> None:
 
 
 def test_split_is_first_rows_train() -> None:
-    points = make_moons_points(100, 0.2, 1)
+    points = make_points("moons", 100, 0.2, 1)
     train, test = split_points(points, 30)
     assert (len(train), len(test)) == (30, 70)
     np.testing.assert_array_equal(train.x, points.x[:30])
@@ -74,12 +113,12 @@ def test_wrong_row_count_is_named(tmp_path: Path) -> None:
 def test_split_stage_refuses_bad_raw_data_and_writes_nothing(project, entry) -> None:
     root, _ = project
     assert entry(prepare.main, root, "generate")[0] == 0
-    moons = root / "data/raw/moons.csv"
-    lines = moons.read_text(encoding="utf-8").splitlines(keepends=True)
-    moons.write_text("".join(lines[:50]), encoding="utf-8")
+    points = root / "data/raw/points.csv"
+    lines = points.read_text(encoding="utf-8").splitlines(keepends=True)
+    points.write_text("".join(lines[:50]), encoding="utf-8")
     status, _, err = entry(prepare.main, root, "split")
     assert status == 1
-    assert err.strip() == f"error: {moons}: expected 100 rows, got 49"
+    assert err.strip() == f"error: {points}: expected 100 rows, got 49"
     assert not (root / "data/split").exists()
 
 

@@ -21,12 +21,15 @@ from mlflow.tracking import MlflowClient
 from overfit import artifacts, figures, job, prepare, runtime, tracking, train, trainer
 from overfit import config as config_entry
 
+from .conftest import PENALTIES_ONLY
+
 TINY = [
     "train.epochs=20",
     "train.seeds=[1]",
     "sweep.kinds=[l2]",
     "sweep.strengths=[1.0e-3]",
     "data.fresh_samples=200",
+    *PENALTIES_ONLY,
 ]
 
 # (where, which call): the step the signal arrives at. Two configurations, so two jobs.

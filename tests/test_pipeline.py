@@ -18,7 +18,10 @@ from overfit.config import load_params
 from overfit.gate import HEADLINE_KEYS
 from overfit.sweep import run_name
 
-EXPECTED_RUNS = {"none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"}
+EXPECTED_RUNS = {
+    *("none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"),
+    *("dropout_0p5", "patience_5", "max_norm_0p5"),
+}
 SEEDS = [1, 2]
 EPOCHS = 60
 

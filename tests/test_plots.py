@@ -75,7 +75,19 @@ def test_summary_sets_the_two_rules_side_by_side() -> None:
         "cross-validation choice; on fresh points it reaches 0.933, +0.014 against 0.919 for "
         "l1_1e-02." in summary
     )
-    table = rows[3:]
+    # Which remedy closes the gap best: each family at its cross-validation best.
+    remedies = rows[3:7]
+    assert remedies[0] == "| remedy | its best | cv acc | test acc | fresh acc | gap |"
+    assert [row.split(" | ")[:2] for row in remedies[1:]] == [
+        ["| no remedy", "none"],
+        ["| L1 penalty", "l1_1e-02"],
+        ["| L2 penalty", "l2_1e-02"],
+    ]
+    assert (
+        "Best remedy: L1 penalty on cross-validation (0.950); L2 penalty on test (0.943); "
+        "L2 penalty on fresh (0.933). The smallest train - test gap: L2 penalty (0.057)." in summary
+    )
+    table = rows[7:]
     assert table[0].startswith("| configuration | train acc | cv acc | test acc |")
     names = [row.split(" | ")[0].lstrip("| ") for row in table[1:]]
     assert names == ["l1_1e-02 (selected)", "l2_1e-02 (best on test)", "none"]
@@ -96,7 +108,7 @@ def test_strength_figure_marks_both_choices() -> None:
     r = report({"none": 0.914, "l1": 0.929, "l2": 0.943})
     fig = strength_figure(r.configs, "none", r.selected, r.test_choice)
     panels = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in panels] == ["l1", "l2"]
+    assert [ax.get_title() for ax in panels] == ["L1 penalty", "L2 penalty"]
     legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in panels]
     assert legends[0][:3] == ["cross-validation (training rows)", "test", "fresh sample"]
     assert "selected: l1_1e-02" in legends[0]

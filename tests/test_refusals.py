@@ -13,7 +13,15 @@ import pytest
 from overfit import config as config_entry
 from overfit import prepare, train
 
-TINY = ["train.epochs=20", "train.seeds=[1]", "sweep.kinds=[l2]", "data.fresh_samples=200"]
+from .conftest import PENALTIES_ONLY
+
+TINY = [
+    "train.epochs=20",
+    "train.seeds=[1]",
+    "sweep.kinds=[l2]",
+    "data.fresh_samples=200",
+    *PENALTIES_ONLY,
+]
 
 
 def with_data(root: Path, entry, *overrides: str) -> None:

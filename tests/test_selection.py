@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from overfit.config import ConfigError, SelectConfig
+from overfit.config import ConfigError, PenaltyConfig, SelectConfig, parse_config
+from overfit.remedies import Remedy, remedy_of, run_name, watched_test
 from overfit.selection import (
     Candidate,
     check_folds,
@@ -19,6 +22,7 @@ from overfit.selection import (
     folds,
     rank,
 )
+from overfit.sweep import job_overrides, sweep_overrides
 
 LABELS = np.array([0, 1] * 15)
 
@@ -132,3 +136,39 @@ def test_every_report_labels_the_test_rule_optimistic():
         "highest mean held-out accuracy in 5-fold cross-validation on the training rows"
     )
     assert "optimistic" not in describe("cv_loss", 3)
+
+
+def test_run_names_name_every_remedy_without_dots() -> None:
+    base = parse_config(yaml.safe_load(Path("params.yaml").read_text()))
+
+    def named(**changes: object) -> str:
+        model = dataclasses.replace(base.model, **{k: v for k, v in changes.items() if k in (
+            "dropout", "constraint", "max_norm")})  # fmt: skip
+        stopping = dataclasses.replace(base.train.early_stopping, **{
+            k: v for k, v in changes.items() if k in ("watch", "patience", "monitor")})  # fmt: skip
+        train = dataclasses.replace(base.train, early_stopping=stopping)
+        return run_name(dataclasses.replace(base, model=model, train=train))
+
+    assert named() == "none"
+    assert named(dropout=0.25) == "dropout_0p25"
+    assert named(constraint="max_norm", max_norm=0.5) == "max_norm_0p5"
+    assert named(constraint="unit_norm") == "unit_norm"
+    assert named(watch="cv", patience=20) == "patience_20"
+    assert named(watch="test", patience=20, monitor="val_accuracy") == "patience_20_acc_test"
+    assert watched_test("patience_20_acc_test") and not watched_test("patience_20")
+    assert remedy_of(base).kind == "none"
+    with_two = dataclasses.replace(base, model=dataclasses.replace(base.model, dropout=0.5))
+    with_two = dataclasses.replace(with_two, penalty=PenaltyConfig("l2", 1e-3))
+    assert run_name(with_two) == "l2_1e-03_dropout_0p5"
+    assert remedy_of(with_two) == Remedy("l2", 1e-3)
+
+
+def test_the_default_sweep_has_every_family() -> None:
+    config = parse_config(yaml.safe_load(Path("params.yaml").read_text()))
+    multiruns = sweep_overrides(config.sweep)
+    jobs = [job for m in multiruns for job in job_overrides(m)]
+    assert len(jobs) == 1 + 3 * 6 + 3 + 3 + 3 + 1
+    assert ["model.dropout=0.1"] in jobs
+    assert ["train.early_stopping.watch=cv", "train.early_stopping.patience=20"] in jobs
+    assert ["model.constraint=max_norm", "model.max_norm=0.25"] in jobs
+    assert ["model.constraint=unit_norm"] in jobs

@@ -23,7 +23,10 @@ import yaml
 
 from .conftest import ROOT, env_for, missing_service
 
-EXPECTED_RUNS = {"none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"}
+EXPECTED_RUNS = {
+    *("none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"),
+    *("dropout_0p5", "patience_5", "max_norm_0p5"),
+}
 # The child runs' metrics the runs table shows, left to right.
 SHOWN_METRICS = ["cv_acc_mean", "test_acc_mean", "fresh_acc_mean", "train_acc_mean", "gap_mean"]
 SCRIPT = ROOT / "scripts/ui_screenshot.py"

@@ -103,6 +103,8 @@ class JobResult:
 
     run: str
     penalty: dict[str, Any]
+    # The remedy the configuration applies: {"kind": family, "setting": value} (remedies.py).
+    remedy: dict[str, Any]
     seeds: list[int]
     mlflow_run_id: str
     seconds: float
@@ -116,6 +118,9 @@ class JobResult:
     cv: dict[str, Any] | None
     # Per seed: the SHA-256 of the saved model's weights, checked when evaluate loads it.
     weights_sha256: dict[str, str]
+    # Early stopping: what it watched, each fold's and seed's epochs and best epoch, and the
+    # epochs the final models trained (watch cv); None without it.
+    stopping: dict[str, Any] | None = None
 
 
 def weights_digest(weights: Sequence[np.ndarray]) -> str:
@@ -154,7 +159,7 @@ def write_history(folder: Path, seeds: Sequence[int], curves: Sequence[Mapping[s
 
 
 def read_accuracy_history(folder: Path) -> np.ndarray:
-    """Per-seed train and test accuracy per epoch: shape [seeds, epochs, 2]."""
+    """Per-seed train and test accuracy per epoch: shape [seeds, epochs, 2] (NaN-padded)."""
     path = folder / layout.HISTORY_FILE
     try:
         header = path.read_text(encoding="utf-8").split("\n", 1)[0].split(",")
@@ -163,8 +168,12 @@ def read_accuracy_history(folder: Path) -> np.ndarray:
     except (OSError, ValueError) as error:
         raise ArtifactError(f"{path}: not a readable history ({error})") from None
     table = table[:, columns]
-    seeds = np.unique(table[:, 0])
-    return np.stack([table[table[:, 0] == s][:, 1:] for s in seeds])
+    per_seed = [table[table[:, 0] == s][:, 1:] for s in np.unique(table[:, 0])]
+    # A seed that early stopping stopped has fewer epochs: NaN after its last.
+    history = np.full((len(per_seed), max(len(t) for t in per_seed), 2), np.nan)
+    for i, seed_table in enumerate(per_seed):
+        history[i, : len(seed_table)] = seed_table
+    return history
 
 
 # --- the sweep's record ----------------------------------------------------------------------

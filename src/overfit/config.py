@@ -50,16 +50,20 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
+    name: Literal["moons", "circles"] = "moons"
     n_samples: int = 100
     noise: float = 0.2
     random_state: int = 1
     n_train: int = 30
     fresh_samples: int = 10000
     fresh_random_state: int = 10
+    # make_circles' scale between the inner and the outer circle (circles only).
+    factor: float = 0.8
 
     def check(self) -> None:
         _in_range("data.n_samples", self.n_samples, 3, MAX_SAMPLES)
         _require(self.noise >= 0, "data.noise", "a number >= 0", self.noise)
+        _require(0 < self.factor < 1, "data.factor", "a number > 0 and < 1", self.factor)
         _require(self.n_train >= 2, "data.n_train", "an integer >= 2", self.n_train)
         _require(
             self.n_train < self.n_samples,
@@ -76,10 +80,17 @@ class DataConfig:
 class ModelConfig:
     hidden_units: int = 500
     learning_rate: float = 0.001
+    # The rate of a Dropout layer between the hidden and the output layer (0: no layer).
+    dropout: float = 0.0
+    # Keras' constraint on each hidden unit's incoming weights, and MaxNorm's max_value.
+    constraint: Literal["none", "max_norm", "unit_norm"] = "none"
+    max_norm: float = 2.0
 
     def check(self) -> None:
         _in_range("model.hidden_units", self.hidden_units, 1, MAX_HIDDEN_UNITS)
         _require(self.learning_rate > 0, "model.learning_rate", "a number > 0", self.learning_rate)
+        _require(0 <= self.dropout < 1, "model.dropout", "a rate in [0, 1)", self.dropout)
+        _require(self.max_norm > 0, "model.max_norm", "a number > 0", self.max_norm)
 
 
 @dataclass(frozen=True)
@@ -99,11 +110,32 @@ class PenaltyConfig:
 
 
 @dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Keras' EarlyStopping, and which rows it watches: `none` (off), `cv` (each fold's
+    held-out rows; the final models then train for the median of the folds' epochs) or
+    `test` (the test rows, as tutorials do: optimistic, since the test set then chooses)."""
+
+    watch: Literal["none", "cv", "test"] = "none"
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    patience: int = 20
+    min_delta: float = 0.0
+    restore_best_weights: bool = True
+
+    def check(self) -> None:
+        _in_range("train.early_stopping.patience", self.patience, 1, MAX_EPOCHS)
+        _require(
+            self.min_delta >= 0, "train.early_stopping.min_delta", "a number >= 0", self.min_delta
+        )
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 4000
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def check(self) -> None:
+        self.early_stopping.check()
         _require(self.epochs > 0, "train.epochs", "an integer > 0", self.epochs)
         _in_range("train.epochs", self.epochs, 1, MAX_EPOCHS)
         _require(len(self.seeds) > 0, "train.seeds", "a non-empty list of integers", self.seeds)
@@ -137,26 +169,52 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SweepConfig:
+    """The train stage's sweep: one family of configurations per remedy, each varying one
+    setting from the base configuration, plus the unregularized baseline."""
+
     name: str = "default"
     kinds: list[Literal["l1", "l2", "l1_l2"]] = field(default_factory=lambda: ["l1", "l2"])
     strengths: list[float] = field(default_factory=lambda: [0.01])
     baseline: bool = True
+    dropout_rates: list[float] = field(default_factory=list)
+    patiences: list[int] = field(default_factory=list)
+    constraints: list[Literal["max_norm", "unit_norm"]] = field(default_factory=list)
+    max_norms: list[float] = field(default_factory=list)
 
     def check(self) -> None:
         _require(
-            len(self.kinds) > 0,
-            "sweep.kinds",
-            "a non-empty list of penalty kinds (l1, l2, l1_l2)",
-            self.kinds,
-        )
-        _require(
-            len(self.strengths) > 0,
+            not self.kinds or len(self.strengths) > 0,
             "sweep.strengths",
-            "a non-empty list of numbers > 0",
+            "a non-empty list of numbers > 0 when sweep.kinds is not empty",
             self.strengths,
         )
         for s in self.strengths:
-            _require(s > 0, "sweep.strengths", "a non-empty list of numbers > 0", self.strengths)
+            _require(s > 0, "sweep.strengths", "a list of numbers > 0", self.strengths)
+        for rate in self.dropout_rates:
+            _require(0 < rate < 1, "sweep.dropout_rates", "a list of rates in (0, 1)", rate)
+        for patience in self.patiences:
+            _require(
+                1 <= patience <= MAX_EPOCHS,
+                "sweep.patiences",
+                f"a list of integers from 1 to {MAX_EPOCHS:,}",
+                patience,
+            )
+        for value in self.max_norms:
+            _require(value > 0, "sweep.max_norms", "a list of numbers > 0", value)
+        _require(
+            "max_norm" not in self.constraints or len(self.max_norms) > 0,
+            "sweep.max_norms",
+            "a non-empty list of numbers > 0 when sweep.constraints has max_norm",
+            self.max_norms,
+        )
+        sizes = (self.kinds, self.dropout_rates, self.patiences, self.constraints)
+        _require(
+            self.baseline or any(sizes),
+            "sweep",
+            "at least one configuration (a baseline, kinds, dropout_rates, patiences or "
+            "constraints)",
+            "an empty sweep",
+        )
 
 
 @dataclass(frozen=True)
@@ -279,6 +337,15 @@ class Config:
     def check(self) -> None:
         for f in dataclasses.fields(self):
             getattr(self, f.name).check()
+        watch = self.train.early_stopping.watch
+        on_cv = watch == "cv" or (bool(self.sweep.patiences) and watch == "none")
+        _require(
+            not on_cv or self.select.folds > 0,
+            "train.early_stopping.watch",
+            "none or test when select.folds is 0 (early stopping on cv, which sweep.patiences "
+            "uses unless watch is test, needs the folds' held-out rows)",
+            watch,
+        )
         _require(
             self.select.folds <= self.data.n_train,
             "select.folds",

@@ -1,5 +1,7 @@
-"""The two-moons data: generated as the article does, split, and kept as CSV files that carry
-their schema (`x1,x2,label`); reading one checks it and names the file and line of any problem.
+"""The data sets, two classes in the plane: two moons (the article's, sklearn's make_moons) or two
+circles (sklearn's make_circles), as `data.name` says. Generated, split as the article does,
+and kept as CSV files that carry their schema (`x1,x2,label`); reading one checks it and names
+the file and line of any problem.
 """
 
 from __future__ import annotations
@@ -42,12 +44,27 @@ class Points:
 # --- pure functions --------------------------------------------------------------------------
 
 
+def make_points(
+    name: str, n_samples: int, noise: float, random_state: int, factor: float = 0.8
+) -> Points:
+    """The named data set's generator, rows in the order it returns them: sklearn's make_moons
+    (the article's) or make_circles (`factor`: the inner circle's scale; circles only)."""
+    from sklearn.datasets import make_circles, make_moons
+
+    if name == "moons":
+        x, y = make_moons(n_samples=n_samples, noise=noise, random_state=random_state)
+    elif name == "circles":
+        x, y = make_circles(
+            n_samples=n_samples, noise=noise, random_state=random_state, factor=factor
+        )
+    else:
+        raise ValueError(f"unknown data set {name!r}: moons or circles")
+    return Points(x.astype(np.float64), y.astype(np.int64))
+
+
 def make_moons_points(n_samples: int, noise: float, random_state: int) -> Points:
     """The article's generator: sklearn's make_moons, rows in the order it returns them."""
-    from sklearn.datasets import make_moons
-
-    x, y = make_moons(n_samples=n_samples, noise=noise, random_state=random_state)
-    return Points(x.astype(np.float64), y.astype(np.int64))
+    return make_points("moons", n_samples, noise, random_state)
 
 
 def split_points(points: Points, n_train: int) -> tuple[Points, Points]:

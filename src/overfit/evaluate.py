@@ -148,9 +148,9 @@ def evaluate_run(
         )
         grids.append(probabilities(weights, grid))
         kernels.append(kernel)
-    penalty = result.penalty
+    remedy = result.remedy
     per_fold = result.cv["per_fold"] if result.cv else ()
-    summary = summarize_run(per_seed, penalty["kind"], float(penalty["strength"]), per_fold)
+    summary = summarize_run(per_seed, remedy["kind"], float(remedy["setting"]), per_fold)
     return summary, np.mean(grids, axis=0), np.stack(kernels)
 
 

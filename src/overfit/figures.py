@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from overfit.artifacts import ConfigSummary
 from overfit.data import Points
+from overfit.remedies import FAMILIES
 
 
 def learning_curve_figure(curves: Mapping[str, np.ndarray], title: str) -> Figure:
@@ -39,7 +40,15 @@ def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
 
 # --- the figures a reader wants ----------------------------------------------------------------
 
-KIND_COLOURS = {"l1": "tab:red", "l2": "tab:blue", "l1_l2": "tab:purple"}
+KIND_COLOURS = {
+    "l1": "tab:red",
+    "l2": "tab:blue",
+    "l1_l2": "tab:purple",
+    "dropout": "tab:green",
+    "early_stopping": "tab:orange",
+    "max_norm": "tab:brown",
+    "unit_norm": "tab:olive",
+}
 
 
 def comparison_curves_figure(curves: Mapping[str, np.ndarray], names: Mapping[str, str]) -> Figure:
@@ -77,11 +86,16 @@ SPLIT_STYLES = {  # figure, marker and line, label
 def strength_figure(
     configs: Mapping[str, ConfigSummary], baseline: str, selected: str, test_choice: str
 ) -> Figure:
-    """Per penalty kind, one panel: CV, test and fresh accuracy against strength, with the
-    configuration selected on cross-validation and the one the test set would pick marked."""
-    kinds = sorted({c.kind for n, c in configs.items() if n != baseline})
-    fig = Figure(figsize=(4.6 * max(len(kinds), 1), 4.6), constrained_layout=True)
-    axes = np.atleast_1d(fig.subplots(1, max(len(kinds), 1), sharey=True))
+    """Per remedy (family), one panel: CV, test and fresh accuracy against its setting, with
+    the configuration selected on cross-validation and the one the test set would pick marked."""
+    present = {c.kind for n, c in configs.items() if n != baseline}
+    kinds = [k for k in FAMILIES if k in present] + sorted(present - set(FAMILIES))
+    columns = min(max(len(kinds), 1), 4)
+    rows = -(-max(len(kinds), 1) // columns)
+    fig = Figure(figsize=(4.2 * columns, 4.0 * rows), constrained_layout=True)
+    axes = np.atleast_1d(fig.subplots(rows, columns, sharey=True)).ravel()
+    for ax in axes[len(kinds) :]:
+        ax.set_visible(False)
     measures = [m for m in SPLIT_STYLES if all(m in c.measures for c in configs.values())]
     base = configs[baseline]
     for ax, kind in zip(axes, kinds, strict=False):
@@ -109,14 +123,18 @@ def strength_figure(
                         markeredgecolor="black",
                         label=f"{label}: {name}",
                     )
-        ax.set(xscale="log", xlabel="penalty strength", title=f"{kind}")
+        family = FAMILIES.get(kind)
+        if family is None or family.log:
+            ax.set_xscale("log")
+        ax.set(xlabel=family.axis if family else "setting", title=family.label if family else kind)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="lower left")
-    axes[0].set_ylabel("accuracy (mean; black lines: no penalty)")
+    for ax in axes[::columns]:
+        ax.set_ylabel("accuracy (mean; black lines: no remedy)")
     chosen_text = f"selected {selected}" + (
         "" if test_choice == selected else f", best on test {test_choice}"
     )
-    fig.suptitle(f"Accuracy against penalty strength: {chosen_text}")
+    fig.suptitle(f"Accuracy against each remedy's setting: {chosen_text}")
     return fig
 
 

@@ -34,9 +34,10 @@ from overfit.artifacts import (
 )
 from overfit.config import Config, parse_config, project_root
 from overfit.data import Points, load_train_test
+from overfit.remedies import remedy_of, run_name
 from overfit.selection import cv_scores, fold_seed, folds
 from overfit.summary import progress_line
-from overfit.sweep import run_name, stack_groups
+from overfit.sweep import stack_groups
 
 # TensorFlow's C++ start-up chatter hides the sweep's progress lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -74,6 +75,28 @@ class Trained:
     models: list[Any]
     histories: list[Any]
     fold_histories: list[Any] = dataclasses.field(default_factory=list)
+    # Early stopping on cv: the epochs the final models trained (the folds' median).
+    final_epochs: int | None = None
+
+    def stopping(self, config: Config) -> dict[str, Any] | None:
+        """What early stopping did: each fold's and each seed's epochs and best epoch, and
+        the epochs cross-validation chose for the final models (watch: cv)."""
+        watch = config.train.early_stopping.watch
+        if watch == "none":
+            return None
+
+        def epochs(history: Any) -> dict[str, Any]:
+            return {"epochs": history.epochs, "best_epoch": history.best_epoch}
+
+        seeds = config.train.seeds
+        return {
+            "watch": watch,
+            "monitor": config.train.early_stopping.monitor,
+            "patience": config.train.early_stopping.patience,
+            "folds": [{"fold": i + 1} | epochs(h) for i, h in enumerate(self.fold_histories)],
+            "final_epochs": self.final_epochs,
+            "per_seed": {str(s): epochs(h) for s, h in zip(seeds, self.histories, strict=True)},
+        }
 
     def divergence(self, seeds: Sequence[int]) -> str | None:
         """Where a loss first became NaN or infinite, if it did: no model to keep."""
@@ -129,6 +152,24 @@ def held_out_rows(train: Points, config: Config) -> list[np.ndarray]:
     return folds(train.y, config.select) if config.select.folds else []
 
 
+def stopping_rule(config: Config) -> Any:
+    """The job's Keras EarlyStopping, for the trainer; None without early stopping."""
+    from overfit.trainer import Stopping
+
+    es = config.train.early_stopping
+    if es.watch == "none":
+        return None
+    return Stopping(es.monitor, es.patience, es.min_delta, es.restore_best_weights)
+
+
+def cv_epochs(fold_histories: Sequence[Any], restore_best_weights: bool) -> int:
+    """The epochs a final model trains under early stopping on cv: the median over folds of
+    the epochs that made each fold's kept weights (its best epoch when the best weights are
+    restored, else the epoch it stopped at), rounded half up."""
+    counts = [h.best_epoch if restore_best_weights else h.epochs for h in fold_histories]
+    return max(1, int(np.floor(np.median(counts) + 0.5)))
+
+
 def train_together(root: Path, configs: Sequence[Config], phases: Phases) -> list[Trained]:
     """Every job's models, and its cross-validation folds, trained in one compiled call per
     group sharing data and shape.
@@ -139,29 +180,75 @@ def train_together(root: Path, configs: Sequence[Config], phases: Phases) -> lis
     from overfit.trainer import Fold, train_with_folds
 
     trained: list[Trained | None] = [None] * len(configs)
-    for (data, _, epochs), members in stack_groups(configs).items():
+    for (data, _), members in stack_groups(configs).items():
         train, test = load_train_test(root, data)
         with phases.timed("build"):
             per_job = [build_models(configs[i]) for i in members]
-        models, cv_folds, first = [], [], []
-        for index, job_models in zip(members, per_job, strict=True):
+        # Early stopping on cv: the final models wait (0 epochs) until their folds have said
+        # how long to train; the folds start from their initial state meanwhile.
+        on_cv = [configs[i].train.early_stopping.watch == "cv" for i in members]
+        models, epochs, stopping, cv_folds, first = [], [], [], [], []
+        for index, job_models, later in zip(members, per_job, on_cv, strict=True):
+            config = configs[index]
             first.append(len(models))
-            seeds = list(configs[index].train.seeds)
-            for i, rows in enumerate(held_out_rows(train, configs[index])):
+            seeds = list(config.train.seeds)
+            rule = stopping_rule(config)
+            for i, rows in enumerate(held_out_rows(train, config)):
                 start = len(models) + seeds.index(fold_seed(seeds, i))
-                cv_folds.append(Fold(start, rows))
+                cv_folds.append(Fold(start, rows, rule, i + 1, config.train.epochs))
             models += job_models
+            epochs += [0 if later else config.train.epochs] * len(job_models)
+            stopping += [None if later else rule] * len(job_models)
         runtime.checkpoint()
         with phases.timed("train"):
             histories, fold_histories = train_with_folds(
-                models, cv_folds, train.x, train.y, test.x, test.y, epochs, runtime.checkpoint
-            )
+                models, cv_folds, train.x, train.y, test.x, test.y, epochs,
+                runtime.checkpoint, stopping,
+            )  # fmt: skip
         by_start = iter(fold_histories)
+        jobs = []
         for index, job_models, offset in zip(members, per_job, first, strict=True):
             mine = histories[offset : offset + len(job_models)]
             count = configs[index].select.folds
-            trained[index] = Trained(job_models, mine, [next(by_start) for _ in range(count)])
+            jobs.append(Trained(job_models, mine, [next(by_start) for _ in range(count)]))
+        waiting = [j for j, later in enumerate(on_cv) if later]
+        if waiting:
+            jobs = _train_final_models(jobs, [configs[members[j]] for j in waiting], waiting,
+                                       train, test, phases)  # fmt: skip
+        for index, job in zip(members, jobs, strict=True):
+            trained[index] = job
     return [t for t in trained if t is not None]
+
+
+def _train_final_models(
+    jobs: list[Trained],
+    configs: Sequence[Config],
+    waiting: Sequence[int],
+    train: Points,
+    test: Points,
+    phases: Phases,
+) -> list[Trained]:
+    """Early stopping on cv, second pass: each waiting job's models train, on every training
+    row, for the epochs its folds chose (`cv_epochs`)."""
+    from overfit.trainer import train_with_folds
+
+    models, epochs, counts = [], [], []
+    for j, config in zip(waiting, configs, strict=True):
+        restore = config.train.early_stopping.restore_best_weights
+        counts.append(cv_epochs(jobs[j].fold_histories, restore))
+        models += jobs[j].models
+        epochs += [counts[-1]] * len(jobs[j].models)
+    runtime.checkpoint()
+    with phases.timed("train"):
+        histories, _ = train_with_folds(
+            models, [], train.x, train.y, test.x, test.y, epochs, runtime.checkpoint
+        )
+    done = list(jobs)
+    by_model = iter(histories)
+    for j, count in zip(waiting, counts, strict=True):
+        mine = [next(by_model) for _ in jobs[j].models]
+        done[j] = dataclasses.replace(jobs[j], histories=mine, final_epochs=count)
+    return done
 
 
 def summarize(seeds: Sequence[int], finals: Sequence[Mapping[str, float]]) -> dict[str, Any]:
@@ -191,11 +278,16 @@ def named_curves(history: Any) -> dict[str, np.ndarray]:
 
 
 def mean_curves(histories: Sequence[Any]) -> dict[str, np.ndarray]:
-    """Per-epoch curves averaged over seeds, named as MLflow shows them."""
-    return {
-        CURVE_NAMES[c]: np.mean([h.history[c] for h in histories], axis=0).astype(np.float64)
-        for c in CURVE_NAMES
-    }
+    """Per-epoch curves averaged over the seeds still training at each epoch (early stopping
+    may stop seeds at different epochs), named as MLflow shows them."""
+    length = max(len(h.history["loss"]) for h in histories)
+    curves = {}
+    for c in CURVE_NAMES:
+        padded = np.full((len(histories), length), np.nan)
+        for i, h in enumerate(histories):
+            padded[i, : len(h.history[c])] = h.history[c]
+        curves[CURVE_NAMES[c]] = np.nanmean(padded, axis=0)
+    return curves
 
 
 # --- one job ---------------------------------------------------------------------------------
@@ -212,7 +304,7 @@ def run_job(
     """Train (unless `trained` is given), save, draw and log one configuration as a child run
     of `config.tracking.parent_run_id`; then move `work_dir` to models/<run>/."""
     started = time.perf_counter()
-    name = run_name(config.penalty)
+    name = run_name(config)
     phases = Phases()
     tags = {"overfit.run": name, "overfit.sweep": config.sweep.name, **tags}
     if config.tracking.parent_run_id:
@@ -225,7 +317,7 @@ def run_job(
         diverged = trained.divergence(config.train.seeds)
         if diverged:
             raise TrainingDiverged(
-                f"{name}: {diverged}; lower model.learning_rate or the penalty's strength"
+                f"{name}: {diverged}; lower model.learning_rate or the remedy's strength"
             )
         summary = summarize(config.train.seeds, [h.final for h in trained.histories])
         cv = trained.cv(config.train.seeds, held_out_rows(train, config))
@@ -243,8 +335,9 @@ def run_job(
         runtime.checkpoint()
         with phases.timed("log"):
             log_child_run(
-                store.client, child, config, summary, cv, curves, trained.models[0], train
-            )
+                store.client, child, config, summary, cv, curves, trained.models[0], train,
+                trained.stopping(config),
+            )  # fmt: skip
             # The figure, and every epoch of every seed (MLflow's curves are sampled from it).
             for artifact in (layout.LEARNING_CURVE_FILE, layout.HISTORY_FILE):
                 store.client.log_artifact(child, str(work_dir / artifact))
@@ -252,6 +345,7 @@ def run_job(
         result = JobResult(
             run=name,
             penalty=config.to_dict()["penalty"],
+            remedy=dataclasses.asdict(remedy_of(config)),
             seeds=list(config.train.seeds),
             mlflow_run_id=child,
             seconds=round(time.perf_counter() - started, 2),
@@ -263,6 +357,7 @@ def run_job(
                 str(seed): weights_digest(model.get_weights())
                 for seed, model in zip(config.train.seeds, trained.models, strict=True)
             },
+            stopping=trained.stopping(config),
         )
         runtime.checkpoint()
         write_result(work_dir, result)
@@ -286,6 +381,7 @@ def log_child_run(
     curves: Mapping[str, np.ndarray],
     model: Any,
     train: Points,
+    stopping: Mapping[str, Any] | None = None,
 ) -> None:
     """Params, final metrics (with cross-validation's), sampled per-epoch curves, the model."""
     later = ("gate", "registry")  # settings of the stages after this one
@@ -299,6 +395,10 @@ def log_child_run(
         metrics |= {
             f"{k}_{stat}": round(v, 6) for stat in ("mean", "std") for k, v in cv[stat].items()
         }
+    if stopping is not None:
+        metrics["epochs_trained_mean"] = float(
+            np.mean([s["epochs"] for s in stopping["per_seed"].values()])
+        )
     tracking.log_values(mlflow, run_id, params=params, metrics=metrics)
     tracking.log_metric_histories(mlflow, run_id, curves, config.tracking.history_every)
     with tempfile.TemporaryDirectory() as tmp:
@@ -341,7 +441,7 @@ def _register_run_name_resolver() -> None:
 
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver(
-            "run_name", lambda *, _root_: run_name(_root_.penalty), use_cache=False
+            "run_name", lambda *, _root_: run_name(_root_), use_cache=False
         )
 
 

@@ -17,7 +17,7 @@ DVC_LOCK = Path("dvc.lock")
 
 # Stages generate and split.
 RAW_DIR = Path("data/raw")
-MOONS_CSV = RAW_DIR / "moons.csv"
+POINTS_CSV = RAW_DIR / "points.csv"  # data.name's points (moons or circles)
 FRESH_CSV = RAW_DIR / "fresh.csv"
 SPLIT_DIR = Path("data/split")
 TRAIN_CSV = SPLIT_DIR / "train.csv"

@@ -142,5 +142,6 @@ def decision_grid(points: Sequence[Points], size: int = GRID_SIZE) -> np.ndarray
 
 
 def accuracy_curves(per_seed: np.ndarray) -> np.ndarray:
-    """[seeds, epochs, 2] train/test accuracy -> [epochs, 4]: means, then spreads over seeds."""
-    return np.concatenate([per_seed.mean(axis=0), per_seed.std(axis=0)], axis=1)
+    """[seeds, epochs, 2] train/test accuracy -> [epochs, 4]: means, then spreads over the
+    seeds still training at each epoch (NaN marks a seed early stopping had stopped)."""
+    return np.concatenate([np.nanmean(per_seed, axis=0), np.nanstd(per_seed, axis=0)], axis=1)

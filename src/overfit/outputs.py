@@ -11,7 +11,7 @@ from overfit.selection import OPTIMISTIC
 
 # (path, what it is), in pipeline order; only those that exist are listed.
 PRODUCTS = [
-    (layout.MOONS_CSV, "the article's 100 two-moons points"),
+    (layout.POINTS_CSV, "the data set's 100 points (data.name: moons or circles)"),
     (layout.FRESH_CSV, "a large fresh draw, to estimate real-world accuracy"),
     (layout.SPLIT_DIR, "train.csv (first 30 rows) and test.csv (the other 70)"),
     (layout.MODELS_DIR, "one folder per configuration: a .keras model per seed, history, config"),

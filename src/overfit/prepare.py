@@ -1,6 +1,6 @@
-"""Stages `generate` and `split`: the article's points and a fresh draw, then the article's split.
+"""Stages `generate` and `split`: the data set's points and a fresh draw, then the article's split.
 
-`python -m overfit.prepare generate` writes data/raw/{moons,fresh}.csv;
+`python -m overfit.prepare generate` writes data/raw/{points,fresh}.csv (data.name's generator);
 `python -m overfit.prepare split` writes data/split/{train,test}.csv.
 """
 
@@ -11,20 +11,22 @@ from pathlib import Path
 
 from overfit import layout
 from overfit.config import DataConfig, load_params, project_root
-from overfit.data import DataError, make_moons_points, read_points, split_points, write_points
+from overfit.data import DataError, make_points, read_points, split_points, write_points
 from overfit.runtime import run_stage
 
 
 def generate(root: Path, data: DataConfig) -> None:
-    moons = make_moons_points(data.n_samples, data.noise, data.random_state)
-    fresh = make_moons_points(data.fresh_samples, data.noise, data.fresh_random_state)
-    write_points(root / layout.MOONS_CSV, moons)
+    points = make_points(data.name, data.n_samples, data.noise, data.random_state, data.factor)
+    fresh = make_points(
+        data.name, data.fresh_samples, data.noise, data.fresh_random_state, data.factor
+    )
+    write_points(root / layout.POINTS_CSV, points)
     write_points(root / layout.FRESH_CSV, fresh)
 
 
 def split(root: Path, data: DataConfig) -> None:
-    moons = read_points(root / layout.MOONS_CSV, expected_rows=data.n_samples)
-    train, test = split_points(moons, data.n_train)
+    points = read_points(root / layout.POINTS_CSV, expected_rows=data.n_samples)
+    train, test = split_points(points, data.n_train)
     write_points(root / layout.TRAIN_CSV, train)
     write_points(root / layout.TEST_CSV, test)
 

@@ -59,6 +59,8 @@ def figures_of(root: Path, config: Config) -> tuple[dict[str, Any], dict[str, st
         "overfit.seed": str(seed),
         "penalty.kind": str(penalty["kind"]),
         "penalty.strength": str(penalty["strength"]),
+        "remedy.kind": str(result.remedy["kind"]),
+        "remedy.setting": str(result.remedy["setting"]),
         "overfit.selection_rule": f"{report.rule}: {describe(report.rule, config.select.folds)}",
         "cv_acc": "" if fields["cv"] is None else f"{fields['cv']:.6f}",
         "test_acc": f"{fields['test']:.6f}",

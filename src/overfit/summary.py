@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from overfit.artifacts import Evaluation, JobResult
+from overfit.remedies import FAMILIES, watched_test
 from overfit.selection import TIE, candidates, describe, rank
 
 
@@ -57,6 +58,7 @@ def summary_markdown(evaluation: Evaluation, folds: int) -> str:
             "",
         ]
     text += choice_section(evaluation, folds, has_cv)
+    text += remedies_section(evaluation, has_cv)
     if has_cv:  # in the order of the rule (cv_acc when the rule is test_acc)
         order = rank(candidates(configs), evaluation.rule.replace("test_acc", "cv_acc"))
     else:
@@ -71,9 +73,8 @@ def summary_markdown(evaluation: Evaluation, folds: int) -> str:
         marks = {evaluation.selected: " (selected)", evaluation.test_choice: " (best on test)"}
         if evaluation.selected == evaluation.test_choice:
             marks = {evaluation.selected: " (selected)"}
-        lines.append(
-            f"| {name}{marks.get(name, '')} | " + " | ".join(cell(name, m) for m in measures) + " |"
-        )
+        mark = marks.get(name, "") + (OPTIMISTIC_MARK if watched_test(name) else "")
+        lines.append(f"| {name}{mark} | " + " | ".join(cell(name, m) for m in measures) + " |")
     first = "best by cross-validation" if has_cv else "highest test accuracy"
     text += [
         "## Every configuration",
@@ -83,6 +84,73 @@ def summary_markdown(evaluation: Evaluation, folds: int) -> str:
         "",
     ]
     return "\n".join(text + lines) + "\n"
+
+
+OPTIMISTIC_MARK = " (stopped on the test set: optimistic)"
+ORDER = list(FAMILIES)  # ties between remedies go to the one listed first
+
+
+def family_picks(evaluation: Evaluation, has_cv: bool) -> dict[str, str]:
+    """Each remedy's best configuration, by the selection rule restricted to its family
+    (cross-validation; the test accuracy without it)."""
+    configs = evaluation.configs
+    picks = {}
+    for family in FAMILIES:
+        mine = {n: c for n, c in configs.items() if c.kind == family}
+        if not mine:
+            continue
+        if has_cv:
+            rule = evaluation.rule.replace("test_acc", "cv_acc")
+            picks[family] = rank(candidates(mine), rule)[0]
+        else:
+            picks[family] = max(sorted(mine), key=lambda n: mine[n].mean("test_acc"))
+    return picks
+
+
+def remedies_section(evaluation: Evaluation, has_cv: bool) -> list[str]:
+    """The article's question: which remedy closes the gap best, each at its best setting."""
+    configs = evaluation.configs
+    picks = family_picks(evaluation, has_cv)
+    if not picks:
+        return []
+    measures = [*(["cv_acc"] if has_cv else []), "test_acc", "fresh_acc", "gap"]
+    heads = [m.replace("_acc", " acc") for m in measures]
+    table = ["| remedy | its best | " + " | ".join(heads) + " |", "|---" * (len(heads) + 2) + "|"]
+    rows = dict(picks)
+    if evaluation.baseline_run is not None:
+        rows = {"none": evaluation.baseline_run} | rows
+    for family, name in rows.items():
+        label = FAMILIES[family].label if family in FAMILIES else "no remedy"
+        figures = " | ".join(f"{configs[name].mean(m):.3f}" for m in measures)
+        mark = OPTIMISTIC_MARK if watched_test(name) else ""
+        table.append(f"| {label} | {name}{mark} | {figures} |")
+    best = []
+    for measure, word in (
+        ("cv_acc", "cross-validation"),
+        ("test_acc", "test"),
+        ("fresh_acc", "fresh"),
+    ):
+        if measure not in measures:
+            continue
+        top = max(picks, key=lambda f: (configs[picks[f]].mean(measure), -ORDER.index(f)))
+        best.append(f"{FAMILIES[top].label} on {word} ({configs[picks[top]].mean(measure):.3f})")
+    smallest = min(picks, key=lambda f: configs[picks[f]].mean("gap"))
+    verdict = (
+        f"Best remedy: {'; '.join(best)}. The smallest train - test gap: "
+        f"{FAMILIES[smallest].label} ({configs[picks[smallest]].mean('gap'):.3f})."
+    )
+    return [
+        "## Which remedy closes the gap best",
+        "",
+        "Each remedy at its best setting (chosen as the configuration is: "
+        + ("by cross-validation" if has_cv else "by test accuracy")
+        + "); gap = train - test.",
+        "",
+        *table,
+        "",
+        verdict,
+        "",
+    ]
 
 
 def choice_section(evaluation: Evaluation, folds: int, has_cv: bool) -> list[str]:

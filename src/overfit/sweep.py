@@ -1,7 +1,8 @@
-"""Planning a sweep, pure: run names, the sweep as Hydra overrides, one override list per job.
+"""Planning a sweep, pure: the sweep as Hydra multiruns, one override list per job.
 
-The train stage's sweep is params.yaml's `sweep` section: `kinds` x `strengths`, plus one
-unregularized run. By hand it is whatever multirun overrides the user gives.
+The train stage's sweep is params.yaml's `sweep` section, one multirun per family: `kinds` x
+`strengths` (plus one unregularized run), `dropout_rates`, `patiences`, and `constraints`
+(max_norm x `max_norms`, unit_norm). By hand it is whatever multirun overrides the user gives.
 """
 
 from __future__ import annotations
@@ -10,26 +11,38 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from overfit.config import ConfigError, LauncherConfig, PenaltyConfig, SweepConfig, parse_overrides
+from overfit.config import Config, ConfigError, LauncherConfig, SweepConfig, parse_overrides
+from overfit.remedies import run_name
 
 
-def run_name(penalty: PenaltyConfig | Any) -> str:
-    """`none`, `l2_1e-03`, `l1_2p50e-01`: no dots, since DVC flattens metric keys on dots."""
-    if penalty.kind == "none":
-        return "none"
-    strength = float(penalty.strength)
-    text = f"{strength:.0e}"
-    if float(text) != strength:
-        text = f"{strength:.6e}".rstrip("0").replace(".", "p")
-    suffix = "" if penalty.apply_to == "hidden" else f"_{penalty.apply_to}"
-    return f"{penalty.kind}_{text}{suffix}"
+def _values(values: Sequence[Any]) -> str:
+    return ",".join(repr(v) if isinstance(v, float) else str(v) for v in values)
 
 
-def sweep_overrides(sweep: SweepConfig) -> list[str]:
-    """The sweep in params.yaml as one Hydra multirun argument: a list of whole penalties."""
+def sweep_overrides(sweep: SweepConfig, watch: str = "none") -> list[list[str]]:
+    """The sweep in params.yaml as Hydra multiruns, one per family; each varies one setting
+    of the base configuration. Early stopping's family watches `watch`, or cv if that is
+    none."""
+    multiruns = []
     specs = ["{kind:none,strength:0.0}"] if sweep.baseline else []
     specs += [f"{{kind:{k},strength:{s!r}}}" for k in sweep.kinds for s in sweep.strengths]
-    return ["penalty=" + ",".join(specs)]
+    if specs:
+        multiruns.append(["penalty=" + ",".join(specs)])
+    if sweep.dropout_rates:
+        multiruns.append([f"model.dropout={_values(sweep.dropout_rates)}"])
+    if sweep.patiences:
+        multiruns.append(
+            [
+                f"train.early_stopping.watch={'cv' if watch == 'none' else watch}",
+                f"train.early_stopping.patience={_values(sweep.patiences)}",
+            ]
+        )
+    for constraint in sweep.constraints:
+        overrides = [f"model.constraint={constraint}"]
+        if constraint == "max_norm":
+            overrides.append(f"model.max_norm={_values(sweep.max_norms)}")
+        multiruns.append(overrides)
+    return multiruns
 
 
 def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
@@ -47,13 +60,15 @@ def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*per_key.values())]
 
 
-def check_unique_names(penalties: Sequence[PenaltyConfig]) -> list[str]:
+def check_unique_names(configs: Sequence[Config]) -> list[str]:
     """Every job's run name; two jobs may not share one (they would share a folder)."""
-    names = [run_name(p) for p in penalties]
+    names = [run_name(c) for c in configs]
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(
-                f"penalty: two jobs would both be named {name!r}; sweep distinct values"
+                f"sweep: two jobs would both be named {name!r}; sweep distinct values of "
+                "the settings a run name shows (penalty, model.dropout, model.constraint, "
+                "model.max_norm, train.early_stopping.watch/patience/monitor)"
             )
     return names
 
@@ -87,9 +102,10 @@ def uses_hydra_launcher(overrides: Sequence[str]) -> bool:
 
 
 def stack_groups(configs: Sequence[Any]) -> dict[tuple[Any, ...], list[int]]:
-    """Indices of the jobs whose models can train in one stack: same data, width and epochs."""
+    """Indices of the jobs whose models can train in one stack: same data and width (each
+    model trains its own number of epochs)."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for index, config in enumerate(configs):
-        shape = (config.data, config.model.hidden_units, config.train.epochs)
+        shape = (config.data, config.model.hidden_units)
         groups.setdefault(shape, []).append(index)
     return groups

@@ -1,7 +1,8 @@
 """Stage train: the sweep of params.yaml, every configuration one child MLflow run.
 
-`python -m overfit.train` (the DVC stage) sweeps what params.yaml's `sweep` says: kinds x
-strengths plus one unregularized run. With arguments it is a Hydra multirun over params.yaml:
+`python -m overfit.train` (the DVC stage) sweeps what params.yaml's `sweep` says: one family
+per remedy (penalties, dropout, early stopping, constraints) plus one unregularized run. With
+arguments it is a Hydra multirun over params.yaml:
 
     python -m overfit.train --multirun penalty.kind=l2 penalty.strength=1e-3,1e-2
 
@@ -44,15 +45,23 @@ from overfit.job import (
     train_together,
     write_job_config,
 )
+from overfit.remedies import run_name
 from overfit.selection import check_folds
 from overfit.summary import results_table
 from overfit.sweep import (
     check_unique_names,
     job_overrides,
     launcher_overrides,
-    run_name,
     sweep_overrides,
     uses_hydra_launcher,
+)
+
+# The settings a sweep's families vary: the parent run logs only those every job shares.
+PER_JOB = (
+    "model.dropout",
+    "model.constraint",
+    "model.max_norm",
+    *(f"train.early_stopping.{k}" for k in ("watch", "patience")),
 )
 
 # Module import is the process's start, near enough: the stage's time is measured from here.
@@ -61,18 +70,20 @@ PROCESS_STARTED = time.perf_counter()
 
 def plan(
     root: Path, config_dir: Path, params_text: str, args: Sequence[str]
-) -> tuple[list[ComposedJob], list[str], str]:
+) -> tuple[list[ComposedJob], list[list[str]], str]:
     """The sweep's jobs, composed from the copy of params.yaml in `config_dir` (whose text is
-    `params_text`) and checked; the multirun overrides; the sweep's name."""
+    `params_text`) and checked; the multiruns' overrides; the sweep's name."""
     params = parse_params(params_text, root / layout.PARAMS)
     # By hand: the user's Hydra overrides; as the DVC stage: params.yaml's sweep and launcher.
     if args:
-        overrides = expand_presets(root, args)
+        multiruns = [expand_presets(root, args)]
     else:
-        overrides = [*launcher_overrides(params.launcher), *sweep_overrides(params.sweep)]
-    jobs = compose_jobs(config_dir, job_overrides(overrides))
-    check_unique_names([job.config.penalty for job in jobs])
-    return jobs, overrides, "by-hand" if args else params.sweep.name
+        watch = params.train.early_stopping.watch
+        launcher = launcher_overrides(params.launcher)
+        multiruns = [[*launcher, *m] for m in sweep_overrides(params.sweep, watch)]
+    jobs = compose_jobs(config_dir, [job for m in multiruns for job in job_overrides(m)])
+    check_unique_names([job.config for job in jobs])
+    return jobs, multiruns, "by-hand" if args else params.sweep.name
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -106,7 +117,7 @@ def train(root: Path, args: Sequence[str]) -> None:
         try:
             params_text = read_params(root)
             (config_dir / layout.PARAMS.name).write_text(params_text, encoding="utf-8")
-            jobs, overrides, sweep_name = plan(root, config_dir, params_text, args)
+            jobs, multiruns, sweep_name = plan(root, config_dir, params_text, args)
             uri = tracking.tracking_uri(root, jobs[0].config.tracking)
         except ConfigError as error:
             exit_on_config_error(error)
@@ -124,13 +135,17 @@ def train(root: Path, args: Sequence[str]) -> None:
         exit_on_config_error(error)
     runtime.checkpoint()
     try:
-        run_sweep(root, jobs, overrides, sweep_name, params_text)
+        run_sweep(root, jobs, multiruns, sweep_name, params_text)
     except (tracking.StoreError, TrainingDiverged) as error:
         fail(error)
 
 
 def run_sweep(
-    root: Path, jobs: list[ComposedJob], overrides: list[str], sweep_name: str, params_text: str
+    root: Path,
+    jobs: list[ComposedJob],
+    multiruns: list[list[str]],
+    sweep_name: str,
+    params_text: str,
 ) -> None:
     """One parent MLflow run around the jobs; the sweep's table and record at the end."""
     # A sweep that does not finish leaves no record: DVC then runs this stage again.
@@ -140,7 +155,7 @@ def run_sweep(
         print(f"marked run {orphan} FAILED: the process that ran it is gone")
     finished = False
     try:
-        run_under_parent(root, jobs, overrides, sweep_name, store, params_text)
+        run_under_parent(root, jobs, multiruns, sweep_name, store, params_text)
         finished = True
     except (runtime.Interrupted, KeyboardInterrupt):
         tracking.kill_own_runs(store.client, store.experiment_id)
@@ -156,13 +171,13 @@ def run_sweep(
 def run_under_parent(
     root: Path,
     jobs: list[ComposedJob],
-    overrides: list[str],
+    multiruns: list[list[str]],
     sweep_name: str,
     store: tracking.Store,
     params_text: str,
 ) -> None:
     configs = [job.config for job in jobs]
-    names = [run_name(c.penalty) for c in configs]
+    names = [run_name(c) for c in configs]
     tags = tracking.run_tags(root)
     seeds = "/".join(map(str, sorted({len(c.train.seeds) for c in configs})))
     epochs = "/".join(map(str, sorted({c.train.epochs for c in configs})))
@@ -171,7 +186,8 @@ def run_under_parent(
     later = ("penalty", "gate", "registry")  # per job, or the settings of later stages
     shared = {k: v for k, v in configs[0].to_dict().items() if k not in later}
     params = tracking.flatten(shared)
-    params.pop("tracking.parent_run_id", None)
+    for key in ("tracking.parent_run_id", *PER_JOB):
+        params.pop(key, None)
     params.pop("select.metric", None)  # the evaluate stage's; the plot stage tags the run with it
     parent_tags = {"overfit.sweep": sweep_name, "overfit.stage": "train", **tags}
     with tracking.tracked_run(
@@ -185,12 +201,13 @@ def run_under_parent(
         )
         phases = Phases()
         runtime.checkpoint()
-        if uses_hydra_launcher(overrides):
+        if uses_hydra_launcher(multiruns[0]):
             for name in names:  # an interrupted run's leftovers
                 shutil.rmtree(layout.partial_run_dir(root, name), ignore_errors=True)
             # The jobs' processes compose from the sweep's copy of params.yaml too.
             write_text(root / layout.PARAMS_SNAPSHOT, params_text)
-            launch_hydra(root, [*overrides, f"++tracking.parent_run_id={parent}"])
+            for overrides in multiruns:
+                launch_hydra(root, [*overrides, f"++tracking.parent_run_id={parent}"])
             results = [read_result(layout.run_dir(root, name)) for name in names]
         else:
             results = run_stacked(root, jobs, store, parent, tags, phases)
@@ -232,7 +249,7 @@ def run_stacked(
     )
     results = []
     for i in order:
-        job, name = jobs[i], run_name(configs[i].penalty)
+        job, name = jobs[i], run_name(configs[i])
         tracking_config = dataclasses.replace(job.config.tracking, parent_run_id=parent)
         config = dataclasses.replace(job.config, tracking=tracking_config)
         work_dir = layout.partial_run_dir(root, name)
