@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
-from overfit.config import load_params
+from overfit.config import load_params, parse_config
 from overfit.gate import HEADLINE_KEYS
-from overfit.sweep import run_name
+from overfit.remedies import run_name
 
 EXPECTED_RUNS = {
     *("none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"),
@@ -69,10 +69,12 @@ def test_each_job_wrote_its_models_history_and_config(shrunk_pipeline, sweep) ->
             assert (run_dir / f"seed_{seed}.keras").stat().st_size > 10_000
         history = (run_dir / "history.csv").read_text().splitlines()
         assert history[0] == "seed,epoch,train_loss,train_accuracy,test_loss,test_accuracy"
-        assert len(history) == 1 + EPOCHS * len(SEEDS)
-        hydra_config = yaml.safe_load((run_dir / ".hydra/config.yaml").read_text())
-        assert run_name(type("P", (), hydra_config["penalty"])) == name
         result = json.loads((run_dir / "result.json").read_text())
+        # Early stopping on cv: the final models train the folds' median best epoch.
+        epochs = result["stopping"]["final_epochs"] if result["stopping"] else EPOCHS
+        assert len(history) == 1 + epochs * len(SEEDS)
+        hydra_config = yaml.safe_load((run_dir / ".hydra/config.yaml").read_text())
+        assert run_name(parse_config(hydra_config)) == name
         assert result["seeds"] == SEEDS and set(result["per_seed"]) == {"1", "2"}
         for key in ("train_acc", "test_acc", "gap"):
             values = [result["per_seed"][s][key] for s in ("1", "2")]
@@ -117,7 +119,11 @@ def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sw
         params = child.data.params
         assert params["train.epochs"] == str(EPOCHS)
         assert params["train.seeds"] == str(SEEDS)
-        assert params["penalty.kind"] == name.split("_1e")[0]
+        kind = name.split("_1e")[0] if name.startswith("l") else "none"
+        assert params["penalty.kind"] == kind
+        assert params["model.dropout"] == ("0.5" if name == "dropout_0p5" else "0.0")
+        assert params["model.constraint"] == ("max_norm" if name == "max_norm_0p5" else "none")
+        assert params["train.early_stopping.watch"] == ("cv" if name == "patience_5" else "none")
         assert "gate.selected_test_drop" not in params
         metrics = child.data.metrics
         sortable = ("train_acc", "test_acc", "train_loss", "test_loss", "gap", "cv_acc")
@@ -242,6 +248,19 @@ def test_summary_sets_both_rules_side_by_side(shrunk_pipeline) -> None:
     )
     rows = [line for line in summary.splitlines() if line.startswith("| highest")]
     assert [row.split(" | ")[1] for row in rows] == [selected, on_test]
+    # Which remedy closes the gap best: one row per family, each at its own best.
+    remedies = summary.split("## Which remedy closes the gap best")[1].split("##")[0]
+    families = [line.split(" | ")[:2] for line in remedies.splitlines() if line.startswith("| ")]
+    assert families[1:] == [
+        ["| no remedy", "none"],
+        ["| L1 penalty", families[2][1]],
+        ["| L2 penalty", families[3][1]],
+        ["| dropout", "dropout_0p5"],
+        ["| early stopping", "patience_5"],
+        ["| max-norm constraint", "max_norm_0p5"],
+    ]
+    assert families[2][1].startswith("l1_") and families[3][1].startswith("l2_")
+    assert "Best remedy: " in remedies
     assert rows[1].startswith("| highest test accuracy, chosen on the test set (optimistic) |")
 
 

@@ -29,6 +29,8 @@ def test_repro_builds_once_and_reruns_only_what_changed(project) -> None:
         "data.n_samples",
         "data.noise",
         "data.random_state",
+        "data.name",
+        "data.factor",
         "data.fresh_samples",
         "data.fresh_random_state",
     }

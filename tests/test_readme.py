@@ -36,6 +36,9 @@ RUN = [
 # The test that runs each of the others (the same command, or the one a make target runs).
 COVERED = {
     "make test": "the suite itself; tests/test_workflow.py::test_every_make_target_exists",
+    "dvc exp run -S data=circles": (
+        "tests/test_data.py::test_circles_preset_composes_and_its_training_rows_hold_both_classes"
+    ),
     "dvc exp run -S data.noise=0.3": (
         "tests/test_concurrency.py::test_two_queued_experiments_share_one_store"
     ),

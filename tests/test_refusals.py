@@ -48,7 +48,7 @@ def test_a_loss_that_becomes_nan_fails_clearly(project, entry, overrides, culpri
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith(f"error: {culprit}: the train loss of seed 1 became ")
-    assert lines[0].endswith("lower model.learning_rate or the penalty's strength")
+    assert lines[0].endswith("lower model.learning_rate or the remedy's strength")
     with sqlite3.connect(root / "mlflow.db") as db:
         statuses = dict(db.execute("SELECT name, status FROM runs").fetchall())
     # The diverged job failed first: no other job was logged, and the sweep failed with it.

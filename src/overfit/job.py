@@ -399,7 +399,10 @@ def log_child_run(
         metrics["epochs_trained_mean"] = float(
             np.mean([s["epochs"] for s in stopping["per_seed"].values()])
         )
-    tracking.log_values(mlflow, run_id, params=params, metrics=metrics)
+    tags = {}
+    if config.train.early_stopping.watch == "test":  # the test set chose when to stop
+        tags["overfit.optimistic"] = "early stopping watched the test set"
+    tracking.log_values(mlflow, run_id, params=params, metrics=metrics, tags=tags)
     tracking.log_metric_histories(mlflow, run_id, curves, config.tracking.history_every)
     with tempfile.TemporaryDirectory() as tmp:
         tracking.log_keras_model(mlflow, run_id, model, train.x[:5], Path(tmp) / "model")
