@@ -48,6 +48,7 @@ from overfit.metrics import (
     summarize_run,
     weight_stats,
 )
+from overfit.remedies import watched_test
 from overfit.runtime import run_stage
 from overfit.selection import describe
 
@@ -204,9 +205,10 @@ def main(argv: list[str] | None = None) -> None:
             continue
         c = configs[name]
         cv = f"cv {c.mean('cv_acc'):.3f} " if "cv_acc" in c.measures else ""
+        optimistic = " (stopped on the test set: optimistic)" if watched_test(name) else ""
         print(
             f"{label:<8} {name}: train {c.mean('train_acc'):.3f} {cv}"
-            f"test {c.mean('test_acc'):.3f} fresh {c.mean('fresh_acc'):.3f}"
+            f"test {c.mean('test_acc'):.3f} fresh {c.mean('fresh_acc'):.3f}{optimistic}"
         )
     print(f"selected by {describe(report.rule, load_params(project_root()).select.folds)}")
 

@@ -230,7 +230,7 @@ def _train_final_models(
 ) -> list[Trained]:
     """Early stopping on cv, second pass: each waiting job's models train, on every training
     row, for the epochs its folds chose (`cv_epochs`)."""
-    from overfit.trainer import train_with_folds
+    from overfit.trainer import MAX_GROUP, train_with_folds
 
     models, epochs, counts = [], [], []
     for j, config in zip(waiting, configs, strict=True):
@@ -239,10 +239,13 @@ def _train_final_models(
         models += jobs[j].models
         epochs += [counts[-1]] * len(jobs[j].models)
     runtime.checkpoint()
+    # More than half a stack: one full stack, on the loop the first pass compiled for it.
+    full = MAX_GROUP if len(models) > MAX_GROUP // 2 else None
     with phases.timed("train"):
         histories, _ = train_with_folds(
-            models, [], train.x, train.y, test.x, test.y, epochs, runtime.checkpoint
-        )
+            models, [], train.x, train.y, test.x, test.y, epochs, runtime.checkpoint,
+            stack_size=full,
+        )  # fmt: skip
     done = list(jobs)
     by_model = iter(histories)
     for j, count in zip(waiting, counts, strict=True):

@@ -699,6 +699,7 @@ def train_with_folds(
     epochs: int | Sequence[int],
     checkpoint: Callable[[], None] | None = None,
     stopping: Sequence[Stopping | None] | None = None,
+    stack_size: int | None = None,
 ) -> tuple[list[History], list[History]]:
     """`train_stacked` for `models`, with cross-validation models trained in the same stacks.
 
@@ -711,6 +712,8 @@ def train_with_folds(
     their held-out rows; `final["val_crossentropy"]` is that loss without the penalty). A fold
     trains as many epochs as the model it starts from may, unless it says otherwise. A model
     given 0 epochs is not trained (its folds still start from it); its history is empty.
+    `stack_size` pads every stack to that many models, so that this call reuses the loop an
+    earlier call compiled for that size (each new size costs a compilation, ~3 s).
     """
     per_model = [epochs] * len(models) if isinstance(epochs, int) else list(epochs)
     stopping = list(stopping) if stopping is not None else [None] * len(models)
@@ -755,6 +758,8 @@ def train_with_folds(
     workers = min(parallel_groups(), count)
     n_groups = max(workers, -(-count // MAX_GROUP))
     size = -(-count // n_groups)  # equal sizes: one compiled shape for every group
+    if stack_size is not None and stack_size >= size:
+        size, workers = stack_size, min(workers, -(-count // stack_size))
     # Slots that may stop early share stacks, so a stack whose models all stopped ends early.
     order = sorted(set(range(len(slots))) - set(untrained), key=lambda i: slots[i].cost)
     groups = [[slots[i] for i in order[at : at + size]] for at in range(0, count, size)]
