@@ -166,12 +166,14 @@ STAGES = ("generate", "split", "train", "evaluate", "plot", "register")
 
 
 def without_cross_validation(copy: Path) -> None:
-    """params.yaml of the copy with no folds: the choice falls back to the test set."""
+    """params.yaml of the copy with no folds: the choice falls back to the test set, and the
+    early-stopping family, which needs the folds' held-out rows, is left out."""
     import yaml
 
     path = copy / "params.yaml"
     params = yaml.safe_load(path.read_text(encoding="utf-8"))
     params["select"] |= {"folds": 0, "metric": "test_acc"}
+    params["sweep"]["patiences"] = []
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 

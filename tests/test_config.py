@@ -12,6 +12,7 @@ import yaml
 from overfit import config as config_entry
 from overfit import prepare, train
 from overfit.config import ConfigError, compose_params, parse_config
+from overfit.sweep import check_families
 
 from .conftest import ROOT
 
@@ -112,18 +113,31 @@ def test_bad_early_stopping_is_named(key: str, value: object, message: str) -> N
 
 def test_early_stopping_needs_validation_rows() -> None:
     """On cv it watches the folds' held-out rows: without folds there are none."""
-    for early_stopping, patiences in (({"watch": "cv"}, []), ({"watch": "none"}, [20])):
+    for watch, patiences, key in (
+        ("cv", [], "train.early_stopping.watch"),
+        ("none", [20], "sweep.patiences"),
+    ):
         raw = raw_params()
         raw["select"]["folds"] = 0
         raw["select"]["metric"] = "test_acc"
-        raw["train"]["early_stopping"] |= early_stopping
+        raw["train"]["early_stopping"]["watch"] = watch
         raw["sweep"]["patiences"] = patiences
-        with pytest.raises(
-            ConfigError, match=r"^train\.early_stopping\.watch: must be none or test"
-        ):
+        with pytest.raises(ConfigError, match="^" + re.escape(f"{key}: must be")):
             parse_config(raw)
     raw["train"]["early_stopping"]["watch"] = "test"  # the test rows are always there
+    raw["sweep"]["patiences"] = []
     assert parse_config(raw).train.early_stopping.watch == "test"
+
+
+def test_early_stopping_everywhere_leaves_no_room_for_its_family() -> None:
+    """With watch set, every configuration stops early, the baseline too: the patience family
+    would repeat it."""
+    raw = raw_params()
+    raw["train"]["early_stopping"]["watch"] = "test"
+    with pytest.raises(ConfigError, match=r"^sweep\.patiences: must be empty when train"):
+        check_families(parse_config(raw))
+    raw["sweep"]["patiences"] = []
+    check_families(parse_config(raw))
 
 
 def test_limits_across_settings_are_named() -> None:

@@ -338,13 +338,19 @@ class Config:
         for f in dataclasses.fields(self):
             getattr(self, f.name).check()
         watch = self.train.early_stopping.watch
-        on_cv = watch == "cv" or (bool(self.sweep.patiences) and watch == "none")
         _require(
-            not on_cv or self.select.folds > 0,
+            watch != "cv" or self.select.folds > 0,
             "train.early_stopping.watch",
-            "none or test when select.folds is 0 (early stopping on cv, which sweep.patiences "
-            "uses unless watch is test, needs the folds' held-out rows)",
+            "none or test when select.folds is 0 (early stopping on cv watches the folds' "
+            "held-out rows)",
             watch,
+        )
+        _require(
+            not self.sweep.patiences or self.select.folds > 0,
+            "sweep.patiences",
+            "empty when select.folds is 0 (the family stops early on cv, which watches the "
+            "folds' held-out rows)",
+            self.sweep.patiences,
         )
         _require(
             self.select.folds <= self.data.n_train,

@@ -19,10 +19,21 @@ def _values(values: Sequence[Any]) -> str:
     return ",".join(repr(v) if isinstance(v, float) else str(v) for v in values)
 
 
-def sweep_overrides(sweep: SweepConfig, watch: str = "none") -> list[list[str]]:
+def check_families(params: Config) -> None:
+    """The sweep's families, against the base configuration they vary. With early stopping
+    on in the base, every configuration stops early, the baseline too: the patience family
+    would repeat it (and a job of the family may not judge this: it has early stopping on)."""
+    if params.sweep.patiences and params.train.early_stopping.watch != "none":
+        raise ConfigError(
+            "sweep.patiences: must be empty when train.early_stopping.watch is cv or test "
+            "(every configuration then stops early, the baseline too; the family sets early "
+            f"stopping on cv beside the other remedies), got {params.sweep.patiences!r}"
+        )
+
+
+def sweep_overrides(sweep: SweepConfig) -> list[list[str]]:
     """The sweep in params.yaml as Hydra multiruns, one per family; each varies one setting
-    of the base configuration. Early stopping's family watches `watch`, or cv if that is
-    none."""
+    of the base configuration (early stopping's family: on cv, at each patience)."""
     multiruns = []
     specs = ["{kind:none,strength:0.0}"] if sweep.baseline else []
     specs += [f"{{kind:{k},strength:{s!r}}}" for k in sweep.kinds for s in sweep.strengths]
@@ -33,7 +44,7 @@ def sweep_overrides(sweep: SweepConfig, watch: str = "none") -> list[list[str]]:
     if sweep.patiences:
         multiruns.append(
             [
-                f"train.early_stopping.watch={'cv' if watch == 'none' else watch}",
+                "train.early_stopping.watch=cv",
                 f"train.early_stopping.patience={_values(sweep.patiences)}",
             ]
         )

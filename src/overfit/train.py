@@ -49,6 +49,7 @@ from overfit.remedies import run_name
 from overfit.selection import check_folds
 from overfit.summary import results_table
 from overfit.sweep import (
+    check_families,
     check_unique_names,
     job_overrides,
     launcher_overrides,
@@ -78,9 +79,9 @@ def plan(
     if args:
         multiruns = [expand_presets(root, args)]
     else:
-        watch = params.train.early_stopping.watch
+        check_families(params)
         launcher = launcher_overrides(params.launcher)
-        multiruns = [[*launcher, *m] for m in sweep_overrides(params.sweep, watch)]
+        multiruns = [[*launcher, *m] for m in sweep_overrides(params.sweep)]
     jobs = compose_jobs(config_dir, [job for m in multiruns for job in job_overrides(m)])
     check_unique_names([job.config for job in jobs])
     return jobs, multiruns, "by-hand" if args else params.sweep.name

@@ -291,8 +291,9 @@ def _constrain(w1, code, max_value):
     norms = tf.sqrt(tf.square(w1[:, 0]) + tf.square(w1[:, 1]))[:, tf.newaxis]
     limit = tf.reshape(max_value, [-1, 1, 1])
     code = tf.reshape(code, [-1, 1, 1])
-    max_norm = w1 * (tf.clip_by_value(norms, 0.0, limit) / (EPSILON + norms))
-    unit_norm = w1 / (EPSILON + norms)
+    fuzz = keras.config.epsilon()  # what Keras' constraints add to a norm before dividing
+    max_norm = w1 * (tf.clip_by_value(norms, 0.0, limit) / (fuzz + norms))
+    unit_norm = w1 / (fuzz + norms)
     return tf.where(code == MAX_NORM, max_norm, tf.where(code == UNIT_NORM, unit_norm, w1))
 
 
