@@ -230,6 +230,12 @@ def test_make_params_refuses_a_bad_override(
         ("penalty.colour=red", "error: penalty.colour: unknown key; allowed here: kind, strength"),
         ("hydra/launcher=nosuch", "error: hydra/launcher=nosuch: In 'hydra/config': Could not"),
         ("penalty.kind=l2,l2", "error: sweep: two jobs would both be named 'l2_1e-03'"),
+        (
+            "train.early_stopping.pat=3",
+            "error: train.early_stopping.pat: unknown key; allowed here: watch, monitor, "
+            "patience, min_delta, restore_best_weights",
+        ),
+        ("train.early_stopping.patience=0", "error: train.early_stopping.patience: must be an"),
         ("penalty.strength=[", "error: bad override 'penalty.strength=[': no viable alternative"),
     ],
 )
@@ -254,3 +260,10 @@ def test_choosing_on_cross_validation_needs_folds() -> None:
         "cross-validation), got 'cv_loss'"
     )
     assert parse_config({"select": {"folds": 0, "metric": "test_acc"}}).select.folds == 0
+
+
+def test_nested_settings_can_be_overridden() -> None:
+    """`dvc exp run -S train.early_stopping.patience=50` composes as any other key."""
+    text = compose_params(Path.cwd(), ["train.early_stopping.patience=50", "model.dropout=0.3"])
+    config = parse_config(yaml.safe_load(text))
+    assert (config.train.early_stopping.patience, config.model.dropout) == (50, 0.3)

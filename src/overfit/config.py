@@ -578,9 +578,14 @@ def check_override_keys(overrides: Sequence[Any], root: Path | None = None) -> N
                     if isinstance(choice, str):
                         preset_file(root, section, choice)
             continue
-        fields = [f.name for f in dataclasses.fields(hints[section])]
-        if rest not in fields:
-            raise ConfigError(f"{key}: unknown key; allowed here: {', '.join(fields)}")
+        schema = hints[section]
+        for part in rest.split("."):  # nested sections: train.early_stopping.patience
+            if not dataclasses.is_dataclass(schema):
+                raise ConfigError(f"{key}: unknown key; {schema.__name__} settings have no keys")
+            fields = {f.name: f for f in dataclasses.fields(schema)}
+            if part not in fields:
+                raise ConfigError(f"{key}: unknown key; allowed here: {', '.join(fields)}")
+            schema = typing.get_type_hints(schema)[part]
 
 
 def _choices(override: Any) -> list[Any]:
