@@ -260,7 +260,7 @@ def test_summary_sets_both_rules_side_by_side(shrunk_pipeline) -> None:
         ["| max-norm constraint", "max_norm_0p5"],
     ]
     assert families[2][1].startswith("l1_") and families[3][1].startswith("l2_")
-    assert "Best remedy: " in remedies
+    assert "Best remedy on cross-validation, " in remedies
     assert rows[1].startswith("| highest test accuracy, chosen on the test set (optimistic) |")
 
 

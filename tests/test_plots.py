@@ -84,8 +84,9 @@ def test_summary_sets_the_two_rules_side_by_side() -> None:
         ["| L2 penalty", "l2_1e-02"],
     ]
     assert (
-        "Best remedy: L1 penalty on cross-validation (0.950); L2 penalty on test (0.943); "
-        "L2 penalty on fresh (0.933). The smallest train - test gap: L2 penalty (0.057)." in summary
+        "Best remedy on cross-validation, L1 penalty (0.950); on test, L2 penalty (0.943); "
+        "on fresh points, L2 penalty (0.933). The smallest train - test gap: L2 penalty "
+        "(0.057)." in summary
     )
     table = rows[7:]
     assert table[0].startswith("| configuration | train acc | cv acc | test acc |")

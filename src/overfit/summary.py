@@ -87,7 +87,6 @@ def summary_markdown(evaluation: Evaluation, folds: int) -> str:
 
 
 OPTIMISTIC_MARK = " (stopped on the test set: optimistic)"
-ORDER = list(FAMILIES)  # ties between remedies go to the one listed first
 
 
 def family_picks(evaluation: Evaluation, has_cv: bool) -> dict[str, str]:
@@ -128,15 +127,19 @@ def remedies_section(evaluation: Evaluation, has_cv: bool) -> list[str]:
     for measure, word in (
         ("cv_acc", "cross-validation"),
         ("test_acc", "test"),
-        ("fresh_acc", "fresh"),
+        ("fresh_acc", "fresh points"),
     ):
         if measure not in measures:
             continue
-        top = max(picks, key=lambda f: (configs[picks[f]].mean(measure), -ORDER.index(f)))
-        best.append(f"{FAMILIES[top].label} on {word} ({configs[picks[top]].mean(measure):.3f})")
+        value = max(configs[picks[f]].mean(measure) for f in picks)
+        tied = [FAMILIES[f].label for f in picks if configs[picks[f]].mean(measure) >= value - TIE]
+        if len(tied) == 1:
+            best.append(f"on {word}, {tied[0]} ({value:.3f})")
+        else:
+            best.append(f"on {word}, {len(tied)} remedies tie at {value:.3f} ({', '.join(tied)})")
     smallest = min(picks, key=lambda f: configs[picks[f]].mean("gap"))
     verdict = (
-        f"Best remedy: {'; '.join(best)}. The smallest train - test gap: "
+        f"Best remedy {'; '.join(best)}. The smallest train - test gap: "
         f"{FAMILIES[smallest].label} ({configs[picks[smallest]].mean('gap'):.3f})."
     )
     return [
