@@ -172,3 +172,18 @@ def test_the_default_sweep_has_every_family() -> None:
     assert ["train.early_stopping.watch=cv", "train.early_stopping.patience=20"] in jobs
     assert ["model.constraint=max_norm", "model.max_norm=0.25"] in jobs
     assert ["model.constraint=unit_norm"] in jobs
+
+
+def test_a_smaller_patience_or_norm_counts_as_stronger() -> None:
+    """Across a tie, the rule prefers the stronger setting: a higher rate, a lower patience or
+    max norm."""
+    assert Remedy("early_stopping", 20).strength > Remedy("early_stopping", 500).strength
+    assert Remedy("max_norm", 0.25).strength > Remedy("max_norm", 1.0).strength
+    assert Remedy("dropout", 0.5).strength > Remedy("dropout", 0.1).strength
+    tie = [
+        Candidate(
+            "patience_500", "early_stopping", Remedy("early_stopping", 500).strength, 0.9, 0.3
+        ),
+        Candidate("patience_20", "early_stopping", Remedy("early_stopping", 20).strength, 0.9, 0.3),
+    ]
+    assert choose(tie, "cv_acc") == "patience_20"

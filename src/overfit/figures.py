@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from overfit.artifacts import ConfigSummary
 from overfit.data import Points
-from overfit.remedies import FAMILIES
+from overfit.remedies import FAMILIES, Remedy
 
 
 def learning_curve_figure(curves: Mapping[str, np.ndarray], title: str) -> Figure:
@@ -227,6 +227,7 @@ def comparable_pair(configs: Mapping[str, ConfigSummary]) -> tuple[str, str] | N
 
 
 def config_order(configs: Mapping[str, ConfigSummary]) -> list[str]:
-    """Unregularized first, then by kind and decreasing strength: the panels' order."""
-    rank = {"none": 0, "l1": 1, "l2": 2, "l1_l2": 3}
-    return sorted(configs, key=lambda n: (rank.get(configs[n].kind, 9), -configs[n].strength, n))
+    """Unregularized first, then by remedy and decreasing strength: the panels' order."""
+    rank = {"none": 0} | {kind: i + 1 for i, kind in enumerate(FAMILIES)}
+    strength = {n: Remedy(c.kind, c.strength).strength for n, c in configs.items()}
+    return sorted(configs, key=lambda n: (rank.get(configs[n].kind, 99), -strength[n], n))

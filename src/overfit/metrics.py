@@ -16,7 +16,7 @@ from overfit.artifacts import (
     Spread,
 )
 from overfit.data import Points
-from overfit.selection import candidates, choose, choose_on_test
+from overfit.selection import candidates, choose, choose_on_test, strength_of
 
 # A hidden weight this small no longer moves the output: Adam keeps L1-penalized weights
 # jittering within about one learning rate (1e-3) of zero instead of landing exactly on it.
@@ -96,7 +96,7 @@ def test_choice(configs: Mapping[str, ConfigSummary]) -> str:
     return choose_on_test(
         {n: c.mean("test_acc") for n, c in configs.items()},
         {n: c.kind for n, c in configs.items()},
-        {n: c.strength for n, c in configs.items()},
+        {n: strength_of(c) for n, c in configs.items()},
         {n: c.mean(loss) for n, c in configs.items()},
     )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-PENALTY_FAMILIES = ("l1", "l2", "l1_l2")
 TEST_WATCH = "_test"  # a run name's mark: early stopping watched the test set
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from overfit.artifacts import ConfigSummary
 from overfit.config import ConfigError, SelectConfig
+from overfit.remedies import Remedy
 
 OPTIMISTIC = "chosen on the test set (optimistic)"
 PENALTY_TERMS = {"none": 0, "l1": 1, "l2": 1, "l1_l2": 2}
@@ -117,10 +118,16 @@ def choose(candidates: Sequence[Candidate], metric: str) -> str:
     return rank(candidates, metric)[0]
 
 
+def strength_of(config: ConfigSummary) -> float:
+    """A configuration's setting as an amount of regularization (larger: stronger), so that a
+    patience or a max norm ranks the right way round."""
+    return Remedy(config.kind, config.strength).strength
+
+
 def candidates(configs: Mapping[str, ConfigSummary]) -> list[Candidate]:
     """What the rule may see of each configuration: no test or fresh figure."""
     return [
-        Candidate(name, c.kind, c.strength, c.mean("cv_acc"), c.mean("cv_loss"))
+        Candidate(name, c.kind, strength_of(c), c.mean("cv_acc"), c.mean("cv_loss"))
         for name, c in configs.items()
     ]
 
