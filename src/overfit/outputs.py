@@ -18,8 +18,8 @@ PRODUCTS = [
     (layout.SWEEP_RECORD, "the sweep's MLflow parent and child runs, where its time went"),
     (layout.METRICS, "the headline figures DVC tracks: `dvc metrics show`"),
     (layout.CONFIGS, "every configuration's measures (mean and spread), the selection"),
-    (layout.SUMMARY, "the choice, both rules side by side, and every configuration"),
-    (layout.FIGURES_DIR, "learning curves, accuracy vs strength, decision boundaries, weights"),
+    (layout.SUMMARY, "the choice, both rules, each remedy's best, every configuration"),
+    (layout.FIGURES_DIR, "learning curves, accuracy vs each remedy, decision boundaries, weights"),
     (layout.MODEL_RECORD, "the registered model version (alias candidate): `make promote`"),
     (Path(layout.MLFLOW_DB), "the MLflow store: `make ui`, then the link it prints"),
 ]
