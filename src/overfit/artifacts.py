@@ -168,12 +168,18 @@ def read_accuracy_history(folder: Path) -> np.ndarray:
     except (OSError, ValueError) as error:
         raise ArtifactError(f"{path}: not a readable history ({error})") from None
     table = table[:, columns]
-    per_seed = [table[table[:, 0] == s][:, 1:] for s in np.unique(table[:, 0])]
-    # A seed that early stopping stopped has fewer epochs: NaN after its last.
-    history = np.full((len(per_seed), max(len(t) for t in per_seed), 2), np.nan)
-    for i, seed_table in enumerate(per_seed):
-        history[i, : len(seed_table)] = seed_table
-    return history
+    return nan_padded([table[table[:, 0] == s][:, 1:] for s in np.unique(table[:, 0])])
+
+
+def nan_padded(per_seed: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-seed curves stacked along a first axis; a seed that early stopping stopped has
+    fewer epochs, so NaN follows its last."""
+    stacked = np.full(
+        (len(per_seed), max(len(c) for c in per_seed), *per_seed[0].shape[1:]), np.nan
+    )
+    for i, curve in enumerate(per_seed):
+        stacked[i, : len(curve)] = curve
+    return stacked
 
 
 # --- the sweep's record ----------------------------------------------------------------------

@@ -48,7 +48,7 @@ from overfit.metrics import (
     summarize_run,
     weight_stats,
 )
-from overfit.remedies import watched_test
+from overfit.remedies import TEST_WATCH_LABEL, watched_test
 from overfit.runtime import run_stage
 from overfit.selection import describe
 
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         c = configs[name]
         cv = f"cv {c.mean('cv_acc'):.3f} " if "cv_acc" in c.measures else ""
-        optimistic = " (stopped on the test set: optimistic)" if watched_test(name) else ""
+        optimistic = f" ({TEST_WATCH_LABEL})" if watched_test(name) else ""
         print(
             f"{label:<8} {name}: train {c.mean('train_acc'):.3f} {cv}"
             f"test {c.mean('test_acc'):.3f} fresh {c.mean('fresh_acc'):.3f}{optimistic}"

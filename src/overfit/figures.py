@@ -10,7 +10,8 @@ from matplotlib.figure import Figure
 
 from overfit.artifacts import ConfigSummary
 from overfit.data import Points
-from overfit.remedies import FAMILIES, Remedy
+from overfit.remedies import FAMILIES
+from overfit.selection import strength_of
 
 
 def learning_curve_figure(curves: Mapping[str, np.ndarray], title: str) -> Figure:
@@ -242,5 +243,6 @@ def comparable_pair(configs: Mapping[str, ConfigSummary]) -> tuple[str, str] | N
 def config_order(configs: Mapping[str, ConfigSummary]) -> list[str]:
     """Unregularized first, then by remedy and decreasing strength: the panels' order."""
     rank = {"none": 0} | {kind: i + 1 for i, kind in enumerate(FAMILIES)}
-    strength = {n: Remedy(c.kind, c.strength).strength for n, c in configs.items()}
-    return sorted(configs, key=lambda n: (rank.get(configs[n].kind, 99), -strength[n], n))
+    return sorted(
+        configs, key=lambda n: (rank.get(configs[n].kind, 99), -strength_of(configs[n]), n)
+    )

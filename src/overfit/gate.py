@@ -37,7 +37,7 @@ from typing import Any
 from overfit import layout
 from overfit.artifacts import write_text
 from overfit.config import ConfigError, GateConfig, load_params, project_root
-from overfit.remedies import watched_test
+from overfit.remedies import TEST_WATCH_LABEL, watched_test
 
 METRICS_FILE = layout.METRICS.as_posix()
 CONFIGS_FILE = layout.CONFIGS.as_posix()
@@ -360,7 +360,7 @@ def selection_notes(base: Metrics, new: Metrics) -> list[str]:
         return []
     how = f"`{now.run}` by {now.rule}" + (f", {OPTIMISTIC}" if now.rule == "test_acc" else "")
     if watched_test(now.run):
-        how += ", stopped early on the test set (optimistic)"
+        how += f", {TEST_WATCH_LABEL}"
     old = base.selected
     if old is None:
         reported = f" (it reported `best` = `{base.best_run}`, best on the test set)"

@@ -26,6 +26,7 @@ import yaml
 from overfit import figures, layout, runtime, tracking
 from overfit.artifacts import (
     JobResult,
+    nan_padded,
     weights_digest,
     write_bytes,
     write_history,
@@ -283,14 +284,10 @@ def named_curves(history: Any) -> dict[str, np.ndarray]:
 def mean_curves(histories: Sequence[Any]) -> dict[str, np.ndarray]:
     """Per-epoch curves averaged over the seeds still training at each epoch (early stopping
     may stop seeds at different epochs), named as MLflow shows them."""
-    length = max(len(h.history["loss"]) for h in histories)
-    curves = {}
-    for c in CURVE_NAMES:
-        padded = np.full((len(histories), length), np.nan)
-        for i, h in enumerate(histories):
-            padded[i, : len(h.history[c])] = h.history[c]
-        curves[CURVE_NAMES[c]] = np.nanmean(padded, axis=0)
-    return curves
+    return {
+        CURVE_NAMES[c]: np.nanmean(nan_padded([h.history[c] for h in histories]), axis=0)
+        for c in CURVE_NAMES
+    }
 
 
 # --- one job ---------------------------------------------------------------------------------
@@ -324,6 +321,7 @@ def run_job(
             )
         summary = summarize(config.train.seeds, [h.final for h in trained.histories])
         cv = trained.cv(config.train.seeds, held_out_rows(train, config))
+        stopping = trained.stopping(config)
         with phases.timed("save"):
             for seed, model in zip(config.train.seeds, trained.models, strict=True):
                 model.save(layout.model_file(work_dir, seed))
@@ -339,7 +337,7 @@ def run_job(
         with phases.timed("log"):
             log_child_run(
                 store.client, child, config, summary, cv, curves, trained.models[0], train,
-                trained.stopping(config),
+                stopping,
             )  # fmt: skip
             # The figure, and every epoch of every seed (MLflow's curves are sampled from it).
             for artifact in (layout.LEARNING_CURVE_FILE, layout.HISTORY_FILE):
@@ -360,7 +358,7 @@ def run_job(
                 str(seed): weights_digest(model.get_weights())
                 for seed, model in zip(config.train.seeds, trained.models, strict=True)
             },
-            stopping=trained.stopping(config),
+            stopping=stopping,
         )
         runtime.checkpoint()
         write_result(work_dir, result)

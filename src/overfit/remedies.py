@@ -104,6 +104,9 @@ def run_name(config: Any) -> str:
     return "_".join(name for _, _, name in _parts(config)) or "none"
 
 
+TEST_WATCH_LABEL = "stopped on the test set: optimistic"  # how every report marks those
+
+
 def watched_test(name: str) -> bool:
     """Whether the configuration so named stopped early on the test set (`_test` in its
     name): its test figures are then optimistic."""

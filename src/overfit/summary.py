@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from overfit.artifacts import Evaluation, JobResult
-from overfit.remedies import FAMILIES, watched_test
+from overfit.remedies import FAMILIES, TEST_WATCH_LABEL, watched_test
 from overfit.selection import TIE, candidates, describe, rank
 
 
@@ -86,7 +86,7 @@ def summary_markdown(evaluation: Evaluation, folds: int) -> str:
     return "\n".join(text + lines) + "\n"
 
 
-OPTIMISTIC_MARK = " (stopped on the test set: optimistic)"
+OPTIMISTIC_MARK = f" ({TEST_WATCH_LABEL})"
 
 
 def family_picks(evaluation: Evaluation, has_cv: bool) -> dict[str, str]:
