@@ -205,3 +205,37 @@ def test_saved_dropout_model_predicts_what_the_loop_infers(moons, tmp_path):
     inferred = 1 / (1 + np.exp(-_logits(params, np.asarray(x_te, np.float32)).numpy()[0]))
     predicted = loaded.predict(x_te, verbose=0)[:, 0]
     np.testing.assert_allclose(predicted, inferred, atol=1e-6)
+
+
+# --- jobs handed over as they finish -------------------------------------------------------------
+
+
+def test_every_job_is_handed_over_once_early_stopping_on_cv_after_its_second_pass(project, entry):
+    """`train_together`'s `ready` gets each job once, as trained; a job stopping early on cv
+    only once its final models have trained for the epochs its folds chose."""
+    import dataclasses
+
+    from overfit import config as config_entry
+    from overfit import prepare
+    from overfit.config import load_params
+    from overfit.job import Phases, train_together
+
+    root, _ = project
+    small = ["model.hidden_units=8", "train.epochs=30", "train.seeds=[1,2]", "select.folds=2"]
+    assert entry(config_entry.main, root, *small, "data.fresh_samples=200")[0] == 0
+    for stage in ("generate", "split"):
+        assert entry(prepare.main, root, stage)[0] == 0
+    plain = load_params(root)
+    watch = dataclasses.replace(plain.train.early_stopping, watch="cv", patience=3)
+    on_cv = dataclasses.replace(plain, train=dataclasses.replace(plain.train, early_stopping=watch))
+    handed = []
+
+    def ready(index, trained):
+        assert all(h.epochs > 0 for h in trained.histories)
+        handed.append((index, trained))
+
+    jobs = train_together(root, [on_cv, plain, on_cv], Phases(), ready)
+    assert sorted(i for i, _ in handed) == [0, 1, 2]
+    assert all(trained is jobs[i] for i, trained in handed)
+    assert jobs[0].final_epochs is not None and jobs[1].final_epochs is None
+    assert [h.epochs for h in jobs[0].histories] == [jobs[0].final_epochs] * 2

@@ -197,6 +197,30 @@ def test_a_fold_learns_its_rows_only_and_is_scored_on_the_held_out_ones(moons):
     assert fold.final["val_crossentropy"] == pytest.approx(held["loss"] - penalty, abs=1e-4)
 
 
+def test_each_stack_reports_its_models_and_folds_as_it_finishes(moons):
+    """`done` hands over every trained model and fold once, with the history returned at the
+    end and the model's weights already written back; an untrained model is not handed over."""
+    x_tr, y_tr, x_te, y_te = moons
+    models = [build_model(8, "none", 0.0, "hidden", 0.001, seed) for seed in range(1, 6)]
+    folds = [Fold(i, HELD_OUT, epochs=5) for i in range(5)] + [Fold(0, ~HELD_OUT, epochs=5)]
+    handed: tuple[dict, dict] = ({}, {})
+
+    def done(model_histories, fold_histories):
+        for seen, new in zip(handed, (model_histories, fold_histories), strict=True):
+            assert not set(seen) & set(new)
+            seen.update(new)
+        for i in model_histories:
+            assert int(models[i].optimizer.iterations.numpy()) == 5
+
+    histories, fold_histories = train_with_folds(
+        models, folds, x_tr, y_tr, x_te, y_te, [5, 5, 0, 5, 5], stack_size=4, done=done
+    )
+    assert sorted(handed[0]) == [0, 1, 3, 4]
+    assert sorted(handed[1]) == list(range(6))
+    assert all(handed[0][i] is histories[i] for i in handed[0])
+    assert all(handed[1][i] is fold_histories[i] for i in handed[1])
+
+
 @pytest.mark.parametrize("rows", [np.zeros(30, bool), np.ones(30, bool), np.ones(29, bool)])
 def test_a_fold_must_hold_out_some_but_not_all_training_rows(moons, rows):
     model = build_model(8, "none", 0.0, "hidden", 0.001, seed=1)

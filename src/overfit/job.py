@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,88 +171,165 @@ def cv_epochs(fold_histories: Sequence[Any], restore_best_weights: bool) -> int:
     return max(1, int(np.floor(np.median(counts) + 0.5)))
 
 
-def train_together(root: Path, configs: Sequence[Config], phases: Phases) -> list[Trained]:
+def train_together(
+    root: Path,
+    configs: Sequence[Config],
+    phases: Phases,
+    ready: Callable[[int, Trained], None] | None = None,
+) -> list[Trained]:
     """Every job's models, and its cross-validation folds, trained in one compiled call per
     group sharing data and shape.
 
     A model's result does not depend on what it is stacked with, so each job gets exactly
-    what it would have trained alone.
+    what it would have trained alone. `ready(index, trained)`, if given, is called as each
+    job's models and folds finish, while the other jobs' train on.
     """
-    from overfit.trainer import Fold, train_with_folds
+    trained: dict[int, Trained] = {}
+    handed_over = Phases()  # the time `ready` took: its own phases count it, not training's
 
-    trained: list[Trained | None] = [None] * len(configs)
+    def finish(index: int, job: Trained) -> None:
+        trained[index] = job
+        if ready is not None:
+            with handed_over.timed("ready"):
+                ready(index, job)
+
     for (data, _), members in stack_groups(configs).items():
         train, test = load_train_test(root, data)
-        with phases.timed("build"):
-            per_job = [build_models(configs[i]) for i in members]
-        # Early stopping on cv: the final models wait (0 epochs) until their folds have said
-        # how long to train; the folds start from their initial state meanwhile.
-        on_cv = [configs[i].train.early_stopping.watch == "cv" for i in members]
-        models, epochs, stopping, cv_folds, first = [], [], [], [], []
-        for index, job_models, later in zip(members, per_job, on_cv, strict=True):
-            config = configs[index]
-            first.append(len(models))
-            seeds = list(config.train.seeds)
-            rule = stopping_rule(config)
-            for i, rows in enumerate(held_out_rows(train, config)):
-                start = len(models) + seeds.index(fold_seed(seeds, i))
-                cv_folds.append(Fold(start, rows, rule, i + 1, config.train.epochs))
-            models += job_models
-            epochs += [0 if later else config.train.epochs] * len(job_models)
-            stopping += [None if later else rule] * len(job_models)
-        runtime.checkpoint()
-        with phases.timed("train"):
-            histories, fold_histories = train_with_folds(
-                models, cv_folds, train.x, train.y, test.x, test.y, epochs,
-                runtime.checkpoint, stopping,
-            )  # fmt: skip
-        by_start = iter(fold_histories)
-        jobs = []
-        for index, job_models, offset in zip(members, per_job, first, strict=True):
-            mine = histories[offset : offset + len(job_models)]
-            count = configs[index].select.folds
-            jobs.append(Trained(job_models, mine, [next(by_start) for _ in range(count)]))
-        waiting = [j for j, later in enumerate(on_cv) if later]
-        if waiting:
-            jobs = _train_final_models(jobs, [configs[members[j]] for j in waiting], waiting,
-                                       train, test, phases)  # fmt: skip
-        for index, job in zip(members, jobs, strict=True):
-            trained[index] = job
-    return [t for t in trained if t is not None]
+        _train_jobs(
+            [configs[i] for i in members], train, test, phases,
+            lambda j, job, members=members: finish(members[j], job),
+        )  # fmt: skip
+    phases["train"] = round(phases.get("train", 0.0) - handed_over.get("ready", 0.0), 3)
+    return [trained[i] for i in range(len(configs))]
 
 
-def _train_final_models(
-    jobs: list[Trained],
+def _train_jobs(
     configs: Sequence[Config],
-    waiting: Sequence[int],
     train: Points,
     test: Points,
     phases: Phases,
+    finish: Callable[[int, Trained], None],
+) -> None:
+    """Jobs sharing data and shape, stacked; `finish(j, trained)` as job j's stacks end."""
+    from overfit.trainer import Fold, train_with_folds
+
+    with phases.timed("build"):
+        per_job = [build_models(config) for config in configs]
+    # Early stopping on cv: the final models wait (0 epochs) until their folds have said how
+    # long to train; the folds start from their initial state meanwhile.
+    waiting = {j for j, c in enumerate(configs) if c.train.early_stopping.watch == "cv"}
+    models, epochs, stopping, cv_folds, first = [], [], [], [], []
+    for j, (config, job_models) in enumerate(zip(configs, per_job, strict=True)):
+        first.append(len(models))
+        seeds = list(config.train.seeds)
+        rule = stopping_rule(config)
+        for i, rows in enumerate(held_out_rows(train, config)):
+            start = len(models) + seeds.index(fold_seed(seeds, i))
+            cv_folds.append(Fold(start, rows, rule, i + 1, config.train.epochs))
+        models += job_models
+        epochs += [0 if j in waiting else config.train.epochs] * len(job_models)
+        stopping += [None if j in waiting else rule] * len(job_models)
+    progress = _Progress(per_job, first, [config.select.folds for config in configs])
+
+    def done(model_histories: dict[int, Any], fold_histories: dict[int, Any]) -> None:
+        for j in progress.record(model_histories, fold_histories, folds_only=waiting):
+            if j not in waiting:
+                finish(j, progress.trained(j))
+        # Early stopping on cv, second pass, as soon as every waiting job's folds are in.
+        if waiting and all(progress.folds_done(j) for j in waiting):
+            order = sorted(waiting)
+            waiting.clear()
+            jobs = [progress.trained(j) for j in order]
+            finals = _train_final_models(jobs, [configs[j] for j in order], train, test)
+            for j, job in zip(order, finals, strict=True):
+                finish(j, job)
+
+    runtime.checkpoint()
+    with phases.timed("train"):
+        train_with_folds(
+            models, cv_folds, train.x, train.y, test.x, test.y, epochs, runtime.checkpoint,
+            stopping, done=done,
+        )  # fmt: skip
+
+
+class _Progress:
+    """Which jobs of a stack group have all their models and folds trained."""
+
+    def __init__(
+        self, per_job: Sequence[list[Any]], first: Sequence[int], fold_counts: Sequence[int]
+    ) -> None:
+        self.per_job = per_job
+        self.fold_counts = fold_counts
+        self.histories: list[dict[int, Any]] = [{} for _ in per_job]
+        self.folds: list[dict[int, Any]] = [{} for _ in per_job]
+        # Model index -> (job, seed position); fold index -> (job, fold position).
+        self.model_of = {
+            first[j] + k: (j, k) for j, models in enumerate(per_job) for k in range(len(models))
+        }
+        fold_first = np.cumsum([0, *fold_counts])
+        self.fold_of = {
+            int(fold_first[j]) + k: (j, k) for j, n in enumerate(fold_counts) for k in range(n)
+        }
+
+    def folds_done(self, j: int) -> bool:
+        return len(self.folds[j]) == self.fold_counts[j]
+
+    def record(
+        self,
+        model_histories: Mapping[int, Any],
+        fold_histories: Mapping[int, Any],
+        folds_only: Set[int],
+    ) -> list[int]:
+        """Record a finished stack; return the jobs it completed (for jobs in `folds_only`,
+        whose models wait for a second pass: their folds)."""
+        touched = set()
+        for i, history in model_histories.items():
+            j, k = self.model_of[i]
+            self.histories[j][k] = history
+            touched.add(j)
+        for i, history in fold_histories.items():
+            j, k = self.fold_of[i]
+            self.folds[j][k] = history
+            touched.add(j)
+        complete = [
+            j
+            for j in touched
+            if self.folds_done(j)
+            and (j in folds_only or len(self.histories[j]) == len(self.per_job[j]))
+        ]
+        return sorted(complete)
+
+    def trained(self, j: int) -> Trained:
+        histories = [self.histories[j].get(k) for k in range(len(self.per_job[j]))]
+        folds = [self.folds[j][k] for k in range(self.fold_counts[j])]
+        return Trained(self.per_job[j], histories, folds)
+
+
+def _train_final_models(
+    jobs: list[Trained], configs: Sequence[Config], train: Points, test: Points
 ) -> list[Trained]:
-    """Early stopping on cv, second pass: each waiting job's models train, on every training
-    row, for the epochs its folds chose (`cv_epochs`)."""
+    """Early stopping on cv, second pass: each job's models train, on every training row, for
+    the epochs its folds chose (`cv_epochs`)."""
     from overfit.trainer import MAX_GROUP, train_with_folds
 
     models, epochs, counts = [], [], []
-    for j, config in zip(waiting, configs, strict=True):
+    for job, config in zip(jobs, configs, strict=True):
         restore = config.train.early_stopping.restore_best_weights
-        counts.append(cv_epochs(jobs[j].fold_histories, restore))
-        models += jobs[j].models
-        epochs += [counts[-1]] * len(jobs[j].models)
+        counts.append(cv_epochs(job.fold_histories, restore))
+        models += job.models
+        epochs += [counts[-1]] * len(job.models)
     runtime.checkpoint()
     # More than half a stack: one full stack, on the loop the first pass compiled for it.
     full = MAX_GROUP if len(models) > MAX_GROUP // 2 else None
-    with phases.timed("train"):
-        histories, _ = train_with_folds(
-            models, [], train.x, train.y, test.x, test.y, epochs, runtime.checkpoint,
-            stack_size=full,
-        )  # fmt: skip
-    done = list(jobs)
+    histories, _ = train_with_folds(
+        models, [], train.x, train.y, test.x, test.y, epochs, runtime.checkpoint,
+        stack_size=full,
+    )  # fmt: skip
     by_model = iter(histories)
-    for j, count in zip(waiting, counts, strict=True):
-        mine = [next(by_model) for _ in jobs[j].models]
-        done[j] = dataclasses.replace(jobs[j], histories=mine, final_epochs=count)
-    return done
+    return [
+        dataclasses.replace(job, histories=[next(by_model) for _ in job.models], final_epochs=n)
+        for job, n in zip(jobs, counts, strict=True)
+    ]
 
 
 def summarize(seeds: Sequence[int], finals: Sequence[Mapping[str, float]]) -> dict[str, Any]:
@@ -293,6 +370,19 @@ def mean_curves(histories: Sequence[Any]) -> dict[str, np.ndarray]:
 # --- one job ---------------------------------------------------------------------------------
 
 
+def save_job(work_dir: Path, config: Config, trained: Trained, phases: Phases) -> None:
+    """A trained job's files in its folder: every seed's model, every epoch of every seed
+    (history.csv) and the learning-curve figure."""
+    with phases.timed("save"):
+        for seed, model in zip(config.train.seeds, trained.models, strict=True):
+            model.save(layout.model_file(work_dir, seed))
+        write_history(work_dir, config.train.seeds, [named_curves(h) for h in trained.histories])
+    runtime.checkpoint()
+    with phases.timed("plot"):
+        figure = figures.learning_curve_figure(mean_curves(trained.histories), run_name(config))
+        write_bytes(work_dir / layout.LEARNING_CURVE_FILE, figures.png_bytes(figure))
+
+
 def run_job(
     root: Path,
     config: Config,
@@ -300,12 +390,14 @@ def run_job(
     tags: Mapping[str, str],
     work_dir: Path,
     trained: Trained | None = None,
+    saved: Phases | None = None,
 ) -> JobResult:
-    """Train (unless `trained` is given), save, draw and log one configuration as a child run
-    of `config.tracking.parent_run_id`; then move `work_dir` to models/<run>/."""
+    """Train (unless `trained` is given), save (unless `saved`, the phases of a `save_job`
+    already done in `work_dir`), and log one configuration as a child run of
+    `config.tracking.parent_run_id`; then move `work_dir` to models/<run>/."""
     started = time.perf_counter()
     name = run_name(config)
-    phases = Phases()
+    phases = Phases(saved or {})
     tags = {"overfit.run": name, "overfit.sweep": config.sweep.name, **tags}
     if config.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = config.tracking.parent_run_id
@@ -322,18 +414,10 @@ def run_job(
         summary = summarize(config.train.seeds, [h.final for h in trained.histories])
         cv = trained.cv(config.train.seeds, held_out_rows(train, config))
         stopping = trained.stopping(config)
-        with phases.timed("save"):
-            for seed, model in zip(config.train.seeds, trained.models, strict=True):
-                model.save(layout.model_file(work_dir, seed))
-            write_history(
-                work_dir, config.train.seeds, [named_curves(h) for h in trained.histories]
-            )
+        if saved is None:
+            save_job(work_dir, config, trained, phases)
         runtime.checkpoint()
         curves = mean_curves(trained.histories)
-        with phases.timed("plot"):
-            figure = figures.learning_curve_figure(curves, title=name)
-            write_bytes(work_dir / layout.LEARNING_CURVE_FILE, figures.png_bytes(figure))
-        runtime.checkpoint()
         with phases.timed("log"):
             log_child_run(
                 store.client, child, config, summary, cv, curves, trained.models[0], train,

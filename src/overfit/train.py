@@ -39,9 +39,11 @@ from overfit.config import (
 from overfit.data import DataError, load_train_test
 from overfit.job import (
     Phases,
+    Trained,
     TrainingDiverged,
     hydra_task,
     run_job,
+    save_job,
     train_together,
     write_job_config,
 )
@@ -165,7 +167,7 @@ def run_sweep(
         if not finished:  # the record is written last thing before the parent run ends
             (root / layout.SWEEP_RECORD).unlink(missing_ok=True)
         (root / layout.PARAMS_SNAPSHOT).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # left only if a job was interrupted
+        with contextlib.suppress(OSError):  # not empty if a launched job was stopped
             (root / layout.PARTIAL_DIR).rmdir()
 
 
@@ -237,27 +239,45 @@ def run_stacked(
     tags: dict[str, str],
     phases: Phases,
 ) -> list[JobResult]:
-    """Every job's models trained together in this process, then each job saved and logged."""
+    """Every job's models trained together in this process, each job's files saved as soon as
+    its models are trained (while the others train on), then each job logged."""
     with phases.timed("import"):
         import overfit.trainer  # noqa: F401  (TensorFlow and Keras)
     configs = [job.config for job in jobs]
-    trained = train_together(root, configs, phases)
-    count = sum(len(t.models) for t in trained)
-    print(f"trained {count} models stacked in {phases['train']:.1f} s", flush=True)
-    # A job whose loss became NaN fails first, before any other job is logged.
-    order = sorted(
-        range(len(jobs)), key=lambda i: trained[i].divergence(configs[i].train.seeds) is None
-    )
-    results = []
-    for i in order:
-        job, name = jobs[i], run_name(configs[i])
-        tracking_config = dataclasses.replace(job.config.tracking, parent_run_id=parent)
-        config = dataclasses.replace(job.config, tracking=tracking_config)
-        work_dir = layout.partial_run_dir(root, name)
-        shutil.rmtree(work_dir, ignore_errors=True)  # an interrupted run's leftovers
-        write_job_config(work_dir, job.yaml, job.overrides)
-        results.append(run_job(root, config, store, tags, work_dir, trained[i]))
-    return results
+    work_dirs = [layout.partial_run_dir(root, run_name(config)) for config in configs]
+    saved: dict[int, Phases] = {}
+
+    def start_folder(i: int) -> None:
+        shutil.rmtree(work_dirs[i], ignore_errors=True)  # an interrupted run's leftovers
+        write_job_config(work_dirs[i], jobs[i].yaml, jobs[i].overrides)
+
+    def save(i: int, trained: Trained) -> None:
+        if trained.divergence(configs[i].train.seeds) is None:  # a diverged job saves nothing
+            start_folder(i)
+            saved[i] = Phases()
+            save_job(work_dirs[i], configs[i], trained, saved[i])
+
+    try:
+        trained = train_together(root, configs, phases, ready=save)
+        count = sum(len(t.models) for t in trained)
+        print(f"trained {count} models stacked in {phases['train']:.1f} s", flush=True)
+        # A job whose loss became NaN fails first, before any other job is logged.
+        order = sorted(
+            range(len(jobs)), key=lambda i: trained[i].divergence(configs[i].train.seeds) is None
+        )
+        results = []
+        for i in order:
+            tracking_config = dataclasses.replace(jobs[i].config.tracking, parent_run_id=parent)
+            config = dataclasses.replace(jobs[i].config, tracking=tracking_config)
+            if i not in saved:
+                start_folder(i)
+            results.append(
+                run_job(root, config, store, tags, work_dirs[i], trained[i], saved.get(i))
+            )
+        return results
+    finally:  # the folders of jobs not published (the sweep stopped or failed)
+        for work_dir in work_dirs:
+            shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def launch_hydra(root: Path, overrides: list[str]) -> None:
