@@ -21,6 +21,11 @@ in one run, not figures taken on different days):
 
 Prints a table and writes the figures to benchmarks/results.json. Nothing here asserts a
 target: it reports, it cannot fail CI.
+
+    .venv/bin/python benchmarks/bench.py --against REV --pipeline-reps 4
+
+times only `dvc repro` of the default pipeline, in clean copies of this checkout and of git
+revision REV by turns: what a change did, as a ratio of figures taken side by side.
 """
 
 from __future__ import annotations
@@ -118,14 +123,22 @@ def dropout_against_fit(rate: float, seeds: int, epochs: int) -> dict[str, float
     }
 
 
-def copy_project(dest: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.splitlines()
+def copy_project(dest: Path, revision: str | None = None) -> None:
+    """A clean copy of this checkout (or of a git revision of it) in `dest`, its own repo."""
+    if revision is not None:
+        archive = subprocess.run(
+            ["git", "archive", revision], cwd=ROOT, check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        files = []
+    else:
+        files = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.splitlines()
     for name in files:
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +168,9 @@ def copy_project(dest: Path) -> None:
 
 
 def dvc(cwd: Path, *args: str) -> float:
+    """Seconds `dvc *args` takes in `cwd`, whose own src/ (not this checkout's) is imported."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env["PYTHONPATH"] = str(cwd / "src")
     env.pop("DVC_ROOT", None)
     start = time.perf_counter()
     subprocess.run(["dvc", *args], cwd=cwd, env=env, check=True, capture_output=True)
@@ -217,6 +232,20 @@ def pipeline(reps: int) -> dict[str, float]:
     }
 
 
+def against(revision: str, reps: int) -> dict[str, float | str]:
+    """`dvc repro` of the default pipeline in clean copies of this checkout and of `revision`,
+    by turns: the change's effect as a ratio of figures taken side by side."""
+    times: dict[str, list[float]] = {"this": [], "other": []}
+    for rep in range(reps):
+        for who in ("this", "other") if rep % 2 == 0 else ("other", "this"):
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = Path(tmp)
+                copy_project(copy, revision if who == "other" else None)
+                times[who].append(dvc(copy, "repro"))
+    this, other = (statistics.median(times[w]) for w in ("this", "other"))
+    return {"against": revision, "against_repro_s": other, "this_repro_s": this}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3, help="repetitions per figure")
@@ -224,7 +253,21 @@ def main() -> None:
     parser.add_argument("--pipeline-reps", type=int, default=3, help="full dvc repro runs")
     parser.add_argument("--dropout-seeds", type=int, default=5, help="seeds of the dropout check")
     parser.add_argument("--dropout-epochs", type=int, default=1000, help="its epochs")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="only time `dvc repro` here and at git revision REV, by turns (--pipeline-reps each)",
+    )
     args = parser.parse_args()
+    if args.against:
+        figures = against(args.against, args.pipeline_reps)
+        ratio = figures["this_repro_s"] / figures["against_repro_s"]
+        print(
+            f"dvc repro, default pipeline, clean copies, medians of {args.pipeline_reps}: "
+            f"{figures['this_repro_s']:.1f} s here, {figures['against_repro_s']:.1f} s at "
+            f"{args.against} ({ratio:.2f}x)"
+        )
+        return
 
     figures: dict[str, float | int | str] = {
         "cores": os.cpu_count() or 0,

@@ -47,7 +47,8 @@ MOMENTS = [
     (figures, "png_bytes", 1),
     (tracking, "log_values", 2),
     (tracking, "log_metric_histories", 1),
-    (tracking, "log_keras_model", 1),
+    (tracking, "save_keras_flavor", 1),
+    (tracking, "log_keras_flavor", 1),
     (job, "write_result", 1),
     (job, "publish", 1),
     (tracking, "end_run", 1),  # the first child run is ending

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
@@ -171,6 +171,27 @@ def cv_epochs(fold_histories: Sequence[Any], restore_best_weights: bool) -> int:
     return max(1, int(np.floor(np.median(counts) + 0.5)))
 
 
+def compile_ahead(root: Path, configs: Sequence[Config]) -> None:
+    """Start compiling, each on a thread of its own, the loops `train_together` will run for
+    these jobs (with and without dropout, per stack group), so that XLA's compilation (~3 s
+    each) overlaps opening the MLflow store and building the models."""
+    from overfit.trainer import compile_ahead as compile_loop
+
+    for (data, hidden_units), members in stack_groups(configs).items():
+        jobs = [configs[i] for i in members]
+        train, test = load_train_test(root, data)
+        # Early stopping on cv: the final models train in a second pass (one stack).
+        first_pass = [
+            0 if c.train.early_stopping.watch == "cv" else len(c.train.seeds) for c in jobs
+        ]
+        count = sum(first_pass) + sum(c.select.folds for c in jobs)
+        folds = any(c.select.folds for c in jobs)
+        epochs = max(c.train.epochs for c in jobs)
+        for dropout in sorted({c.model.dropout > 0 for c in jobs}):
+            shape = (count, hidden_units, len(train), len(test), folds, epochs, dropout)
+            threading.Thread(target=compile_loop, args=shape, daemon=True).start()
+
+
 def train_together(
     root: Path,
     configs: Sequence[Config],
@@ -319,11 +340,12 @@ def _train_final_models(
         models += job.models
         epochs += [counts[-1]] * len(job.models)
     runtime.checkpoint()
-    # More than half a stack: one full stack, on the loop the first pass compiled for it.
+    # More than half a stack: one full stack, laid out as the first pass's stacks, so that it
+    # reuses their compiled loop when it trains as many epochs.
     full = MAX_GROUP if len(models) > MAX_GROUP // 2 else None
     histories, _ = train_with_folds(
         models, [], train.x, train.y, test.x, test.y, epochs, runtime.checkpoint,
-        stack_size=full,
+        stack_size=full, with_training_rows=True,
     )  # fmt: skip
     by_model = iter(histories)
     return [
@@ -370,17 +392,22 @@ def mean_curves(histories: Sequence[Any]) -> dict[str, np.ndarray]:
 # --- one job ---------------------------------------------------------------------------------
 
 
-def save_job(work_dir: Path, config: Config, trained: Trained, phases: Phases) -> None:
+def save_job(
+    work_dir: Path, config: Config, trained: Trained, phases: Phases, train: Points
+) -> None:
     """A trained job's files in its folder: every seed's model, every epoch of every seed
-    (history.csv) and the learning-curve figure."""
+    (history.csv) and the learning-curve figure; and the first seed's model in MLflow's
+    flavor, for `run_job` to log (its input example: the first training rows)."""
     with phases.timed("save"):
         for seed, model in zip(config.train.seeds, trained.models, strict=True):
             model.save(layout.model_file(work_dir, seed))
         write_history(work_dir, config.train.seeds, [named_curves(h) for h in trained.histories])
+        flavor = work_dir / layout.MLFLOW_MODEL_DIR
+        tracking.save_keras_flavor(trained.models[0], train.x[:5], flavor)
     runtime.checkpoint()
     with phases.timed("plot"):
-        figure = figures.learning_curve_figure(mean_curves(trained.histories), run_name(config))
-        write_bytes(work_dir / layout.LEARNING_CURVE_FILE, figures.png_bytes(figure))
+        png = figures.learning_curves().png(mean_curves(trained.histories), run_name(config))
+        write_bytes(work_dir / layout.LEARNING_CURVE_FILE, png)
 
 
 def run_job(
@@ -415,14 +442,14 @@ def run_job(
         cv = trained.cv(config.train.seeds, held_out_rows(train, config))
         stopping = trained.stopping(config)
         if saved is None:
-            save_job(work_dir, config, trained, phases)
+            save_job(work_dir, config, trained, phases, train)
         runtime.checkpoint()
         curves = mean_curves(trained.histories)
         with phases.timed("log"):
-            log_child_run(
-                store.client, child, config, summary, cv, curves, trained.models[0], train,
-                stopping,
-            )  # fmt: skip
+            log_child_run(store.client, child, config, summary, cv, curves, stopping)
+            flavor = work_dir / layout.MLFLOW_MODEL_DIR
+            tracking.log_keras_flavor(store.client, child, flavor)
+            shutil.rmtree(flavor)
             # The figure, and every epoch of every seed (MLflow's curves are sampled from it).
             for artifact in (layout.LEARNING_CURVE_FILE, layout.HISTORY_FILE):
                 store.client.log_artifact(child, str(work_dir / artifact))
@@ -464,11 +491,9 @@ def log_child_run(
     summary: Mapping[str, Any],
     cv: Mapping[str, Any] | None,
     curves: Mapping[str, np.ndarray],
-    model: Any,
-    train: Points,
     stopping: Mapping[str, Any] | None = None,
 ) -> None:
-    """Params, final metrics (with cross-validation's), sampled per-epoch curves, the model."""
+    """Params, final metrics (with cross-validation's), sampled per-epoch curves."""
     later = ("gate", "registry")  # settings of the stages after this one
     params = tracking.flatten({k: v for k, v in config.to_dict().items() if k not in later})
     params.pop("tracking.parent_run_id", None)
@@ -489,8 +514,6 @@ def log_child_run(
         tags["overfit.optimistic"] = "early stopping watched the test set"
     tracking.log_values(mlflow, run_id, params=params, metrics=metrics, tags=tags)
     tracking.log_metric_histories(mlflow, run_id, curves, config.tracking.history_every)
-    with tempfile.TemporaryDirectory() as tmp:
-        tracking.log_keras_model(mlflow, run_id, model, train.x[:5], Path(tmp) / "model")
 
 
 def publish(staging: Path, final: Path) -> None:

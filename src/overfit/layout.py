@@ -38,6 +38,8 @@ PARAMS_SNAPSHOT = PARTIAL_DIR / "params.yaml"
 RESULT_FILE = "result.json"
 HISTORY_FILE = "history.csv"
 LEARNING_CURVE_FILE = "learning_curve.png"
+# The first seed's model in MLflow's Keras flavor, staged until it is logged (not kept).
+MLFLOW_MODEL_DIR = "mlflow_model"
 # Where Hydra keeps a job's resolved configuration and overrides.
 HYDRA_DIR = ".hydra"
 JOB_CONFIG = f"{HYDRA_DIR}/config.yaml"

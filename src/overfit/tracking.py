@@ -487,10 +487,9 @@ def process_tags() -> dict[str, str]:
     return {"overfit.pid": str(os.getpid()), "overfit.host": os.uname().nodename}
 
 
-def log_keras_model(
-    mlflow_client: Any, run_id: str, model: Any, input_example: Any, scratch: Path
-) -> None:
-    """The model in MLflow's Keras flavor, with a signature and an input example, as `model/`.
+def save_keras_flavor(model: Any, input_example: Any, folder: Path) -> None:
+    """The model in MLflow's Keras flavor, with a signature and an input example, in `folder`
+    (which `log_keras_flavor` then logs as the run's `model/`).
 
     `mlflow.keras.log_model(..., input_example=...)` fails (mlflow/mlflow#16183); saving the
     flavor into a folder and logging that folder gives the same artifact. Requirements are
@@ -505,15 +504,19 @@ def log_keras_model(
     example = np.asarray(input_example, dtype=np.float32)
     signature = infer_signature(example, np.asarray(model(example)))
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("keras", _tf_dist())]
-    scratch.mkdir(parents=True, exist_ok=True)  # the example is written before the folder is made
+    folder.mkdir(parents=True, exist_ok=True)  # the example is written before the folder is made
     mlflow.keras.save_model(
         model,
-        str(scratch),
+        str(folder),
         signature=signature,
         input_example=example,
         pip_requirements=pins,
     )
-    mlflow_client.log_artifacts(run_id, str(scratch), "model")
+
+
+def log_keras_flavor(mlflow_client: Any, run_id: str, folder: Path) -> None:
+    """A model `save_keras_flavor` saved in `folder`, as the run's `model/`."""
+    mlflow_client.log_artifacts(run_id, str(folder), "model")
 
 
 def _tf_dist() -> str:

@@ -41,6 +41,7 @@ from overfit.job import (
     Phases,
     Trained,
     TrainingDiverged,
+    compile_ahead,
     hydra_task,
     run_job,
     save_job,
@@ -137,8 +138,12 @@ def train(root: Path, args: Sequence[str]) -> None:
     except ConfigError as error:
         exit_on_config_error(error)
     runtime.checkpoint()
+    phases = Phases()
+    if not uses_hydra_launcher(multiruns[0]):
+        with phases.timed("import"):  # TensorFlow and Keras; XLA then compiles meanwhile
+            compile_ahead(root, [job.config for job in jobs])
     try:
-        run_sweep(root, jobs, multiruns, sweep_name, params_text)
+        run_sweep(root, jobs, multiruns, sweep_name, params_text, phases)
     except (tracking.StoreError, TrainingDiverged) as error:
         fail(error)
 
@@ -149,8 +154,10 @@ def run_sweep(
     multiruns: list[list[str]],
     sweep_name: str,
     params_text: str,
+    phases: Phases,
 ) -> None:
-    """One parent MLflow run around the jobs; the sweep's table and record at the end."""
+    """One parent MLflow run around the jobs; the sweep's table and record at the end.
+    `phases` collects where the stage's time goes."""
     # A sweep that does not finish leaves no record: DVC then runs this stage again.
     (root / layout.SWEEP_RECORD).unlink(missing_ok=True)
     store = tracking.open_store(root, jobs[0].config.tracking)
@@ -158,7 +165,7 @@ def run_sweep(
         print(f"marked run {orphan} FAILED: the process that ran it is gone")
     finished = False
     try:
-        run_under_parent(root, jobs, multiruns, sweep_name, store, params_text)
+        run_under_parent(root, jobs, multiruns, sweep_name, store, params_text, phases)
         finished = True
     except (runtime.Interrupted, KeyboardInterrupt):
         tracking.kill_own_runs(store.client, store.experiment_id)
@@ -178,6 +185,7 @@ def run_under_parent(
     sweep_name: str,
     store: tracking.Store,
     params_text: str,
+    phases: Phases,
 ) -> None:
     configs = [job.config for job in jobs]
     names = [run_name(c) for c in configs]
@@ -202,7 +210,6 @@ def run_under_parent(
             f"MLflow parent run {parent}",
             flush=True,
         )
-        phases = Phases()
         runtime.checkpoint()
         if uses_hydra_launcher(multiruns[0]):
             for name in names:  # an interrupted run's leftovers
@@ -241,8 +248,6 @@ def run_stacked(
 ) -> list[JobResult]:
     """Every job's models trained together in this process, each job's files saved as soon as
     its models are trained (while the others train on), then each job logged."""
-    with phases.timed("import"):
-        import overfit.trainer  # noqa: F401  (TensorFlow and Keras)
     configs = [job.config for job in jobs]
     work_dirs = [layout.partial_run_dir(root, run_name(config)) for config in configs]
     saved: dict[int, Phases] = {}
@@ -255,7 +260,8 @@ def run_stacked(
         if trained.divergence(configs[i].train.seeds) is None:  # a diverged job saves nothing
             start_folder(i)
             saved[i] = Phases()
-            save_job(work_dirs[i], configs[i], trained, saved[i])
+            train_rows = load_train_test(root, configs[i].data)[0]
+            save_job(work_dirs[i], configs[i], trained, saved[i], train_rows)
 
     try:
         trained = train_together(root, configs, phases, ready=save)

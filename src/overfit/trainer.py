@@ -706,6 +706,7 @@ def train_with_folds(
     stopping: Sequence[Stopping | None] | None = None,
     stack_size: int | None = None,
     done: Callable[[dict[int, History], dict[int, History]], None] | None = None,
+    with_training_rows: bool = False,
 ) -> tuple[list[History], list[History]]:
     """`train_stacked` for `models`, with cross-validation models trained in the same stacks.
 
@@ -718,8 +719,10 @@ def train_with_folds(
     their held-out rows; `final["val_crossentropy"]` is that loss without the penalty). A fold
     trains as many epochs as the model it starts from may, unless it says otherwise. A model
     given 0 epochs is not trained (its folds still start from it); its history is empty.
-    `stack_size` pads every stack to that many models, so that this call reuses the loop an
-    earlier call compiled for that size (each new size costs a compilation, ~3 s).
+    `stack_size` pads every stack to that many models, and `with_training_rows` lays out the
+    validation rows as a call with folds does even without folds (the models' results are the
+    same), so that this call reuses the loop an earlier call compiled for that shape (each
+    new shape, or number of epochs, costs a compilation, ~3 s).
 
     `done(models, folds)`, if given, is called in this thread each time a stack finishes, with
     the histories of the models and folds it trained (by index; a model's weights are then
@@ -737,7 +740,7 @@ def train_with_folds(
     y_train, y_test = np.ravel(y_train), np.ravel(y_test)
     starts = [_start(model) for model in models]
     every_train_row = np.ones(len(x_train), bool)
-    if folds:
+    if folds or with_training_rows:
         x_val, y_val = np.concatenate([x_test, x_train]), np.concatenate([y_test, y_train])
         test_rows = np.concatenate([np.ones(len(x_test), bool), ~every_train_row])
     else:  # validation on the test rows alone: no row that no model uses
@@ -766,11 +769,7 @@ def train_with_folds(
     untrained_history = History({name: np.zeros(0, np.float32) for name in METRICS}, {})
     if count == 0:  # no folds either: a fold trains at least one epoch
         return [untrained_history] * len(models), []
-    workers = min(parallel_groups(), count)
-    n_groups = max(workers, -(-count // MAX_GROUP))
-    size = -(-count // n_groups)  # equal sizes: one compiled shape for every group
-    if stack_size is not None and stack_size >= size:
-        size, workers = stack_size, min(workers, -(-count // stack_size))
+    size, workers = _stacking(count, stack_size)
     # Slots that may stop early share stacks, so a stack whose models all stopped ends early.
     owner = list(range(len(models))) + [fold.start for fold in folds]
     order = sorted(
@@ -793,6 +792,52 @@ def train_with_folds(
 
     _run_groups(groups, data, size, workers, checkpoint or (lambda: None), finished)
     return histories[: len(models)], histories[len(models) :]
+
+
+def _stacking(count: int, stack_size: int | None = None) -> tuple[int, int]:
+    """(models per stack, stacks trained at once) for `count` models: equal stacks of at most
+    MAX_GROUP, at least one per core; `stack_size`, if larger, pads every stack to it."""
+    workers = min(parallel_groups(), count)
+    size = -(-count // max(workers, -(-count // MAX_GROUP)))  # one compiled shape for all
+    if stack_size is not None and stack_size >= size:
+        size, workers = stack_size, min(workers, -(-count // stack_size))
+    return size, workers
+
+
+def compile_ahead(
+    count: int,
+    hidden_units: int,
+    train_rows: int,
+    test_rows: int,
+    folds: bool,
+    epochs: int,
+    dropout: bool,
+) -> None:
+    """Compile the loop `train_with_folds` will run for `count` models and folds (stacked as
+    it stacks them) of `hidden_units` units, on `train_rows` and `test_rows`, with or without
+    folds, for at most `epochs` epochs, with or without dropout. XLA compiles once per shape
+    and number of epochs (~3 s): called on another thread, this lets the compilation overlap
+    other work. The loop runs, on zeros, for no epoch."""
+    k, _ = _stacking(count)
+    rows = train_rows + test_rows if folds else test_rows
+
+    def zeros(*shape: int, dtype: tf.DType = tf.float32) -> tf.Tensor:
+        return tf.zeros(shape, dtype)
+
+    def masks(n: int) -> _Rows:
+        return _Rows(zeros(k, n), tf.ones([k]), tf.ones([k]))
+
+    params = (zeros(k, 2, hidden_units), zeros(k, hidden_units), zeros(k, hidden_units), zeros(k))
+    none, ints = zeros(k, dtype=tf.int32), tf.ones([k], tf.int32)
+    remedies = _Remedies(
+        zeros(k), zeros(k), zeros(k, dtype=_U32), none, zeros(k), none, ints,
+        zeros(k, dtype=tf.float64), zeros(k, dtype=tf.bool), none,
+    )  # fmt: skip
+    _train(
+        params, params, params, none, zeros(k, 2), zeros(k, 2), zeros(k),
+        zeros(train_rows, 2), zeros(train_rows), masks(train_rows), zeros(rows, 2), zeros(rows),
+        masks(rows), tf.constant(epochs, tf.int32), remedies, dropout,
+    )  # fmt: skip
 
 
 def _run_groups(
