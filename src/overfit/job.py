@@ -203,7 +203,7 @@ def train_together(
 
     A model's result does not depend on what it is stacked with, so each job gets exactly
     what it would have trained alone. `ready(index, trained)`, if given, is called as each
-    job's models and folds finish, while the other jobs' train on.
+    job's models and folds finish, while the other jobs train on.
     """
     trained: dict[int, Trained] = {}
     handed_over = Phases()  # the time `ready` took: its own phases count it, not training's

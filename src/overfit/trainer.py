@@ -784,11 +784,11 @@ def train_with_folds(
         for i, history in zip(indices, trained, strict=True):
             histories[i] = history
         if done is not None:
-            by_kind: tuple[dict[int, History], dict[int, History]] = ({}, {})
-            for i in indices:
-                fold = i >= len(models)
-                by_kind[fold][i - len(models) * fold] = histories[i]
-            done(*by_kind)
+            n = len(models)
+            done(
+                {i: histories[i] for i in indices if i < n},
+                {i - n: histories[i] for i in indices if i >= n},
+            )
 
     _run_groups(groups, data, size, workers, checkpoint or (lambda: None), finished)
     return histories[: len(models)], histories[len(models) :]
