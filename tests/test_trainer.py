@@ -221,6 +221,22 @@ def test_each_stack_reports_its_models_and_folds_as_it_finishes(moons):
     assert all(handed[1][i] is fold_histories[i] for i in handed[1])
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_compile_ahead_compiles_the_loop_the_stacks_then_run(moons, dropout):
+    """`compile_ahead` traces the very signature `train_with_folds` then calls: no new trace."""
+    from overfit.trainer import _train, compile_ahead
+
+    x_tr, y_tr, x_te, y_te = moons
+    units = 7 if dropout else 6  # widths no other test uses: a signature traced here first
+    before = _train.experimental_get_tracing_count()
+    compile_ahead(6, units, len(x_tr), len(x_te), True, 3, dropout > 0)
+    assert _train.experimental_get_tracing_count() == before + 1
+    models = [build_model(units, seed=seed, dropout=dropout) for seed in (1, 2, 3)]
+    folds = [Fold(i, HELD_OUT) for i in range(3)]
+    train_with_folds(models, folds, x_tr, y_tr, x_te, y_te, 3)
+    assert _train.experimental_get_tracing_count() == before + 1
+
+
 @pytest.mark.parametrize("rows", [np.zeros(30, bool), np.ones(30, bool), np.ones(29, bool)])
 def test_a_fold_must_hold_out_some_but_not_all_training_rows(moons, rows):
     model = build_model(8, "none", 0.0, "hidden", 0.001, seed=1)

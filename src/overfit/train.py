@@ -251,6 +251,7 @@ def run_stacked(
     configs = [job.config for job in jobs]
     work_dirs = [layout.partial_run_dir(root, run_name(config)) for config in configs]
     saved: dict[int, Phases] = {}
+    train_rows = {c.data: load_train_test(root, c.data)[0] for c in configs}  # read once
 
     def start_folder(i: int) -> None:
         shutil.rmtree(work_dirs[i], ignore_errors=True)  # an interrupted run's leftovers
@@ -260,8 +261,7 @@ def run_stacked(
         if trained.divergence(configs[i].train.seeds) is None:  # a diverged job saves nothing
             start_folder(i)
             saved[i] = Phases()
-            train_rows = load_train_test(root, configs[i].data)[0]
-            save_job(work_dirs[i], configs[i], trained, saved[i], train_rows)
+            save_job(work_dirs[i], configs[i], trained, saved[i], train_rows[configs[i].data])
 
     try:
         trained = train_together(root, configs, phases, ready=save)
