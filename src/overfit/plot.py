@@ -22,7 +22,7 @@ from overfit.artifacts import (
 from overfit.config import load_params, project_root
 from overfit.data import DataError, load_train_test
 from overfit.metrics import NEAR_ZERO
-from overfit.runtime import run_stage
+from overfit.runtime import run_stage, skip_final_collection
 from overfit.selection import describe
 from overfit.summary import summary_markdown
 
@@ -107,6 +107,7 @@ def selection_tags(report: Evaluation, sweep: SweepRecord, folds: int) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> None:
+    skip_final_collection()
     if sys.argv[1:] if argv is None else argv:
         print("usage: python -m overfit.plot (no arguments: it reads params.yaml)", file=sys.stderr)
         raise SystemExit(2)

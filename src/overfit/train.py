@@ -91,6 +91,7 @@ def plan(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    runtime.skip_final_collection()
     args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--multirun", "-m")]
     try:
         root = project_root()
