@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +166,32 @@ def test_an_empty_store_file_is_replaced_by_a_whole_store(tmp_path) -> None:
     database.touch()
     tracking.ensure_store(f"sqlite:///{database}")
     assert usable(database)
+
+
+def test_a_process_leaves_the_sqlite_store_whole_in_its_one_file(tmp_path) -> None:
+    """A stage process closes its store's connections at exit, though it skips the final
+    garbage collection that used to close them: the -wal file is folded in, so a copy of
+    mlflow.db alone holds everything logged."""
+    program = """
+import sys
+from overfit import runtime, tracking
+runtime.skip_final_collection()
+client = tracking.client(sys.argv[1])
+experiment = client.create_experiment("whole")
+run = client.create_run(experiment, run_name="logged-before-exit").info.run_id
+client.log_metric(run, "accuracy", 0.914)
+client.set_terminated(run)
+"""
+    database = tmp_path / "mlflow.db"
+    tracking.ensure_store(f"sqlite:///{database}")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    subprocess.run(
+        [sys.executable, "-c", program, f"sqlite:///{database}"], env=env, check=True, timeout=120
+    )
+    assert not list(tmp_path.glob("mlflow.db-*")), "SQLite's -wal or -shm file left beside it"
+    copy = tmp_path / "copy" / "mlflow.db"
+    copy.parent.mkdir()
+    shutil.copy2(database, copy)
+    with sqlite3.connect(copy) as db:
+        logged = db.execute("SELECT key, value FROM metrics").fetchall()
+    assert logged == [("accuracy", 0.914)]

@@ -3,6 +3,7 @@ histories, run status on exit."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -89,6 +90,10 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
 SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=60000")
 
 
+# This process's open SQLite connections, by id (they cannot be weakly referenced).
+_sqlite_connections: dict[int, Any] = {}
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         cursor = dbapi_connection.cursor()
@@ -98,16 +103,34 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         for pragma in SQLITE_PRAGMAS[Path(path).name.endswith(layout.DRAFT_SUFFIX) :]:
             cursor.execute(pragma)
         cursor.close()
+        _sqlite_connections[id(dbapi_connection)] = dbapi_connection
+
+
+def _sqlite_closed(dbapi_connection: Any, _record: Any) -> None:
+    _sqlite_connections.pop(id(dbapi_connection), None)
+
+
+def _close_sqlite_connections() -> None:
+    """At exit, close the connections SQLAlchemy's pool still holds: the last one to close
+    folds the -wal file into the store, which is then whole in its one file (a stage process
+    does not leave them to the interpreter's final collection: runtime.skip_final_collection)."""
+    for connection in list(_sqlite_connections.values()):
+        with contextlib.suppress(Exception):  # already closed, or in use by a dying thread
+            connection.close()
+    _sqlite_connections.clear()
 
 
 def client(uri: str) -> Any:
-    """An MlflowClient; a SQLite store gets WAL mode and a busy timeout on every connection."""
+    """An MlflowClient; a SQLite store gets WAL mode and a busy timeout on every connection,
+    and its connections closed at exit."""
     from mlflow.tracking import MlflowClient
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
     if uri.startswith("sqlite:") and not event.contains(Engine, "connect", _sqlite_pragmas):
         event.listen(Engine, "connect", _sqlite_pragmas)
+        event.listen(Engine, "close", _sqlite_closed)
+        atexit.register(_close_sqlite_connections)
     uri = credentials_to_env(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)  # the registry lives in the store
 
