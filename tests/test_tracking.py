@@ -175,12 +175,12 @@ def test_a_process_leaves_the_sqlite_store_whole_in_its_one_file(tmp_path) -> No
     program = """
 import sys
 from overfit import runtime, tracking
-runtime.skip_final_collection()
-client = tracking.client(sys.argv[1])
-experiment = client.create_experiment("whole")
-run = client.create_run(experiment, run_name="logged-before-exit").info.run_id
-client.log_metric(run, "accuracy", 0.914)
-client.set_terminated(run)
+with runtime.stage_process():
+    client = tracking.client(sys.argv[1])
+    experiment = client.create_experiment("whole")
+    run = client.create_run(experiment, run_name="logged-before-exit").info.run_id
+    client.log_metric(run, "accuracy", 0.914)
+    client.set_terminated(run)
 """
     database = tmp_path / "mlflow.db"
     tracking.ensure_store(f"sqlite:///{database}")

@@ -49,7 +49,7 @@ from overfit.metrics import (
     weight_stats,
 )
 from overfit.remedies import TEST_WATCH_LABEL, watched_test
-from overfit.runtime import run_stage, skip_final_collection
+from overfit.runtime import run_stage
 from overfit.selection import describe
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -187,7 +187,6 @@ def evaluate(root: Path) -> Evaluation:
 
 
 def main(argv: list[str] | None = None) -> None:
-    skip_final_collection()
     if sys.argv[1:] if argv is None else argv:
         print(
             "usage: python -m overfit.evaluate (no arguments: it reads params.yaml)",

@@ -1,29 +1,24 @@
-"""Stage plot: the figures and the summary a reader looks at, from what evaluate wrote, also
-attached to the sweep's parent MLflow run."""
+"""Stage plot: the figures and the summary a reader looks at, from what evaluate wrote (the
+register stage attaches them to the sweep's parent MLflow run)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from overfit import figures, layout, tracking
+from overfit import figures, layout
 from overfit.artifacts import (
     ArtifactError,
-    ConfigSummary,
-    Evaluation,
-    SweepRecord,
     read_arrays,
     read_curves_table,
     read_evaluation,
-    read_sweep,
     write_bytes,
     write_text,
 )
 from overfit.config import load_params, project_root
 from overfit.data import DataError, load_train_test
 from overfit.metrics import NEAR_ZERO
-from overfit.runtime import run_stage, skip_final_collection
-from overfit.selection import describe
+from overfit.runtime import run_stage
 from overfit.summary import summary_markdown
 
 
@@ -64,64 +59,19 @@ def plot(root: Path) -> list[Path]:
     return [*written, root / layout.SUMMARY]
 
 
-def log_to_mlflow(root: Path, files: list[Path]) -> str | None:
-    """Attach the figures and summary to the sweep's parent MLflow run, tag it with the
-    selection, and give each child run what evaluate measured; when the store has the sweep."""
-    sweep = read_sweep(root)
-    config = load_params(root)
-    try:
-        mlflow = tracking.sweep_store(root, config.tracking, sweep.parent_run_id)
-    except tracking.StoreError as error:
-        # A clone that pulled models/ from a DVC remote has no store holding the sweep.
-        print(f"warning: figures not logged to MLflow: {error}", file=sys.stderr)
-        return None
-    report = read_evaluation(root)
-    for name, run_id in sweep.runs.items():
-        tracking.log_values(mlflow, run_id, metrics=evaluation_metrics(report.configs[name]))
-    tags = selection_tags(report, sweep, config.select.folds)
-    tracking.log_values(mlflow, sweep.parent_run_id, tags=tags)
-    for path in files:
-        mlflow.log_artifact(sweep.parent_run_id, str(path), "reports")
-    return sweep.parent_run_id
-
-
-def evaluation_metrics(summary: ConfigSummary) -> dict[str, float]:
-    """What evaluate measured of a configuration, as its child run's metrics: every measure's
-    mean and spread (fresh accuracy, losses, weight statistics, cross-validation)."""
-    return {
-        f"{name}_{stat}": round(getattr(spread, stat), 6)
-        for name, spread in summary.measures.items()
-        for stat in ("mean", "std")
-    }
-
-
-def selection_tags(report: Evaluation, sweep: SweepRecord, folds: int) -> dict[str, str]:
-    """The parent run's record of the choice: which run, by which rule."""
-    tags = {
-        "overfit.selected_run": report.selected,
-        "overfit.selected_run_id": sweep.runs[report.selected],
-        "overfit.selection_rule": f"{report.rule}: {describe(report.rule, folds)}",
-        "overfit.test_choice": report.test_choice,
-    }
-    return tags
-
-
 def main(argv: list[str] | None = None) -> None:
-    skip_final_collection()
     if sys.argv[1:] if argv is None else argv:
         print("usage: python -m overfit.plot (no arguments: it reads params.yaml)", file=sys.stderr)
         raise SystemExit(2)
 
-    def work() -> tuple[Path, list[Path], str | None]:
+    def work() -> tuple[Path, list[Path]]:
         root = project_root()
-        files = plot(root)
-        return root, files, log_to_mlflow(root, files)
+        return root, plot(root)
 
-    root, files, parent = run_stage(work, (ArtifactError, DataError, KeyError))
+    root, files = run_stage(work, (ArtifactError, DataError, KeyError))
     for path in files:
         print(f"wrote {path.relative_to(root)}")
-    if parent is not None:
-        print(f"logged them, and the selection, to MLflow parent run {parent}")
+    print("the register stage logs them, and the selection, to the sweep's MLflow runs")
 
 
 if __name__ == "__main__":

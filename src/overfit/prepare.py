@@ -12,7 +12,7 @@ from pathlib import Path
 from overfit import layout
 from overfit.config import DataConfig, load_params, project_root
 from overfit.data import DataError, make_points, read_points, split_points, write_points
-from overfit.runtime import run_stage, skip_final_collection
+from overfit.runtime import run_stage
 
 
 def generate(root: Path, data: DataConfig) -> None:
@@ -35,7 +35,6 @@ STAGES = {"generate": generate, "split": split}
 
 
 def main(argv: list[str] | None = None) -> None:
-    skip_final_collection()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in STAGES:
         print(f"usage: python -m overfit.prepare {{{','.join(STAGES)}}}", file=sys.stderr)

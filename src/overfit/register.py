@@ -1,5 +1,11 @@
-"""Stage register: the selected configuration's model as a version of `registry.name` in the
-MLflow Model Registry, alias `candidate`; reports/model.json says which version.
+"""Stage register: the sweep's evaluation onto its MLflow runs, and the selected
+configuration's model as a version of `registry.name` in the MLflow Model Registry, alias
+`candidate`; reports/model.json says which version.
+
+Each child run gets what evaluate measured of its configuration (fresh accuracy, losses,
+weight statistics, cross-validation: means and spreads); the parent run gets the figures, the
+summary and the selection as tags. One stage writes everything MLflow holds after training, so
+the stages before it need no MLflow (nor its ~2 s import and store opening).
 
 The model is the one the selected configuration's child run logged: its first seed's (a seed
 is never chosen by a score). The version is linked to that run and tagged with the
@@ -21,7 +27,10 @@ from typing import Any
 from overfit import layout, tracking
 from overfit.artifacts import (
     ArtifactError,
+    ConfigSummary,
+    Evaluation,
     ModelRecord,
+    SweepRecord,
     read_evaluation,
     read_result,
     read_sweep,
@@ -29,7 +38,7 @@ from overfit.artifacts import (
 )
 from overfit.config import Config, load_params, project_root
 from overfit.data import FEATURES, load_train_test
-from overfit.runtime import run_stage, skip_final_collection
+from overfit.runtime import run_stage
 from overfit.selection import describe
 
 CANDIDATE = "candidate"
@@ -101,12 +110,46 @@ def save_classifier(root: Path, config: Config, keras_file: Path, folder: Path) 
     )
 
 
+def publish_evaluation(root: Path, mlflow: Any, folds: int) -> None:
+    """Give each child run what evaluate measured; attach the figures and the summary to the
+    sweep's parent run and tag it with the selection."""
+    report = read_evaluation(root)
+    sweep = read_sweep(root)
+    for name, run_id in sweep.runs.items():
+        tracking.log_values(mlflow, run_id, metrics=evaluation_metrics(report.configs[name]))
+    tracking.log_values(mlflow, sweep.parent_run_id, tags=selection_tags(report, sweep, folds))
+    for path in [*sorted((root / layout.FIGURES_DIR).glob("*.png")), root / layout.SUMMARY]:
+        mlflow.log_artifact(sweep.parent_run_id, str(path), "reports")
+
+
+def evaluation_metrics(summary: ConfigSummary) -> dict[str, float]:
+    """What evaluate measured of a configuration, as its child run's metrics: every measure's
+    mean and spread (fresh accuracy, losses, weight statistics, cross-validation)."""
+    return {
+        f"{name}_{stat}": round(getattr(spread, stat), 6)
+        for name, spread in summary.measures.items()
+        for stat in ("mean", "std")
+    }
+
+
+def selection_tags(report: Evaluation, sweep: SweepRecord, folds: int) -> dict[str, str]:
+    """The parent run's record of the choice: which run, by which rule."""
+    return {
+        "overfit.selected_run": report.selected,
+        "overfit.selected_run_id": sweep.runs[report.selected],
+        "overfit.selection_rule": f"{report.rule}: {describe(report.rule, folds)}",
+        "overfit.test_choice": report.test_choice,
+    }
+
+
 def register(root: Path) -> tuple[ModelRecord, bool]:
-    """Register (or find) the selected model's version, point `candidate` at it, record it."""
+    """Publish the evaluation to the sweep's runs; register (or find) the selected model's
+    version, point `candidate` at it, record it."""
     config = load_params(root)
     fields, tags = figures_of(root, config)
     run_id = fields["mlflow_run_id"]
     mlflow = tracking.sweep_store(root, config.tracking, run_id)
+    publish_evaluation(root, mlflow, config.select.folds)
     name = config.registry.name
     keras_file = layout.model_file(layout.run_dir(root, fields["run"]), fields["seed"])
     # What the registered model is made of: a new model file or new model code is a new version.
@@ -132,7 +175,6 @@ def register(root: Path) -> tuple[ModelRecord, bool]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    skip_final_collection()
     if sys.argv[1:] if argv is None else argv:
         print(
             "usage: python -m overfit.register (no arguments: it reads params.yaml)",
@@ -142,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     record, new = run_stage(
         lambda: register(project_root()), (ArtifactError, tracking.StoreError, KeyError)
     )
+    print("logged the evaluation to the sweep's MLflow runs, the figures and summary to its parent")
     made = "registered" if new else "already registered:"
     print(
         f"{made} {record.uri} ({record.run}, seed {record.seed}; test {record.test:.3f}, "

@@ -71,21 +71,38 @@ def checkpoint() -> None:
         raise Interrupted(_received[0])
 
 
-def skip_final_collection() -> None:
-    """Leave this process's objects to the OS when it exits instead of collecting them first.
+_collection_skipped_at_exit: list[bool] = []
 
-    Once TensorFlow, Keras, matplotlib or MLflow is imported, the interpreter's last garbage
-    collection walks millions of objects: 0.8 to 1.9 s per stage, measured, to free memory the
-    OS takes back anyway. Frozen objects are skipped; files and stores are closed before exit.
+
+@contextlib.contextmanager
+def stage_process() -> Iterator[None]:
+    """A stage's work: automatic garbage collection paused while it runs (on again after), and
+    none when the process exits.
+
+    A stage's objects (TensorFlow, Keras models, figures) mostly live until it ends, yet every
+    full collection walks them all. Measured: 2.3 s of the train stage's 38 s, 0.9 s of
+    evaluate's 8.5 s and 1.0 s of plot's 4.4 s, for 25, 32 and 85 MB of garbage left uncollected.
+    The interpreter's last collection at exit cost 0.2 to 1.9 s more per stage, to free memory
+    the OS takes back anyway; files and stores are closed before exit.
     """
-    atexit.register(gc.freeze)  # atexit runs before the final collection
+    if not _collection_skipped_at_exit:
+        atexit.register(gc.freeze)  # atexit runs before the final collection; frozen: skipped
+        _collection_skipped_at_exit.append(True)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def run_stage(work: Callable[[], T], failures: tuple[type[Exception], ...]) -> T:
     """A simple stage's work, with its refusals as one line each: a bad setting exits 2, one of
     `failures` 1, Ctrl-C 130 (its files are written whole or not at all: nothing to clean up)."""
     try:
-        return work()
+        with stage_process():
+            return work()
     except ConfigError as error:
         exit_on_config_error(error)
     except KeyboardInterrupt:

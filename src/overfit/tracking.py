@@ -113,7 +113,7 @@ def _sqlite_closed(dbapi_connection: Any, _record: Any) -> None:
 def _close_sqlite_connections() -> None:
     """At exit, close the connections SQLAlchemy's pool still holds: the last one to close
     folds the -wal file into the store, which is then whole in its one file (a stage process
-    does not leave them to the interpreter's final collection: runtime.skip_final_collection)."""
+    does not leave them to the interpreter's final collection: runtime.stage_process)."""
     for connection in list(_sqlite_connections.values()):
         with contextlib.suppress(Exception):  # already closed, or in use by a dying thread
             connection.close()

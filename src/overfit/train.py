@@ -91,7 +91,6 @@ def plan(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    runtime.skip_final_collection()
     args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--multirun", "-m")]
     try:
         root = project_root()
@@ -99,7 +98,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         exit_on_config_error(error)
     try:
         # One pipeline per folder; Ctrl-C and SIGTERM stop the sweep at its next safe point.
-        with runtime.project_lock(root / layout.PIPELINE_LOCK), runtime.signals_recorded():
+        with (
+            runtime.project_lock(root / layout.PIPELINE_LOCK),
+            runtime.signals_recorded(),
+            runtime.stage_process(),
+        ):
             train(root, args)
     except runtime.FolderBusy as error:
         fail(error)
