@@ -45,10 +45,10 @@ CANDIDATE = "candidate"
 CONTENT_TAG = "overfit.model_sha256"
 
 
-def figures_of(root: Path, config: Config) -> tuple[dict[str, Any], dict[str, str]]:
+def figures_of(
+    root: Path, config: Config, report: Evaluation, sweep: SweepRecord
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The selected model's record fields (all but name and version) and its version tags."""
-    report = read_evaluation(root)
-    sweep = read_sweep(root)
     chosen = report.configs[report.selected]
     result = read_result(layout.run_dir(root, report.selected))
     seed = result.seeds[0]
@@ -110,11 +110,11 @@ def save_classifier(root: Path, config: Config, keras_file: Path, folder: Path) 
     )
 
 
-def publish_evaluation(root: Path, mlflow: Any, folds: int) -> None:
+def publish_evaluation(
+    root: Path, mlflow: Any, report: Evaluation, sweep: SweepRecord, folds: int
+) -> None:
     """Give each child run what evaluate measured; attach the figures and the summary to the
     sweep's parent run and tag it with the selection."""
-    report = read_evaluation(root)
-    sweep = read_sweep(root)
     for name, run_id in sweep.runs.items():
         tracking.log_values(mlflow, run_id, metrics=evaluation_metrics(report.configs[name]))
     tracking.log_values(mlflow, sweep.parent_run_id, tags=selection_tags(report, sweep, folds))
@@ -146,10 +146,11 @@ def register(root: Path) -> tuple[ModelRecord, bool]:
     """Publish the evaluation to the sweep's runs; register (or find) the selected model's
     version, point `candidate` at it, record it."""
     config = load_params(root)
-    fields, tags = figures_of(root, config)
+    report, sweep = read_evaluation(root), read_sweep(root)
+    fields, tags = figures_of(root, config, report, sweep)
     run_id = fields["mlflow_run_id"]
     mlflow = tracking.sweep_store(root, config.tracking, run_id)
-    publish_evaluation(root, mlflow, config.select.folds)
+    publish_evaluation(root, mlflow, report, sweep, config.select.folds)
     name = config.registry.name
     keras_file = layout.model_file(layout.run_dir(root, fields["run"]), fields["seed"])
     # What the registered model is made of: a new model file or new model code is a new version.
