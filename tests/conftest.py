@@ -275,6 +275,20 @@ def shrunk_project(tmp_path: Path) -> tuple[Path, Run]:
     return root, copy_project(root, SHRUNK)
 
 
+def sweep_ids(root: Path, tracking_uri: str | None = None) -> dict:
+    """The sweep's MLflow run ids, found as the later stages find them: by the digests in
+    reports/sweep.json (which holds no run id). {"parent_run_id": ..., "runs": {name: id}}."""
+    from mlflow.tracking import MlflowClient
+
+    from overfit import tracking
+    from overfit.artifacts import read_sweep
+
+    client = MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
+    runs = tracking.find_sweep(client, "overfit", read_sweep(root))
+    ids = {name: run.info.run_id for name, run in runs.children.items()}
+    return {"parent_run_id": runs.parent, "runs": ids}
+
+
 Entry = Callable[..., tuple[int, str, str]]
 
 

@@ -44,9 +44,10 @@ def a_stray_seed(folder: Path) -> None:
 
 
 def from_another_sweep(folder: Path) -> None:
+    # Another sweep's job: the same configuration, with another result.
     result = json.loads((folder / "result.json").read_text())
-    result["mlflow_run_id"] = "0" * 32
-    (folder / "result.json").write_text(json.dumps(result))
+    result["per_seed"]["1"]["train_loss"] += 1e-3
+    (folder / "result.json").write_text(json.dumps(result, indent=2))
 
 
 CASES = {
@@ -64,7 +65,7 @@ CASES = {
     "a stray seed": (a_stray_seed, "seed_5.keras: not one of the job's seeds [1, 2]"),
     "another sweep's folder": (
         from_another_sweep,
-        f"{RUN}: left by another sweep (MLflow run 00000000000000000000000000000000",
+        f"{RUN}: left by another sweep (its result.json is not the one reports/sweep.json",
     ),
 }
 

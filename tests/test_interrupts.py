@@ -172,5 +172,5 @@ def test_the_tiny_sweep_finishes_without_a_signal(project: Path, monkeypatch, ca
         ("sweep-default", "FINISHED"),
     ]
     record = artifacts.read_sweep(project)
-    assert set(record.runs) == {"none", "l2_1e-03"}
+    assert set(record.results) == {"none", "l2_1e-03"}
     (project / "reports/sweep.json").unlink()  # the next moment starts from an unfinished sweep

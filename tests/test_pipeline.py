@@ -18,6 +18,8 @@ from overfit.config import load_params, parse_config
 from overfit.gate import HEADLINE_KEYS
 from overfit.remedies import run_name
 
+from .conftest import sweep_ids
+
 EXPECTED_RUNS = {
     *("none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"),
     *("dropout_0p5", "patience_5", "max_norm_0p5"),
@@ -34,8 +36,7 @@ def mlflow_client(root):
 
 @pytest.fixture(scope="module")
 def sweep(shrunk_pipeline):
-    root = shrunk_pipeline.root
-    return json.loads((root / "reports/sweep.json").read_text())
+    return sweep_ids(shrunk_pipeline.root)
 
 
 def test_shrunk_settings_are_in_params(shrunk_pipeline) -> None:
@@ -154,20 +155,36 @@ def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sw
         assert child.data.tags["data.md5.data/split"]
         assert child.data.tags["git.commit"] == parent.data.tags["git.commit"]
         paths = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"model", "learning_curve.png", "history.csv", "config"} <= paths
+        assert {"learning_curve.png", "history.csv", "config"} <= paths
 
 
-def test_logged_model_loads_and_predicts(shrunk_pipeline, sweep) -> None:
+def test_each_configuration_is_a_logged_model_with_its_metrics(shrunk_pipeline, sweep) -> None:
+    """Each child run's model is a logged model (MLflow 3) of that run, READY, with the run's
+    final metrics linked to it; it loads by `models:/<id>` and predicts."""
+    import mlflow.artifacts
     import mlflow.keras
+    from mlflow.entities import LoggedModelStatus
 
     root = shrunk_pipeline.root
+    client = mlflow_client(root)
+    experiment = client.get_run(sweep["parent_run_id"]).info.experiment_id
+    logged = {m.name: m for m in client.search_logged_models([experiment])}
+    for name, run_id in sweep["runs"].items():
+        [output] = client.get_run(run_id).outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert logged[name].model_id == model.model_id
+        assert model.source_run_id == run_id and model.status == LoggedModelStatus.READY
+        linked = {m.key: m.value for m in model.metrics}
+        run_metrics = client.get_run(run_id).data.metrics
+        for key in ("train_acc_mean", "test_acc_mean", "cv_acc_mean", "fresh_acc_mean"):
+            assert linked[key] == run_metrics[key]
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    run_id = sweep["runs"]["l2_1e-03"]
-    model = mlflow.keras.load_model(f"runs:/{run_id}/model")
+    model_id = client.get_run(sweep["runs"]["l2_1e-03"]).outputs.model_outputs[0].model_id
+    model = mlflow.keras.load_model(f"models:/{model_id}")
     probabilities = np.asarray(model.predict(np.array([[0.0, 1.0], [1.0, -0.5]]), verbose=0))
     assert probabilities.shape == (2, 1) and np.all((probabilities >= 0) & (probabilities <= 1))
-    local = mlflow_client(root).download_artifacts(run_id, "model")
-    model_file = yaml.safe_load(Path(local, "MLmodel").read_text())
+    local = mlflow.artifacts.download_artifacts(f"models:/{model_id}/MLmodel")
+    model_file = yaml.safe_load(Path(local).read_text())
     assert model_file["signature"]["inputs"] and model_file["saved_input_example_info"]
 
 

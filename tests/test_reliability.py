@@ -53,8 +53,8 @@ def start(root: Path, *cmd: str) -> subprocess.Popen:
 
 def assert_same_training(root: Path, clean_root: Path) -> None:
     """Every job's per-seed results and per-epoch curves, as the clean run trained them."""
-    names = json.loads((clean_root / "reports/sweep.json").read_text())["runs"]
-    assert set(json.loads((root / "reports/sweep.json").read_text())["runs"]) == set(names)
+    names = json.loads((clean_root / "reports/sweep.json").read_text())["results"]
+    assert json.loads((root / "reports/sweep.json").read_text())["results"] == names
     for name in names:
         ours, clean = (root / "models" / name, clean_root / "models" / name)
         assert (

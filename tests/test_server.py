@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 
 from overfit import server as overfit_server
+from overfit import tracking
 from overfit.server import ServerError
 
-from .conftest import ROOT, SHRUNK, Run, copy_project, env_for, missing_service
+from .conftest import ROOT, SHRUNK, Run, copy_project, env_for, missing_service, sweep_ids
 
 # A two-configuration sweep (the article's: none against L2 1e-3) is enough to read back.
 SERVER_SWEEP = [*(o for o in SHRUNK if not o.startswith("sweep.")), "sweep=article"]
@@ -123,7 +124,7 @@ def sweep(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     run = copy_project(root, [*SERVER_SWEEP, "tracking=server"])
     env = env_for(root) | {"MLFLOW_TRACKING_URI": server.uri_with_password}
     result = run("dvc", "repro", env=env)
-    data = json.loads((root / "reports/sweep.json").read_text())
+    data = sweep_ids(root, server.uri)
     return Sweep(root, run, result.stdout + result.stderr, data)
 
 
@@ -194,7 +195,9 @@ def test_the_sweep_reads_back_through_the_server(server, sweep) -> None:
         history = mlflow.get_metric_history(child.info.run_id, "test_accuracy")
         assert sorted(m.step for m in history) == [1, 20, 40, EPOCHS]
         paths = {a.path for a in mlflow.list_artifacts(child.info.run_id)}
-        assert {"model", "learning_curve.png", "config"} <= paths
+        assert {"learning_curve.png", "config"} <= paths
+        model_id = child.outputs.model_outputs[0].model_id
+        assert mlflow.get_logged_model(model_id).source_run_id == child.info.run_id
 
 
 def test_the_model_loads_from_the_served_artifacts(server, sweep) -> None:
@@ -202,13 +205,14 @@ def test_the_model_loads_from_the_served_artifacts(server, sweep) -> None:
     import mlflow.keras
 
     run_id = sweep.data["runs"]["l2_1e-03"]
+    model_id = client(server.uri).get_run(run_id).outputs.model_outputs[0].model_id
     # The server, not the client, wrote the files: under its --artifacts-destination.
-    stored = list((server.state / "artifacts").glob(f"*/{run_id}/artifacts/model/MLmodel"))
+    stored = list((server.state / "artifacts").glob(f"*/models/{model_id}/artifacts/MLmodel"))
     assert len(stored) == 1, stored
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(server.uri)
     try:
-        model = mlflow.keras.load_model(f"runs:/{run_id}/model")
+        model = mlflow.keras.load_model(f"models:/{model_id}")
     finally:
         mlflow.set_tracking_uri(previous)
     probabilities = np.asarray(model.predict(np.array([[0.0, 1.0], [1.0, -0.5]]), verbose=0))
@@ -224,9 +228,14 @@ def test_the_registry_works_through_the_server(server, sweep) -> None:
 
     record = json.loads((sweep.root / "reports/model.json").read_text())
     registry = client(server.uri)
-    version = registry.get_model_version(record["name"], record["version"])
+    version = tracking.registered_version(
+        registry, record["name"], ("overfit.model_sha256", record["model_sha256"])
+    )
     assert version.run_id == sweep.data["runs"][record["run"]]
-    assert version.source.startswith("mlflow-artifacts:")  # stored by the server
+    # Registered from the run's logged model, whose files the server stored.
+    assert version.source == f"models:/{version.model_id}"
+    location = registry.get_logged_model(version.model_id).artifact_location
+    assert location.startswith("mlflow-artifacts:")
     assert SECRET not in json.dumps(dict(version.tags))
     env = env_for(sweep.root) | {"MLFLOW_TRACKING_URI": server.uri_with_password}
     promoted = sweep.run(sys.executable, "-m", "overfit.promote", env=env)
@@ -248,7 +257,6 @@ def test_the_registry_works_through_the_server(server, sweep) -> None:
 
 
 def test_the_uri_password_is_nowhere(server, sweep) -> None:
-    assert sweep.data["tracking_uri"] == server.uri
     mlflow = client(server.uri)
     runs = mlflow.search_runs(
         [mlflow.get_run(sweep.data["parent_run_id"]).info.experiment_id], max_results=1000

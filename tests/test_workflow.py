@@ -96,6 +96,14 @@ def test_steps_run_in_order_and_the_gate_uses_the_base_branch(workflow) -> None:
     assert "continue-on-error" not in pr_gate
 
 
+def test_the_run_must_reproduce_the_committed_lock_and_reports(workflow) -> None:
+    run = step_running(workflow, "make run")
+    same = step_running(workflow, "git diff --exit-code")
+    assert 'test -z "$(git status --porcelain)"' in same["run"]
+    assert position(workflow, run) < position(workflow, same)
+    assert "if" not in same and "continue-on-error" not in same
+
+
 def test_the_report_is_commented_and_uploaded_whatever_the_gate_said(workflow) -> None:
     comment = step_running(workflow, "gh pr comment")
     assert "--body-file reports/gate.md" in comment["run"]

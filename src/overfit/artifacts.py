@@ -66,13 +66,18 @@ def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def _json_bytes(data: Any) -> bytes:
+    """JSON as the standard has it (ValueError on a NaN or an infinity), indented."""
+    return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
 def write_json(path: Path, data: Any) -> None:
     """JSON as the standard has it: a NaN or an infinity is an error, never written."""
     try:
-        text = json.dumps(data, indent=2, allow_nan=False)
+        text = _json_bytes(data)
     except ValueError:
         raise ArtifactError(f"{path}: not written, a value is NaN or infinite") from None
-    write_text(path, text + "\n")
+    write_bytes(path, text)
 
 
 def read_record(cls: type[T], path: Path, missing: str, kind: str) -> T:
@@ -99,17 +104,16 @@ def read_json(path: Path, what: str) -> Any:
 
 @dataclass(frozen=True)
 class JobResult:
-    """What one job (a configuration, every seed) trained: result.json, written last."""
+    """What one job (a configuration, every seed) trained: result.json, written last.
+
+    A pure function of code, params and data (no run id, no time): the run that logged it is
+    tagged with the file's SHA-256 (`result_digest`)."""
 
     run: str
     penalty: dict[str, Any]
     # The remedy the configuration applies: {"kind": family, "setting": value} (remedies.py).
     remedy: dict[str, Any]
     seeds: list[int]
-    mlflow_run_id: str
-    seconds: float
-    phases: dict[str, float]
-    threads: int
     per_seed: dict[str, dict[str, float]]
     mean: dict[str, float]
     std: dict[str, float]
@@ -136,6 +140,23 @@ def weights_digest(weights: Sequence[np.ndarray]) -> str:
 
 def write_result(folder: Path, result: JobResult) -> None:
     write_json(folder / layout.RESULT_FILE, dataclasses.asdict(result))
+
+
+def result_digest(result: JobResult) -> str:
+    """The SHA-256 of the result.json `write_result` writes for `result`."""
+    return hashlib.sha256(_json_bytes(dataclasses.asdict(result))).hexdigest()
+
+
+def file_digest(*paths: Path) -> str:
+    """The SHA-256 of the files' bytes, one after the other; ArtifactError if one cannot be
+    read."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            digest.update(path.read_bytes())
+        except OSError as error:
+            raise ArtifactError(f"{path}: cannot be read ({error.strerror})") from None
+    return digest.hexdigest()
 
 
 def read_result(folder: Path) -> JobResult:
@@ -187,13 +208,17 @@ def nan_padded(per_seed: Sequence[np.ndarray]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SweepRecord:
-    """reports/sweep.json: the parent run, each configuration's child run, where time went."""
+    """reports/sweep.json: the sweep's name and, per configuration it trained, the SHA-256 of
+    its result.json. No run id and no time: the sweep's MLflow runs are found by their tags
+    (the parent's `overfit.sweep_sha256` is `digest()`, each child's `overfit.result_sha256`
+    its entry here), and evaluate checks each models/<run>/ against its entry."""
 
-    parent_run_id: str
-    tracking_uri: str
-    runs: dict[str, str]
-    phases: dict[str, float]
-    process_seconds: float
+    name: str
+    results: dict[str, str]
+
+    def digest(self) -> str:
+        """The SHA-256 of what the sweep trained: its configurations and their results."""
+        return hashlib.sha256(_json_bytes(dict(sorted(self.results.items())))).hexdigest()
 
 
 def write_sweep(root: Path, record: SweepRecord) -> None:
@@ -328,21 +353,22 @@ def parse_headline(raw: Any) -> Headline | None:
 
 @dataclass(frozen=True)
 class ModelRecord:
-    """reports/model.json: the model version the register stage registered (or found already
-    registered): which configuration and seed, the rule that chose it, and its figures (the
-    configuration's means; `seed_test` is this seed's own test accuracy)."""
+    """reports/model.json: the model the register stage registered (or found already
+    registered): which configuration and seed, the rule that chose it, its figures (the
+    configuration's means; `seed_test` is this seed's own test accuracy) and its content digest.
+    The version number is the store's, so it lives in the store only."""
 
     name: str
-    version: str
-    uri: str
     run: str
-    mlflow_run_id: str
     seed: int
     rule: str
     cv: float | None
     test: float
     fresh: float
     seed_test: float
+    # What the model is made of (the .keras file and the model code): its version in the
+    # registry is the one tagged overfit.model_sha256 with this value.
+    model_sha256: str
 
 
 def write_model_record(root: Path, record: ModelRecord) -> None:

@@ -5,8 +5,11 @@ MLflow runs this file to load the model (models from code): it is copied into th
 folder, so whoever serves the model needs MLflow, Keras and TensorFlow, not this project.
 """
 
+from typing import Any
+
 import mlflow.models
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
@@ -16,13 +19,17 @@ FEATURES = ["x1", "x2"]
 class MoonsClassifier(PythonModel):
     """Class-1 probabilities of a Dense(relu) -> Dense(sigmoid) Keras model, one per row."""
 
-    def load_context(self, context):
+    def load_context(self, context: Any) -> None:
         import keras
 
         path = context.artifacts["keras_model"]
         self.model = keras.models.load_model(path, safe_mode=True, compile=False)
 
-    def predict(self, context, model_input, params=None):
+    # A DataFrame hint: MLflow then checks rows against the signature the model is saved
+    # with, rather than inferring another from the hint.
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
         x = np.asarray(model_input[FEATURES], dtype=np.float32)
         if not np.isfinite(x).all():  # MLflow turns a JSON null into NaN and lets it through
             raise MlflowException.invalid_parameter_value("x1 and x2 must be finite numbers")

@@ -9,7 +9,6 @@ written: no half-updated reports.
 
 from __future__ import annotations
 
-import os
 import sys
 import zipfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from overfit.artifacts import (
     ArtifactError,
     ConfigSummary,
     Evaluation,
+    file_digest,
     read_accuracy_history,
     read_result,
     read_sweep,
@@ -51,8 +51,6 @@ from overfit.metrics import (
 from overfit.remedies import TEST_WATCH_LABEL, watched_test
 from overfit.runtime import run_stage
 from overfit.selection import describe
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def expected_architecture(config: Config) -> list[dict[str, object]]:
@@ -100,14 +98,15 @@ def first_difference(found: list[dict[str, object]], expected: list[dict[str, ob
 
 
 def evaluate_run(
-    folder: Path, run_id: str, train: Points, test: Points, fresh: Points, grid: np.ndarray
+    folder: Path, digest: str, train: Points, test: Points, fresh: Points, grid: np.ndarray
 ) -> tuple[ConfigSummary, np.ndarray, np.ndarray]:
-    """Per-seed measures of one configuration; its mean grid probabilities and hidden kernels."""
+    """Per-seed measures of one configuration (whose result.json the sweep recorded with SHA-256
+    `digest`); its mean grid probabilities and hidden kernels."""
     result = read_result(folder)
-    if result.mlflow_run_id != run_id:
+    if file_digest(folder / layout.RESULT_FILE) != digest:
         raise EvaluationError(
-            f"{folder}: left by another sweep (MLflow run {result.mlflow_run_id}, the sweep's "
-            f"is {run_id}); rerun the train stage"
+            f"{folder}: left by another sweep (its result.json is not the one reports/sweep.json "
+            "records); rerun the train stage"
         )
     expected = {layout.model_file(folder, seed) for seed in result.seeds}
     strays = sorted(set(folder.glob(layout.MODEL_FILES)) - expected)
@@ -163,10 +162,10 @@ def evaluate(root: Path) -> Evaluation:
     grid = decision_grid([train, test])
 
     configs, arrays = {}, {"grid": grid}
-    for name, run_id in sorted(sweep.runs.items()):
+    for name, digest in sorted(sweep.results.items()):
         folder = layout.run_dir(root, name)
         configs[name], arrays[f"proba/{name}"], arrays[f"kernels/{name}"] = evaluate_run(
-            folder, run_id, train, test, fresh, grid
+            folder, digest, train, test, fresh, grid
         )
     for name, summary in configs.items():
         broken = [m for m, s in summary.measures.items() if not np.isfinite([s.mean, s.std]).all()]

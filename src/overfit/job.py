@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from overfit import figures, layout, runtime, tracking
+from overfit import figures, layout, lineage, runtime, tracking
 from overfit.artifacts import (
     JobResult,
     nan_padded,
+    result_digest,
     weights_digest,
     write_bytes,
     write_history,
@@ -39,9 +40,6 @@ from overfit.remedies import remedy_of, run_name
 from overfit.selection import cv_scores, fold_seed, folds
 from overfit.summary import progress_line
 from overfit.sweep import stack_groups
-
-# TensorFlow's C++ start-up chatter hides the sweep's progress lines.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The trainer's curve names (Keras' `fit` history keys) as MLflow and the reports name them.
 CURVE_NAMES = {
@@ -395,12 +393,15 @@ def mean_curves(histories: Sequence[Any]) -> dict[str, np.ndarray]:
 def save_job(
     work_dir: Path, config: Config, trained: Trained, phases: Phases, train: Points
 ) -> None:
-    """A trained job's files in its folder: every seed's model, every epoch of every seed
-    (history.csv) and the learning-curve figure; and the first seed's model in MLflow's
-    flavor, for `run_job` to log (its input example: the first training rows)."""
+    """A trained job's files in its folder: every seed's model (byte for byte the same for the
+    same weights), every epoch of every seed (history.csv) and the learning-curve figure; and
+    the first seed's model in MLflow's flavor, for `run_job` to log (its input example: the
+    first training rows)."""
+    from overfit.model import save_reproducibly
+
     with phases.timed("save"):
         for seed, model in zip(config.train.seeds, trained.models, strict=True):
-            model.save(layout.model_file(work_dir, seed))
+            save_reproducibly(model, layout.model_file(work_dir, seed))
         write_history(work_dir, config.train.seeds, [named_curves(h) for h in trained.histories])
         flavor = work_dir / layout.MLFLOW_MODEL_DIR
         tracking.save_keras_flavor(trained.models[0], train.x[:5], flavor)
@@ -418,14 +419,15 @@ def run_job(
     work_dir: Path,
     trained: Trained | None = None,
     saved: Phases | None = None,
-) -> JobResult:
+) -> tuple[JobResult, Phases]:
     """Train (unless `trained` is given), save (unless `saved`, the phases of a `save_job`
     already done in `work_dir`), and log one configuration as a child run of
-    `config.tracking.parent_run_id`; then move `work_dir` to models/<run>/."""
+    `config.tracking.parent_run_id`; then move `work_dir` to models/<run>/. The job's result
+    and where its time went (also logged to the run, as `seconds_*` metrics)."""
     started = time.perf_counter()
     name = run_name(config)
     phases = Phases(saved or {})
-    tags = {"overfit.run": name, "overfit.sweep": config.sweep.name, **tags}
+    tags = {tracking.RUN_TAG: name, "overfit.sweep": config.sweep.name, **tags}
     if config.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = config.tracking.parent_run_id
     train, test = load_train_test(root, config.data)
@@ -444,25 +446,11 @@ def run_job(
         if saved is None:
             save_job(work_dir, config, trained, phases, train)
         runtime.checkpoint()
-        curves = mean_curves(trained.histories)
-        with phases.timed("log"):
-            log_child_run(store.client, child, config, summary, cv, curves, stopping)
-            flavor = work_dir / layout.MLFLOW_MODEL_DIR
-            tracking.log_keras_flavor(store.client, child, flavor)
-            shutil.rmtree(flavor)
-            # The figure, and every epoch of every seed (MLflow's curves are sampled from it).
-            for artifact in (layout.LEARNING_CURVE_FILE, layout.HISTORY_FILE):
-                store.client.log_artifact(child, str(work_dir / artifact))
-            store.client.log_artifact(child, str(work_dir / layout.JOB_CONFIG), "config")
         result = JobResult(
             run=name,
             penalty=config.to_dict()["penalty"],
             remedy=dataclasses.asdict(remedy_of(config)),
             seeds=list(config.train.seeds),
-            mlflow_run_id=child,
-            seconds=round(time.perf_counter() - started, 2),
-            phases=dict(phases),
-            threads=tensorflow_threads(),
             **summary,
             cv=cv,
             weights_sha256={
@@ -471,11 +459,42 @@ def run_job(
             },
             stopping=stopping,
         )
+        curves = mean_curves(trained.histories)
+        with phases.timed("log"):
+            run = {"experiment": store.experiment_id, "id": child, "name": name}
+            flavor = work_dir / layout.MLFLOW_MODEL_DIR
+            model_id = tracking.log_model_folder(
+                store.client,
+                run,
+                flavor,
+                {"overfit.run": name, "overfit.seed": str(result.seeds[0])},
+            )
+            shutil.rmtree(flavor)
+            log_child_run(store.client, child, config, summary, cv, curves, stopping, model_id)
+            # The run's record: what it trained (result.json's digest) and from which data.
+            commit = tags.get("git.commit", "unknown")
+            store.client.log_inputs(child, datasets=training_data(root, config, commit))
+            tracking.log_values(
+                store.client, child, tags={tracking.RESULT_TAG: result_digest(result)}
+            )
+            # The figure, and every epoch of every seed (MLflow's curves are sampled from it).
+            for artifact in (layout.LEARNING_CURVE_FILE, layout.HISTORY_FILE):
+                store.client.log_artifact(child, str(work_dir / artifact))
+            store.client.log_artifact(child, str(work_dir / layout.JOB_CONFIG), "config")
+        seconds = round(time.perf_counter() - started, 2)
+        timings = {f"seconds_{phase}": value for phase, value in phases.items()}
+        tracking.log_values(store.client, child, metrics={"seconds": seconds, **timings})
         runtime.checkpoint()
         write_result(work_dir, result)
         publish(work_dir, layout.run_dir(root, name))
-    print(progress_line(result), flush=True)
-    return result
+    print(progress_line(result, seconds), flush=True)
+    return result, phases
+
+
+def training_data(root: Path, config: Config, commit: str) -> list[Any]:
+    """The training and test rows a job read, as MLflow datasets (`moons-train`, `moons-test`)."""
+    contexts = {lineage.TRAINING: "train", lineage.TEST: "test"}
+    return lineage.datasets(root, contexts, config.data.name, commit)
 
 
 def write_job_config(work_dir: Path, config_yaml: str, overrides: Sequence[str]) -> None:
@@ -492,8 +511,10 @@ def log_child_run(
     cv: Mapping[str, Any] | None,
     curves: Mapping[str, np.ndarray],
     stopping: Mapping[str, Any] | None = None,
+    model_id: str | None = None,
 ) -> None:
-    """Params, final metrics (with cross-validation's), sampled per-epoch curves."""
+    """Params, final metrics (with cross-validation's; of the logged model `model_id`),
+    sampled per-epoch curves."""
     later = ("gate", "registry")  # settings of the stages after this one
     params = tracking.flatten({k: v for k, v in config.to_dict().items() if k not in later})
     params.pop("tracking.parent_run_id", None)
@@ -512,7 +533,9 @@ def log_child_run(
     tags = {}
     if config.train.early_stopping.watch == "test":  # the test set chose when to stop
         tags["overfit.optimistic"] = "early stopping watched the test set"
-    tracking.log_values(mlflow, run_id, params=params, metrics=metrics, tags=tags)
+    tracking.log_values(
+        mlflow, run_id, params=params, metrics=metrics, tags=tags, model_id=model_id
+    )
     tracking.log_metric_histories(mlflow, run_id, curves, config.tracking.history_every)
 
 
@@ -527,20 +550,14 @@ def limit_threads(threads: int) -> None:
     """Cap TensorFlow's thread pools, so parallel jobs do not fight over the cores."""
     if threads <= 0:
         return
-    import tensorflow as tf
+    with runtime.tensorflow_quiet():
+        import tensorflow as tf
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:  # TensorFlow already started in this process: keep its pools
         pass
-
-
-def tensorflow_threads() -> int:
-    """The intra-op threads this job ran with (0: TensorFlow's default, every core)."""
-    import tensorflow as tf
-
-    return tf.config.threading.get_intra_op_parallelism_threads()
 
 
 # --- the same job under a Hydra launcher -----------------------------------------------------

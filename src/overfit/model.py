@@ -3,9 +3,17 @@ two layers, a norm constraint on the hidden kernel."""
 
 from __future__ import annotations
 
-import keras
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
 
 from overfit.config import Config
+from overfit.runtime import tensorflow_quiet
+
+with tensorflow_quiet():
+    import keras
 
 PENALTY_KINDS = ("none", "l1", "l2", "l1_l2")
 APPLY_TO = ("hidden", "all")
@@ -55,21 +63,26 @@ def build_model(
         raise ValueError(f"dropout must be in [0, 1), not {dropout}")
     # Seeding right before building makes the Glorot draws a function of `seed` alone.
     keras.utils.set_random_seed(seed)
+    # Every name given: Keras numbers the names it makes up per process (dense_2, adam_3, ...),
+    # and they are saved, so the same model would be saved as other bytes.
     hidden = keras.layers.Dense(
         hidden_units,
+        name="hidden",
         activation="relu",
         kernel_regularizer=make_regularizer(kind, strength),
         kernel_constraint=make_constraint(constraint, max_norm),
     )
-    between = [keras.layers.Dropout(dropout, seed=seed)] if dropout > 0 else []
+    between = [keras.layers.Dropout(dropout, seed=seed, name="dropout")] if dropout > 0 else []
     output = keras.layers.Dense(
         1,
+        name="output",
         activation="sigmoid",
         kernel_regularizer=make_regularizer(kind, strength) if apply_to == "all" else None,
     )
-    model = keras.Sequential([keras.Input(shape=(2,)), hidden, *between, output])
+    inputs = keras.Input(shape=(2,), name="x1_x2")
+    model = keras.Sequential([inputs, hidden, *between, output], name="mlp")
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, name="adam"),
         loss="binary_crossentropy",
         metrics=["accuracy"],
     )
@@ -116,3 +129,61 @@ def architecture(model: keras.Model) -> list[dict[str, object]]:
         }
         for layer in model.layers
     ]
+
+
+# --- reproducible model files ----------------------------------------------------------------
+
+# The earliest time a zip entry can hold, the one zipfile gives an entry by default.
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+DATE_SAVED = "1980-01-01@00:00:00"
+
+
+def _renumber_shared_ids(node: object, ids: dict[int, int]) -> None:
+    """Each `shared_object_id` (Keras writes id(), a memory address) replaced by the rank of its
+    first appearance: equal ids stay equal, so shared objects are still shared when loaded."""
+    if isinstance(node, dict):
+        if "shared_object_id" in node:
+            node["shared_object_id"] = ids.setdefault(node["shared_object_id"], len(ids) + 1)
+        for value in node.values():
+            _renumber_shared_ids(value, ids)
+    elif isinstance(node, list):
+        for value in node:
+            _renumber_shared_ids(value, ids)
+
+
+def save_reproducibly(model: keras.Model, path: Path) -> None:
+    """`model.save(path)` whose bytes depend only on the model (its config, layer names, weights
+    and optimizer state) and the Keras version, not on when or in which process it is saved.
+    (`build_model` names every part: names Keras makes up are numbered per process.)
+
+    Written atomically: a temporary file beside `path`, renamed; with the mode any new file gets.
+    model.weights.h5 is kept as Keras writes it: h5py creates datasets with track_times=False
+    and groups with HDF5's version-1 object headers, which hold no times, so its bytes are
+    already a function of the weights (and the same in two saves seconds apart)."""
+    if path.suffix != ".keras":
+        raise ValueError(f"{path}: a Keras model file must end in .keras")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp) as saved:
+            members = [(info.filename, saved.read(info)) for info in saved.infolist()]
+        with zipfile.ZipFile(tmp, "w") as fixed:  # Keras' entries in Keras' order
+            for name, data in members:
+                if name == "metadata.json":  # date_saved is the wall clock
+                    data = json.dumps({**json.loads(data), "date_saved": DATE_SAVED}).encode()
+                elif name == "config.json":  # shared_object_id is a memory address
+                    config = json.loads(data)
+                    _renumber_shared_ids(config, {})
+                    data = json.dumps(config).encode()
+                entry = zipfile.ZipInfo(name, ZIP_TIME)  # not the time of the save
+                entry.create_system = 3  # nor the platform: Unix, a regular file rw-r--r--
+                entry.external_attr = 0o100644 << 16
+                fixed.writestr(entry, data, zipfile.ZIP_STORED)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 otherwise
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -15,12 +15,12 @@ PRODUCTS = [
     (layout.FRESH_CSV, "a large fresh draw, to estimate real-world accuracy"),
     (layout.SPLIT_DIR, "train.csv (first 30 rows) and test.csv (the other 70)"),
     (layout.MODELS_DIR, "one folder per configuration: a .keras model per seed, history, config"),
-    (layout.SWEEP_RECORD, "the sweep's MLflow parent and child runs, where its time went"),
+    (layout.SWEEP_RECORD, "what the sweep trained: each configuration's result digest"),
     (layout.METRICS, "the headline figures DVC tracks: `dvc metrics show`"),
     (layout.CONFIGS, "every configuration's measures (mean and spread), the selection"),
     (layout.SUMMARY, "the choice, both rules, each remedy's best, every configuration"),
     (layout.FIGURES_DIR, "learning curves, accuracy vs each remedy, decision boundaries, weights"),
-    (layout.MODEL_RECORD, "the registered model version (alias candidate): `make promote`"),
+    (layout.MODEL_RECORD, "the registered model (alias candidate) and its digest: `make promote`"),
     (Path(layout.MLFLOW_DB), "the MLflow store: `make ui`, then the link it prints"),
 ]
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from overfit import tracking
+from overfit import lineage, tracking
 from overfit.config import (
     ConfigError,
     GateConfig,
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         exit_on_config_error(error)
     name = args.name or config.registry.name
-    commit = tracking.git_tags(root).get("git.commit", "unknown")
+    commit = lineage.git_tags(root).get("git.commit", "unknown")
     try:
         mlflow = tracking.existing_store(root, config.tracking)
         if args.rollback:

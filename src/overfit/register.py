@@ -1,14 +1,17 @@
 """Stage register: the sweep's evaluation onto its MLflow runs, and the selected
 configuration's model as a version of `registry.name` in the MLflow Model Registry, alias
-`candidate`; reports/model.json says which version.
+`candidate`; reports/model.json says which model (its content digest: the store knows its
+version number).
 
 Each child run gets what evaluate measured of its configuration (fresh accuracy, losses,
 weight statistics, cross-validation: means and spreads); the parent run gets the figures, the
 summary and the selection as tags. One stage writes everything MLflow holds after training, so
 the stages before it need no MLflow (nor its ~2 s import and store opening).
 
-The model is the one the selected configuration's child run logged: its first seed's (a seed
-is never chosen by a score). The version is linked to that run and tagged with the
+The model is the selected configuration's first seed's (a seed is never chosen by a score), in
+MLflow's python-function flavor (classifier.py), logged as a model of that configuration's child
+run; the version is registered from that logged model, linked to the run, described by its
+model card (card.py), and tagged with the
 configuration, the selection rule, its cross-validation, test and fresh accuracy, the git
 commit, the data's md5 and the SHA-256 of what the model is made of (the .keras file and the
 model code). That is registered once: rerunning the stage with nothing changed finds its
@@ -18,24 +21,24 @@ version and points `candidate` at it once more.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from overfit import layout, tracking
+from overfit import layout, lineage, tracking
 from overfit.artifacts import (
     ArtifactError,
     ConfigSummary,
     Evaluation,
     ModelRecord,
-    SweepRecord,
+    file_digest,
     read_evaluation,
     read_result,
     read_sweep,
     write_model_record,
 )
+from overfit.card import model_card
 from overfit.config import Config, load_params, project_root
 from overfit.data import FEATURES, load_train_test
 from overfit.runtime import run_stage
@@ -43,18 +46,19 @@ from overfit.selection import describe
 
 CANDIDATE = "candidate"
 CONTENT_TAG = "overfit.model_sha256"
+# The registered model's name among the selected child run's logged models.
+CLASSIFIER_MODEL = "classifier"
 
 
 def figures_of(
-    root: Path, config: Config, report: Evaluation, sweep: SweepRecord
+    root: Path, config: Config, report: Evaluation
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """The selected model's record fields (all but name and version) and its version tags."""
+    """The selected model's record fields (all but name and digest) and its version tags."""
     chosen = report.configs[report.selected]
     result = read_result(layout.run_dir(root, report.selected))
     seed = result.seeds[0]
     fields = {
         "run": report.selected,
-        "mlflow_run_id": sweep.runs[report.selected],
         "seed": seed,
         "rule": report.rule,
         "cv": chosen.mean("cv_acc") if "cv_acc" in chosen.measures else None,
@@ -64,7 +68,7 @@ def figures_of(
     }
     penalty = result.penalty
     tags = {
-        "overfit.run": report.selected,
+        tracking.RUN_TAG: report.selected,
         "overfit.seed": str(seed),
         "penalty.kind": str(penalty["kind"]),
         "penalty.strength": str(penalty["strength"]),
@@ -81,45 +85,59 @@ def figures_of(
             else ""
         ),
     }
-    return fields, tags | tracking.git_tags(root) | tracking.data_tags(root)
+    return fields, tags
 
 
-def save_classifier(root: Path, config: Config, keras_file: Path, folder: Path) -> None:
+def save_classifier(root: Path, keras_file: Path, input_example: Any, folder: Path) -> None:
     """The model to register, in `folder`: MLflow's python-function flavor around the Keras
     file, taking a table with columns x1, x2 and giving the class-1 probability per row."""
-    import importlib.metadata
-
     import mlflow.pyfunc
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    test = load_train_test(root, config.data)[1]
     signature = ModelSignature(
         inputs=Schema([ColSpec("double", name) for name in FEATURES]),
         outputs=Schema([ColSpec("float", "probability")]),
     )
-    pins = [f"{n}=={importlib.metadata.version(n)}" for n in ("mlflow", "keras", "tensorflow-cpu")]
     mlflow.pyfunc.save_model(
         str(folder),
         python_model=str(root / layout.CLASSIFIER_CODE),
         artifacts={"keras_model": str(keras_file)},
         signature=signature,
-        input_example=pd.DataFrame(test.x[:3], columns=list(FEATURES)),
-        pip_requirements=pins,
+        input_example=pd.DataFrame(input_example, columns=list(FEATURES)),
+        pip_requirements=tracking.pins("mlflow", "keras", tracking.tensorflow_distribution()),
     )
 
 
+def model_of(run: Any) -> str | None:
+    """The id of the logged model a child run trained (its Keras flavor), if it logged one."""
+    outputs = run.outputs.model_outputs if run.outputs else []
+    return outputs[0].model_id if outputs else None
+
+
 def publish_evaluation(
-    root: Path, mlflow: Any, report: Evaluation, sweep: SweepRecord, folds: int
+    root: Path,
+    mlflow: Any,
+    report: Evaluation,
+    runs: tracking.SweepRuns,
+    config: Config,
+    commit: str,
 ) -> None:
-    """Give each child run what evaluate measured; attach the figures and the summary to the
-    sweep's parent run and tag it with the selection."""
-    for name, run_id in sweep.runs.items():
-        tracking.log_values(mlflow, run_id, metrics=evaluation_metrics(report.configs[name]))
-    tracking.log_values(mlflow, sweep.parent_run_id, tags=selection_tags(report, sweep, folds))
+    """Give each child run (and its logged model) what evaluate measured, and the fresh points
+    as a dataset; attach the figures and the summary to the sweep's parent run and tag it with
+    the selection."""
+    fresh = lineage.datasets(root, {lineage.FRESH: "fresh"}, config.data.name, commit)
+    for name, run in runs.children.items():
+        run_id = run.info.run_id
+        metrics = evaluation_metrics(report.configs[name])
+        tracking.log_values(mlflow, run_id, metrics=metrics, model_id=model_of(run))
+        mlflow.log_inputs(run_id, datasets=fresh)
+    mlflow.log_inputs(runs.parent, datasets=fresh)
+    tags = selection_tags(report, runs, config.select.folds)
+    tracking.log_values(mlflow, runs.parent, tags=tags)
     for path in [*sorted((root / layout.FIGURES_DIR).glob("*.png")), root / layout.SUMMARY]:
-        mlflow.log_artifact(sweep.parent_run_id, str(path), "reports")
+        mlflow.log_artifact(runs.parent, str(path), "reports")
 
 
 def evaluation_metrics(summary: ConfigSummary) -> dict[str, float]:
@@ -132,47 +150,49 @@ def evaluation_metrics(summary: ConfigSummary) -> dict[str, float]:
     }
 
 
-def selection_tags(report: Evaluation, sweep: SweepRecord, folds: int) -> dict[str, str]:
+def selection_tags(report: Evaluation, runs: tracking.SweepRuns, folds: int) -> dict[str, str]:
     """The parent run's record of the choice: which run, by which rule."""
     return {
         "overfit.selected_run": report.selected,
-        "overfit.selected_run_id": sweep.runs[report.selected],
+        "overfit.selected_run_id": runs.children[report.selected].info.run_id,
         "overfit.selection_rule": f"{report.rule}: {describe(report.rule, folds)}",
         "overfit.test_choice": report.test_choice,
     }
 
 
-def register(root: Path) -> tuple[ModelRecord, bool]:
+def register(root: Path) -> tuple[ModelRecord, Any, bool]:
     """Publish the evaluation to the sweep's runs; register (or find) the selected model's
-    version, point `candidate` at it, record it."""
+    version, point `candidate` at it, describe it with its card, record it. The record, the
+    version, and whether it is new."""
     config = load_params(root)
     report, sweep = read_evaluation(root), read_sweep(root)
-    fields, tags = figures_of(root, config, report, sweep)
-    run_id = fields["mlflow_run_id"]
-    mlflow = tracking.sweep_store(root, config.tracking, run_id)
-    publish_evaluation(root, mlflow, report, sweep, config.select.folds)
+    fields, tags = figures_of(root, config, report)
+    mlflow = tracking.existing_store(root, config.tracking)
+    runs = tracking.find_sweep(mlflow, config.tracking.experiment, sweep)
+    origin = lineage.git_tags(root) | lineage.data_tags(root)
+    publish_evaluation(root, mlflow, report, runs, config, origin["git.commit"])
     name = config.registry.name
     keras_file = layout.model_file(layout.run_dir(root, fields["run"]), fields["seed"])
     # What the registered model is made of: a new model file or new model code is a new version.
-    digest = hashlib.sha256(
-        keras_file.read_bytes() + (root / layout.CLASSIFIER_CODE).read_bytes()
-    ).hexdigest()
-    tags[CONTENT_TAG] = digest
-    version = tracking.registered_version(mlflow, name, run_id, (CONTENT_TAG, digest))
+    digest = file_digest(keras_file, root / layout.CLASSIFIER_CODE)
+    record = ModelRecord(name=name, **fields, model_sha256=digest)
+    card = model_card(config, report, record, origin)
+    tags |= origin | {CONTENT_TAG: digest}
+    version = tracking.registered_version(mlflow, name, (CONTENT_TAG, digest))
     new = version is None
     if version is None:
-        artifact = layout.classifier_artifact(digest)
+        child = runs.children[fields["run"]].info.run_id
+        train = load_train_test(root, config.data)[0]
         with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch) / "model"
-            save_classifier(root, config, keras_file, folder)
-            mlflow.log_artifacts(run_id, str(folder), artifact)
-        version = tracking.new_version(mlflow, name, run_id, artifact, tags)
+            folder = Path(scratch) / "classifier"
+            save_classifier(root, keras_file, train.x[:3], folder)
+            run = {"experiment": runs.experiment, "id": child, "name": CLASSIFIER_MODEL}
+            model_id = tracking.log_model_folder(mlflow, run, folder, {CONTENT_TAG: digest})
+        version = tracking.new_version(mlflow, name, model_id, child, tags)
+    tracking.describe_version(mlflow, name, version.version, card)
     mlflow.set_registered_model_alias(name, CANDIDATE, version.version)
-    record = ModelRecord(
-        name=name, version=str(version.version), uri=f"models:/{name}/{version.version}", **fields
-    )
     write_model_record(root, record)
-    return record, new
+    return record, version, new
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,14 +202,14 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    record, new = run_stage(
+    record, version, new = run_stage(
         lambda: register(project_root()), (ArtifactError, tracking.StoreError, KeyError)
     )
     print("logged the evaluation to the sweep's MLflow runs, the figures and summary to its parent")
     made = "registered" if new else "already registered:"
     print(
-        f"{made} {record.uri} ({record.run}, seed {record.seed}; test {record.test:.3f}, "
-        f"fresh {record.fresh:.3f}), alias {CANDIDATE}"
+        f"{made} models:/{record.name}/{version.version} ({record.run}, seed {record.seed}; "
+        f"test {record.test:.3f}, fresh {record.fresh:.3f}), alias {CANDIDATE}"
     )
     print("promote it with `make promote` (python -m overfit.promote)")
 

@@ -24,9 +24,36 @@ from overfit.config import ConfigError, exit_on_config_error
 
 T = TypeVar("T")
 
+# A pipeline process's output is what a user can act on: TensorFlow's C++ start-up lines
+# (CPU features, oneDNN) and MLflow's download progress bars in a log file are not. A user's own
+# setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if not sys.stderr.isatty():
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 _received: list[int] = []
+
+
+@contextlib.contextmanager
+def tensorflow_quiet() -> Iterator[None]:
+    """Within the block (an import of TensorFlow or Keras), the process's stderr goes to
+    /dev/null: TensorFlow prints its C++ start-up lines (oneDNN, absl) as it loads, before it
+    reads TF_CPP_MIN_LOG_LEVEL. A failing import still raises, and its traceback shows after."""
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 class Interrupted(BaseException):

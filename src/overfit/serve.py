@@ -106,6 +106,10 @@ def mlflow_env(store_uri: str) -> dict[str, str]:
     env["MLFLOW_REGISTRY_URI"] = store_uri
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Nothing a user cannot act on: TensorFlow's start-up lines, progress bars in a log file.
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not sys.stderr.isatty():
+        env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return env
 
 

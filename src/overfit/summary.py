@@ -28,13 +28,13 @@ def results_table(results: Sequence[JobResult]) -> str:
     return "\n".join(lines)
 
 
-def progress_line(result: JobResult) -> str:
-    """One finished job, as the sweep prints it."""
+def progress_line(result: JobResult, seconds: float) -> str:
+    """One finished job, as the sweep prints it (`seconds`: the job's time in its process)."""
     mean, std = result.mean, result.std
     cv = f"cv {result.cv['mean']['cv_acc']:.3f}   " if result.cv else ""
     return (
         f"  {result.run:<14} train {mean['train_acc']:.3f} +- {std['train_acc']:.3f}   {cv}"
-        f"test {mean['test_acc']:.3f} +- {std['test_acc']:.3f}   {result.seconds:5.1f} s"
+        f"test {mean['test_acc']:.3f} +- {std['test_acc']:.3f}   {seconds:5.1f} s"
     )
 
 

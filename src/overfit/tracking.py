@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sqlite3
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -19,9 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import yaml
-
-from overfit import layout, runtime
+from overfit import layout, lineage, runtime
+from overfit.artifacts import SweepRecord
 from overfit.config import ConfigError, TrackingConfig
 
 # MLflow caps one log_batch call at 1000 metrics, 100 params and 100 tags.
@@ -292,9 +290,62 @@ def _quiet(logger: str) -> Iterator[None]:
         log.setLevel(level)
 
 
+# How later stages find a sweep's runs from reports/sweep.json, which holds no run id: the
+# parent run's tag is the record's digest, each child run's the SHA-256 of its result.json.
+SWEEP_TAG = "overfit.sweep_sha256"
+RESULT_TAG = "overfit.result_sha256"
+RUN_TAG = "overfit.run"
+
+
+@dataclass(frozen=True)
+class SweepRuns:
+    """A sweep's runs in the store: the experiment's id, the parent's, and each configuration's
+    child run."""
+
+    experiment: str
+    parent: str
+    children: dict[str, Any]
+
+
+def find_sweep(mlflow_client: Any, experiment: str, record: SweepRecord) -> SweepRuns:
+    """The latest finished sweep whose parent run is tagged with the digest of `record`
+    (reports/sweep.json), and its child runs, each checked against its result's digest;
+    StoreError when the store holds no such sweep."""
+    digest, results = record.digest(), record.results
+    found = mlflow_client.get_experiment_by_name(experiment)
+    finished = "attributes.status = 'FINISHED'"
+    parents = []
+    if found is not None:
+        parents = mlflow_client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`{SWEEP_TAG}` = '{digest}' and {finished}",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    if not parents:
+        raise StoreError(
+            f"no finished sweep in experiment {experiment!r} of the MLflow store trained these "
+            "models (reports/sweep.json); train them again: dvc repro -f train"
+        )
+    parent = parents[0].info.run_id
+    children = {
+        run.data.tags.get(RUN_TAG): run
+        for run in mlflow_client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and {finished}",
+            max_results=len(results) + 100,
+        )
+        if run.data.tags.get(RESULT_TAG) == results.get(run.data.tags.get(RUN_TAG))
+    }
+    missing = sorted(set(results) - set(children))
+    if missing:
+        raise StoreError(f"the sweep's MLflow run {parent} has no finished run for {missing[0]}")
+    return SweepRuns(found.experiment_id, parent, {name: children[name] for name in results})
+
+
 def run_tags(root: Path) -> dict[str, str]:
     """What every run of this process is tagged with: its owner, the commit, the data."""
-    return process_tags() | git_tags(root) | data_tags(root)
+    return process_tags() | lineage.git_tags(root) | lineage.data_tags(root)
 
 
 @contextlib.contextmanager
@@ -320,37 +371,6 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def git_tags(root: Path) -> dict[str, str]:
-    """The commit the run came from, and whether the work tree had uncommitted changes."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return {"git.commit": "unknown", "git.dirty": "unknown"}
-    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
-
-
-def data_tags(root: Path) -> dict[str, str]:
-    """The md5 DVC recorded in dvc.lock for each data output the training reads."""
-    lock = root / layout.DVC_LOCK
-    if not lock.is_file():
-        return {}
-    # libyaml's loader when present: the pure-Python one takes ~40 ms per job on this file.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    stages = (yaml.load(lock.read_text(encoding="utf-8"), Loader=loader) or {}).get("stages", {})
-    tags = {}
-    for stage in ("generate", "split"):
-        for out in stages.get(stage, {}).get("outs", []):
-            tags[f"data.md5.{out['path']}"] = out.get("md5", "")
-    return tags
 
 
 def sampled_epochs(epochs: int, every: int) -> list[int]:
@@ -390,8 +410,10 @@ def log_values(
     params: Mapping[str, Any] | None = None,
     metrics: Mapping[str, float] | None = None,
     tags: Mapping[str, str] | None = None,
+    model_id: str | None = None,
 ) -> None:
-    """Params, metrics (at step 0) and tags of a run, in batches MLflow accepts."""
+    """Params, metrics (at step 0; of the logged model `model_id`, if given) and tags of a run,
+    in batches MLflow accepts."""
     from mlflow.entities import Metric, Param, RunTag
 
     if tags:
@@ -401,7 +423,9 @@ def log_values(
     param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
     for start in range(0, len(param_list), MAX_PARAMS_PER_BATCH):
         mlflow_client.log_batch(run_id, params=param_list[start : start + MAX_PARAMS_PER_BATCH])
-    metric_list = [Metric(k, float(v), stamp, 0) for k, v in (metrics or {}).items()]
+    metric_list = [
+        Metric(k, float(v), stamp, 0, model_id=model_id) for k, v in (metrics or {}).items()
+    ]
     for start in range(0, len(metric_list), MAX_METRICS_PER_BATCH):
         mlflow_client.log_batch(run_id, metrics=metric_list[start : start + MAX_METRICS_PER_BATCH])
 
@@ -512,37 +536,60 @@ def process_tags() -> dict[str, str]:
 
 def save_keras_flavor(model: Any, input_example: Any, folder: Path) -> None:
     """The model in MLflow's Keras flavor, with a signature and an input example, in `folder`
-    (which `log_keras_flavor` then logs as the run's `model/`).
+    (which `log_model_folder` then logs as a logged model of the run).
 
-    `mlflow.keras.log_model(..., input_example=...)` fails (mlflow/mlflow#16183); saving the
-    flavor into a folder and logging that folder gives the same artifact. Requirements are
-    given, not inferred: inference re-imports the model in a subprocess and costs seconds.
+    `mlflow.keras.log_model(..., input_example=...)` fails (mlflow/mlflow#16183), and the
+    fluent `log_model` needs an active fluent run, which this client-driven code does not
+    have: the flavor is saved into a folder, and the client's logged-model calls log it.
+    Requirements are given, not inferred: inference re-imports the model in a subprocess and
+    costs seconds.
     """
-    import importlib.metadata
-
     import mlflow.keras
     import numpy as np
     from mlflow.models import infer_signature
 
     example = np.asarray(input_example, dtype=np.float32)
     signature = infer_signature(example, np.asarray(model(example)))
-    pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("keras", _tf_dist())]
     folder.mkdir(parents=True, exist_ok=True)  # the example is written before the folder is made
     mlflow.keras.save_model(
         model,
         str(folder),
         signature=signature,
         input_example=example,
-        pip_requirements=pins,
+        pip_requirements=pins("keras", tensorflow_distribution()),
     )
 
 
-def log_keras_flavor(mlflow_client: Any, run_id: str, folder: Path) -> None:
-    """A model `save_keras_flavor` saved in `folder`, as the run's `model/`."""
-    mlflow_client.log_artifacts(run_id, str(folder), "model")
+def log_model_folder(
+    mlflow_client: Any, run: Mapping[str, str], folder: Path, tags: Mapping[str, str]
+) -> str:
+    """An MLflow model saved in `folder`, as a logged model (MLflow 3) named `run["name"]`,
+    output of run `run["id"]` in experiment `run["experiment"]`: the run's Models tab and the
+    experiment's Logged models page list it. Its id (`models:/<id>` loads it)."""
+    from mlflow.entities import LoggedModelOutput
+
+    model = mlflow_client.create_logged_model(
+        run["experiment"], name=run["name"], source_run_id=run["id"], tags=dict(tags)
+    )
+    try:
+        mlflow_client.log_model_artifacts(model.model_id, str(folder))
+    except BaseException:
+        mlflow_client.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    mlflow_client.finalize_logged_model(model.model_id, "READY")
+    mlflow_client.log_outputs(run["id"], [LoggedModelOutput(model.model_id, step=0)])
+    return model.model_id
 
 
-def _tf_dist() -> str:
+def pins(*distributions: str) -> list[str]:
+    """`name==version` of each installed distribution: a model's pip requirements."""
+    import importlib.metadata
+
+    return [f"{name}=={importlib.metadata.version(name)}" for name in distributions]
+
+
+def tensorflow_distribution() -> str:
+    """The TensorFlow distribution installed here (tensorflow-cpu or tensorflow)."""
     import importlib.metadata
 
     for name in ("tensorflow-cpu", "tensorflow"):
@@ -557,12 +604,11 @@ def _tf_dist() -> str:
 # --- the Model Registry -----------------------------------------------------------------------
 
 
-def registered_version(
-    mlflow_client: Any, name: str, run_id: str, tag: tuple[str, str]
-) -> Any | None:
-    """The version of registered model `name` made from run `run_id` and tagged `tag` (key,
-    value), if there is one."""
-    found = mlflow_client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+def registered_version(mlflow_client: Any, name: str, tag: tuple[str, str]) -> Any | None:
+    """The first version of registered model `name` tagged `tag` (key, value), if there is
+    one."""
+    key, value = tag
+    found = mlflow_client.search_model_versions(f"name = '{name}' and tags.`{key}` = '{value}'")
     # Read each version whole: a search result's tags may be left empty.
     versions = [mlflow_client.get_model_version(name, v.version) for v in found]
     same = [v for v in versions if v.tags.get(tag[0]) == tag[1]]
@@ -570,10 +616,10 @@ def registered_version(
 
 
 def new_version(
-    mlflow_client: Any, name: str, run_id: str, artifact_path: str, tags: Mapping[str, str]
+    mlflow_client: Any, name: str, model_id: str, run_id: str, tags: Mapping[str, str]
 ) -> Any:
-    """A new version of registered model `name` (created if needed) from the model run
-    `run_id` logged at `artifact_path`, with these tags."""
+    """A new version of registered model `name` (created if needed) from the logged model
+    `model_id` of run `run_id`, with these tags."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -581,8 +627,16 @@ def new_version(
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-    return mlflow_client.create_model_version(name, source, run_id=run_id, tags=dict(tags))
+    return mlflow_client.create_model_version(
+        name, f"models:/{model_id}", run_id=run_id, tags=dict(tags), model_id=model_id
+    )
+
+
+def describe_version(mlflow_client: Any, name: str, version: str, card: str) -> None:
+    """The card as the description of the version and of the registered model (the latest
+    registered version's card), as MLflow's UI shows them."""
+    mlflow_client.update_model_version(name, version, description=card)
+    mlflow_client.update_registered_model(name, description=card)
 
 
 def version_by_alias(mlflow_client: Any, name: str, alias: str) -> Any | None:

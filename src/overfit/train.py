@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from overfit import layout, runtime, tracking
-from overfit.artifacts import JobResult, SweepRecord, read_result, write_sweep, write_text
+from overfit.artifacts import (
+    JobResult,
+    SweepRecord,
+    read_result,
+    result_digest,
+    write_sweep,
+    write_text,
+)
 from overfit.config import (
     ComposedJob,
     ConfigError,
@@ -46,6 +53,7 @@ from overfit.job import (
     run_job,
     save_job,
     train_together,
+    training_data,
     write_job_config,
 )
 from overfit.remedies import run_name
@@ -209,6 +217,8 @@ def run_under_parent(
         store.client, store.experiment_id, f"sweep-{sweep_name}", parent_tags
     ) as parent:
         tracking.log_values(store.client, parent, params=params)
+        commit = tags.get("git.commit", "unknown")
+        store.client.log_inputs(parent, datasets=training_data(root, configs[0], commit))
         print(
             f"sweep {sweep_name}: {len(names)} configurations x {seeds} seeds, {epochs} epochs; "
             f"MLflow parent run {parent}",
@@ -225,17 +235,18 @@ def run_under_parent(
             results = [read_result(layout.run_dir(root, name)) for name in names]
         else:
             results = run_stacked(root, jobs, store, parent, tags, phases)
-        for result in results:
-            phases.add(result.phases)
         table = results_table(results)
         store.client.log_text(parent, table, layout.SWEEP_TABLE_ARTIFACT)
         record = SweepRecord(
-            parent_run_id=parent,
-            tracking_uri=tracking.redact(store.uri),
-            runs={r.run: r.mlflow_run_id for r in results},
-            # Where the stage's time went, summed over jobs; read by benchmarks/.
-            phases=dict(phases),
-            process_seconds=round(time.perf_counter() - PROCESS_STARTED, 3),
+            name=sweep_name,
+            results={r.run: result_digest(r) for r in results},
+        )
+        # Where the stage's time went (read by benchmarks/), and what the sweep trained: the
+        # tag by which the later stages find this run from reports/sweep.json.
+        timings = {f"seconds_{phase}": value for phase, value in phases.items()}
+        timings["seconds_process"] = round(time.perf_counter() - PROCESS_STARTED, 3)
+        tracking.log_values(
+            store.client, parent, metrics=timings, tags={tracking.SWEEP_TAG: record.digest()}
         )
         runtime.checkpoint()
         write_sweep(root, record)
@@ -281,9 +292,11 @@ def run_stacked(
             config = dataclasses.replace(jobs[i].config, tracking=tracking_config)
             if i not in saved:
                 start_folder(i)
-            results.append(
-                run_job(root, config, store, tags, work_dirs[i], trained[i], saved.get(i))
+            result, job_phases = run_job(
+                root, config, store, tags, work_dirs[i], trained[i], saved.get(i)
             )
+            results.append(result)
+            phases.add(job_phases)
         return results
     finally:  # the folders of jobs not published (the sweep stopped or failed)
         for work_dir in work_dirs:

@@ -28,9 +28,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-import keras
 import numpy as np
-import tensorflow as tf
+
+from overfit.runtime import tensorflow_quiet
+
+with tensorflow_quiet():
+    import keras
+    import tensorflow as tf
 
 # Keras 3 Adam defaults; the loop reproduces only this configuration.
 BETA_1 = 0.9
