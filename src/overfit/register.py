@@ -100,14 +100,15 @@ def save_classifier(root: Path, keras_file: Path, input_example: Any, folder: Pa
         inputs=Schema([ColSpec("double", name) for name in FEATURES]),
         outputs=Schema([ColSpec("float", "probability")]),
     )
-    mlflow.pyfunc.save_model(
-        str(folder),
-        python_model=str(root / layout.CLASSIFIER_CODE),
-        artifacts={"keras_model": str(keras_file)},
-        signature=signature,
-        input_example=pd.DataFrame(input_example, columns=list(FEATURES)),
-        pip_requirements=tracking.pins("mlflow", "keras", tracking.tensorflow_distribution()),
-    )
+    with tracking.quiet("mlflow"):  # its INFO line on checking the input example
+        mlflow.pyfunc.save_model(
+            str(folder),
+            python_model=str(root / layout.CLASSIFIER_CODE),
+            artifacts={"keras_model": str(keras_file)},
+            signature=signature,
+            input_example=pd.DataFrame(input_example, columns=list(FEATURES)),
+            pip_requirements=tracking.pins("mlflow", "keras", tracking.tensorflow_distribution()),
+        )
 
 
 def model_of(run: Any) -> str | None:

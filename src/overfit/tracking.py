@@ -269,7 +269,7 @@ def ensure_store(uri: str) -> None:
         import mlflow.tracking  # noqa: F401  (its import sets up its loggers, quieted below)
 
         try:
-            with _quiet("mlflow"):  # its table-by-table account of the creation
+            with quiet("mlflow"):  # its table-by-table account of the creation
                 client(f"sqlite:///{draft}").search_experiments(max_results=1)  # the schema
         except Exception as error:
             draft.unlink(missing_ok=True)
@@ -279,7 +279,7 @@ def ensure_store(uri: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[None]:
+def quiet(logger: str) -> Iterator[None]:
     """Only warnings and errors from `logger` within the block."""
     log = logging.getLogger(logger)
     level = log.level
