@@ -5,13 +5,18 @@
     .venv/bin/python scripts/ui_screenshot.py --url http://127.0.0.1:5001   # a running server
     .venv/bin/python scripts/ui_screenshot.py --link http://127.0.0.1:5000  # print its address
     .venv/bin/python scripts/ui_screenshot.py --registry overfit-moons      # the registered model
+    .venv/bin/python scripts/ui_screenshot.py --registry overfit-moons --version 1  # its card
 
 Starts `mlflow ui` on a free port (unless --url names a running server), drives Chromium
-headless through Playwright, and writes docs/mlflow-ui.png by default.
+headless through Playwright, and writes docs/mlflow-ui.png by default: the runs table with each
+run's datasets and logged models, and the sweep's metrics. It prints what each row shows, and
+the datasets the view's Datasets filter offers.
 
 --registry NAME screenshots, instead, the registered model's page in the Model Registry: its
-versions with their tags and aliases (candidate, champion, previous); docs/mlflow-registry.png
-by default. It prints the versions and aliases the page shows. Needs Chromium at
+versions with their tags and aliases (candidate, champion, previous), its description folded
+away; docs/mlflow-registry.png by default. It prints the versions and aliases the page shows.
+With --version N, the page of that version instead: where it came from and its description
+(the model card); docs/mlflow-version.png by default. Needs Chromium at
 /usr/bin/chromium (Debian: `apt-get install chromium`; scripts/ci_services.sh installs it) or
 CHROMIUM=/path/to/chrome; Playwright's own browser download is not used.
 
@@ -53,10 +58,15 @@ CHROMIUM_ARGS = [
 # What a reader compares across the sweep: the selection's estimate (cross-validation), then
 # the accuracies on the test, fresh and training data, and the train-test gap.
 METRIC_COLUMNS = ("cv_acc_mean", "test_acc_mean", "fresh_acc_mean", "train_acc_mean", "gap_mean")
-# Default columns that stay empty for this project (no datasets, sources or logged models).
-HIDDEN_COLUMNS = ("Dataset", "Source", "Models")
-# Wide enough for a whole header and "0.7357142..."; fitted to the values they would be huge.
-COLUMN_WIDTH = 150
+# Default columns kept, by name, and their widths: the run's name ("max_norm_0p25" under its
+# parent), its first dataset ("moons-train (302...", "+2" for the others) and its logged models
+# ("max_norm_0p25", "classifier +1").
+SHOWN_COLUMNS = {"Run Name": 205, "Dataset": 200, "Models": 155}
+# Default columns that stay empty for this project (no source: runs are logged from Python).
+HIDDEN_COLUMNS = ("Source",)
+# Wide enough for a whole header ("fresh_acc_mean") and "0.735714"; fitted to the values they
+# would be huge. The sidebar is folded to its icons to make room for all the columns.
+COLUMN_WIDTH = 125
 VIEWPORT = {"width": 1600, "height": 1000}
 UI_START_TIMEOUT = 90.0
 # The model page draws the model (its heading and aliases) and its versions from two requests;
@@ -73,6 +83,16 @@ class Row:
     run_id: str
     name: str
     cells: dict[str, str]  # metric name -> the text the UI shows
+    datasets: tuple[str, ...] = ()  # "name (digest)", in the Dataset cell's order
+    models: tuple[str, ...] = ()  # the logged models' names: those in sight, then the "+N" ones
+
+
+@dataclass(frozen=True)
+class RunsTable:
+    """What the runs view shows: its rows, and the datasets its Datasets filter offers."""
+
+    rows: list[Row]
+    datasets: dict[str, str]  # "name (digest)" -> context ("training", ...), in the menu's order
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,15 @@ class Version:
     version: str
     aliases: tuple[str, ...]  # in the page's order
     tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class VersionPage:
+    """A model version's own page, as it shows it."""
+
+    source_run: str  # the name of the run it came from
+    source_model: str  # the name of the logged model it was registered from
+    description: str  # the description's text as drawn (Markdown rendered): the model card
 
 
 def free_port() -> int:
@@ -160,6 +189,12 @@ def registry_page(base_url: str, name: str) -> str:
     return f"{base_url}/#/models/{urllib.parse.quote(name, safe='')}?workflowType=machine_learning"
 
 
+def version_page(base_url: str, name: str, version: str) -> str:
+    """A version's page (source run and model, description, tags), in the Model training view."""
+    model = urllib.parse.quote(name, safe="")
+    return f"{base_url}/#/models/{model}/versions/{version}?workflowType=machine_learning"
+
+
 def _check_chromium() -> None:
     if not Path(CHROMIUM).is_file():
         raise UIError(
@@ -174,22 +209,39 @@ def capture(
     parent_run_id: str,
     out: Path,
     metrics: Sequence[str] = METRIC_COLUMNS,
-) -> list[Row]:
+) -> RunsTable:
     """Open the runs table, expand the sweep's parent run, show the metric columns in the order
-    given, all within the page's width, and take the screenshot.
+    given after the datasets and models, all within the page's width, and take the screenshot.
 
-    Returns the rows as the page shows them (run id, name, metric texts), for checking.
+    Returns the rows as the page shows them (run id, name, metric texts, datasets, models) and
+    the Datasets filter's choices, for checking.
     """
-    with browser_page(runs_page(base_url, experiment_id)) as page:
+    with (
+        _one_line(f"the runs page of experiment {experiment_id}"),
+        browser_page(runs_page(base_url, experiment_id)) as page,
+    ):
         parent = page.locator(f'[role=row][row-id="{parent_run_id}"]').first
         parent.wait_for()
         _close_assistant(page)
+        page.get_by_role("button", name="Toggle sidebar", exact=True).click()  # to its icons
         _expand(page, parent_run_id)
         _show_columns(page, metrics)
-        rows = _read_rows(page, metrics)
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out))
-    return rows
+        # Read after the picture: the popovers opened below leave the focus on their buttons.
+        return RunsTable(_read_rows(page, metrics), _dataset_filter(page))
+
+
+@contextlib.contextmanager
+def _one_line(page: str) -> Iterator[None]:
+    """A Playwright error (a timeout: the page never drew what was awaited) as a UIError line."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        yield
+    except PlaywrightError as error:
+        first = str(error).splitlines()[0]
+        raise UIError(f"{page} did not load: {first}") from None
 
 
 @contextlib.contextmanager
@@ -216,19 +268,59 @@ def capture_registry(base_url: str, name: str, out: Path) -> list[Version]:
     Returns the versions as the page shows them (number, aliases, tags), newest first; raises
     UIError if the page shows no such model, or no versions of it.
     """
-    from playwright.sync_api import Error as PlaywrightError
-
-    with browser_page(registry_page(base_url, name)) as page:
-        try:
-            versions = _read_versions(page, name)
-        except PlaywrightError as error:
-            first = str(error).splitlines()[0]
-            raise UIError(f"the page of registered model {name} did not load: {first}") from None
+    with (
+        _one_line(f"the page of registered model {name}"),
+        browser_page(registry_page(base_url, name)) as page,
+    ):
+        versions = _read_versions(page, name)
         _close_assistant(page)
+        _fold_description(page)
         page.mouse.move(VIEWPORT["width"] / 2, 60)  # off the table: no row highlighted
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out))
     return versions
+
+
+def _fold_description(page: Any) -> None:
+    """The model's description (its model card, also on each version's page) would push the
+    versions out of the picture: fold it, as the Tags section is."""
+    header = page.locator("[role=button][aria-expanded=true]", has_text="Description")
+    if header.count():
+        header.first.locator("[role=img]").first.click()  # its arrow (the text has Edit)
+        page.locator("[role=button][aria-expanded=false]", has_text="Description").wait_for()
+
+
+def capture_version(base_url: str, name: str, version: str, out: Path) -> VersionPage:
+    """Open a model version's page, wait until its description is drawn, and take the
+    screenshot. Returns what the page shows; raises UIError if it shows no such version."""
+    with (
+        _one_line(f"the page of {name} version {version}"),
+        browser_page(version_page(base_url, name, version)) as page,
+    ):
+        shown = _read_version_page(page, name, version)
+        _close_assistant(page)
+        page.mouse.move(VIEWPORT["width"] / 2, 60)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out))
+    return shown
+
+
+def _read_version_page(page: Any, name: str, version: str) -> VersionPage:
+    missing = page.get_by_text("Page Not Found", exact=True)
+    heading = page.get_by_role("heading", name=f"Version {version}", exact=True)
+    heading.or_(missing).first.wait_for()
+    if missing.count():
+        raise UIError(f"the MLflow UI shows no version {version} of registered model {name}")
+    # The source run's name comes from a request of its own; the description with the version.
+    run = page.get_by_test_id("descriptions-item").filter(has_text="Source Run").locator("a")
+    run.first.wait_for()
+    model = page.get_by_test_id("source-model-link")
+    card = page.get_by_test_id("note-editor-preview-content")
+    return VersionPage(
+        run.first.inner_text().strip(),
+        model.first.inner_text().strip() if model.count() else "",
+        card.first.inner_text().strip() if card.count() else "",
+    )
 
 
 # A version's row holds the link to the version's own page.
@@ -292,7 +384,8 @@ def _expand(page: Any, parent_run_id: str) -> None:
 
 
 def _show_columns(page: Any, metrics: Sequence[str]) -> None:
-    """Tick the metrics in the Columns menu (it toggles), untick the empty defaults."""
+    """Tick the metrics in the Columns menu (it toggles), untick the empty defaults; narrow the
+    kept defaults, widen the metrics, in that order: the grid draws only the columns in sight."""
     page.get_by_role("button", name="Columns", exact=True).click()
     menu = page.get_by_role("dialog")
     for name in [*metrics, *HIDDEN_COLUMNS]:
@@ -302,10 +395,16 @@ def _show_columns(page: Any, metrics: Sequence[str]) -> None:
         if item.count():
             item.first.click()
     page.keyboard.press("Escape")
+    _header(page, metrics[0]).wait_for()
+    for name, width in SHOWN_COLUMNS.items():
+        header = page.locator(f'[role=columnheader][col-id="{_attribute(name)}"]')
+        if not header.count():
+            raise UIError(f"the runs table has no {name} column")
+        _resize(page, header.first, width)
     for name in metrics:
         header = _header(page, name)
         header.wait_for()
-        _widen(page, header)
+        _resize(page, header, COLUMN_WIDTH)
     grid = page.locator(".ag-center-cols-viewport").first.bounding_box()
     right = max(_box(page, name)["x"] + _box(page, name)["width"] for name in metrics)
     if grid is None or right > grid["x"] + grid["width"]:
@@ -316,6 +415,11 @@ def _show_columns(page: Any, metrics: Sequence[str]) -> None:
 
 def _header(page: Any, metric: str) -> Any:
     return page.locator(f'[role=columnheader][col-id="metrics.`{metric}`"]').first
+
+
+def _attribute(name: str) -> str:
+    """The grid's col-id of a default column ("Dataset", "Models", ...)."""
+    return f"attributes.`{name}`"
 
 
 def _box(page: Any, metric: str) -> dict[str, float]:
@@ -351,36 +455,84 @@ def _order(page: Any, metrics: Sequence[str]) -> None:
         raise UIError(f"the metric columns show as {shown}, not {list(metrics)}")
 
 
-def _widen(page: Any, header: Any) -> None:
-    """Drag the header's right edge until the column is COLUMN_WIDTH wide."""
+def _resize(page: Any, header: Any, width: float) -> None:
+    """Drag the header's right edge until the column is `width` wide (the grid overshoots a
+    drag by a few pixels: a second one corrects it)."""
     handle = header.locator(".ag-header-cell-resize")
-    box, edge = header.bounding_box(), handle.first.bounding_box() if handle.count() else None
-    if not box or not edge or box["width"] >= COLUMN_WIDTH:
-        return
-    x, y = edge["x"] + edge["width"] / 2, edge["y"] + edge["height"] / 2
-    handle.first.hover()
-    page.mouse.down()
-    for step in range(1, 11):  # the grid follows the pointer only in small moves
-        page.mouse.move(x + (COLUMN_WIDTH - box["width"]) * step / 10, y)
-        page.wait_for_timeout(20)
-    page.mouse.up()
+    for _ in range(3):
+        box, edge = header.bounding_box(), handle.first.bounding_box() if handle.count() else None
+        if not box or not edge or abs(box["width"] - width) < 1:
+            return
+        x, y = edge["x"] + edge["width"] / 2, edge["y"] + edge["height"] / 2
+        handle.first.hover()
+        page.mouse.down()
+        for step in range(1, 11):  # the grid follows the pointer only in small moves
+            page.mouse.move(x + (width - box["width"]) * step / 10, y)
+            page.wait_for_timeout(20)
+        page.mouse.up()
 
 
 def _read_rows(page: Any, metrics: Sequence[str]) -> list[Row]:
-    rows: dict[str, Row] = {}
+    names: dict[str, str] = {}
     for row in page.locator("[role=row][row-id]").all():
-        run_id = row.get_attribute("row-id")
         # The name is the cell's link; the cell also holds the run's colour as hidden text.
         link = row.locator('[col-id="attributes.`Run Name`"] a')
         if link.count():
-            rows[run_id] = Row(run_id, link.first.inner_text().strip(), {})
-    # The grid pins the name column: a run's metric cells are in another element, same row-id.
-    for run_id, found in rows.items():
-        for name in metrics:
-            cell = page.locator(f'[role=row][row-id="{run_id}"] [col-id="metrics.`{name}`"]')
-            if cell.count():
-                found.cells[name] = cell.first.inner_text().strip()
-    return list(rows.values())
+            names[row.get_attribute("row-id")] = link.first.inner_text().strip()
+    return [_read_row(page, run_id, name, metrics) for run_id, name in names.items()]
+
+
+def _read_row(page: Any, run_id: str, name: str, metrics: Sequence[str]) -> Row:
+    # The grid pins the name column: a run's other cells are in another element, same row-id.
+    row = f'[role=row][row-id="{run_id}"]'
+    cells = {}
+    for metric in metrics:
+        cell = page.locator(f'{row} [col-id="metrics.`{metric}`"]')
+        if cell.count():
+            cells[metric] = cell.first.inner_text().strip()
+    # Each dataset's button says "name (digest)", in full, however narrow the cell.
+    buttons = page.locator(f'{row} [col-id="{_attribute("Dataset")}"] {_DATASET}').all()
+    datasets = tuple(button.text_content().strip() for button in buttons)
+    return Row(run_id, name, cells, datasets, _models(page, row))
+
+
+_DATASET = '[data-testid="open-dataset-drawer"]'
+# A model's name links to its page: a logged model's, or a registered version's.
+_MODEL_LINK = 'a[href*="/models/"]'
+
+
+def _models(page: Any, row: str) -> tuple[str, ...]:
+    """The models in a run's Models cell: those in sight, then those its "+N" button lists."""
+    cell = page.locator(f'{row} [col-id="{_attribute("Models")}"]').first
+    if not cell.count():
+        return ()
+    names = [link.inner_text().strip() for link in cell.locator(_MODEL_LINK).all()]
+    more = cell.locator("button[aria-haspopup=dialog]")
+    if more.count():
+        more.first.click()
+        popover = page.get_by_role("dialog").filter(has=page.locator(_MODEL_LINK))
+        popover.first.wait_for()
+        names += [link.inner_text().strip() for link in popover.first.locator(_MODEL_LINK).all()]
+        page.keyboard.press("Escape")
+        popover.first.wait_for(state="detached")
+    return tuple(names)
+
+
+def _dataset_filter(page: Any) -> dict[str, str]:
+    """The datasets the view's Datasets filter offers: {"name (digest)": context}."""
+    dropdown = page.get_by_test_id("datasets-select-dropdown")
+    if not dropdown.count() or dropdown.first.is_disabled():  # the runs logged none
+        return {}
+    dropdown.first.click()
+    options = page.get_by_role("listbox", name="Datasets options").get_by_role("option")
+    options.first.wait_for()
+    offered = {}
+    for option in options.all():
+        tag = option.locator("[role=status]")  # the context, after the name
+        context = tag.first.text_content().strip() if tag.count() else ""
+        offered[option.text_content().strip().removesuffix(context).strip()] = context
+    page.keyboard.press("Escape")
+    return offered
 
 
 def _check_store(store_uri: str) -> None:
@@ -419,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--out",
         type=Path,
         help="where to write the picture (default: docs/mlflow-ui.png; with --registry, "
-        "docs/mlflow-registry.png)",
+        "docs/mlflow-registry.png; with --version too, docs/mlflow-version.png)",
     )
     parser.add_argument(
         "--link",
@@ -432,7 +584,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="NAME",
         help="screenshot the registered model NAME's page (its versions and aliases) instead",
     )
+    parser.add_argument(
+        "--version",
+        help="with --registry: screenshot that version's page (its description) instead",
+    )
     args = parser.parse_args(argv)
+    if args.version and not args.registry:
+        parser.error("--version needs --registry NAME")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if args.registry:
         _registry_main(args)
@@ -444,37 +602,55 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(runs_page(args.link.rstrip("/"), experiment_id))
             return
         if args.url:
-            rows = capture(args.url.rstrip("/"), experiment_id, parent, args.out)
+            table = capture(args.url.rstrip("/"), experiment_id, parent, args.out)
         else:
             with mlflow_ui(args.store) as url:
-                rows = capture(url, experiment_id, parent, args.out)
+                table = capture(url, experiment_id, parent, args.out)
     except UIError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    for row in rows:
-        print(f"  {row.name:<16} " + "  ".join(f"{k} {v}" for k, v in row.cells.items()))
+    for row in table.rows:
+        shown = [f"{k} {v}" for k, v in row.cells.items()]
+        shown.append(f"datasets {len(row.datasets)}  models {', '.join(row.models) or '-'}")
+        print(f"  {row.name:<16} " + "  ".join(shown))
+    print("  Datasets filter: " + (", ".join(table.datasets) or "-"))
     print(f"wrote {args.out}")
 
 
 def _registry_main(args: argparse.Namespace) -> None:
-    out = args.out or ROOT / "docs/mlflow-registry.png"
+    picture = "docs/mlflow-version.png" if args.version else "docs/mlflow-registry.png"
+    out = args.out or ROOT / picture
     try:
         if args.link:
-            print(registry_page(args.link.rstrip("/"), args.registry))
+            base = args.link.rstrip("/")
+            page = args.version and version_page(base, args.registry, args.version)
+            print(page or registry_page(base, args.registry))
             return
         if args.url:
-            versions = capture_registry(args.url.rstrip("/"), args.registry, out)
+            lines = _show_registry(args.url.rstrip("/"), args.registry, args.version, out)
         else:
             _check_store(args.store)
             with mlflow_ui(args.store) as url:
-                versions = capture_registry(url, args.registry, out)
+                lines = _show_registry(url, args.registry, args.version, out)
     except UIError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    for version in versions:
-        aliases = ", ".join(version.aliases) or "-"
-        print(f"  {args.registry} version {version.version}  aliases {aliases}")
-    print(f"wrote {out}")
+    print("\n".join([*lines, f"wrote {out}"]))
+
+
+def _show_registry(base_url: str, name: str, version: str | None, out: Path) -> list[str]:
+    """Take the picture of the model's page, or of the version's; say what it shows."""
+    if not version:
+        versions = capture_registry(base_url, name, out)
+        return [
+            f"  {name} version {v.version}  aliases {', '.join(v.aliases) or '-'}" for v in versions
+        ]
+    shown = capture_version(base_url, name, version, out)
+    heading = shown.description.splitlines()[0] if shown.description else "-"
+    return [
+        f"  {name} version {version}  run {shown.source_run}  model {shown.source_model or '-'}",
+        f"  description: {heading}",
+    ]
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ MOMENTS = [
     (tracking, "log_values", 2),
     (tracking, "log_metric_histories", 1),
     (tracking, "save_keras_flavor", 1),
-    (tracking, "log_keras_flavor", 1),
+    (tracking, "log_model_folder", 1),
     (job, "write_result", 1),
     (job, "publish", 1),
     (tracking, "end_run", 1),  # the first child run is ending

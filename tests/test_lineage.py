@@ -102,10 +102,19 @@ def test_the_version_comes_from_a_logged_model_and_carries_its_card(shrunk_pipel
     mlflow = client(root)
     record, version = registered(root)
     ids = sweep_ids(root)
-    model = mlflow.get_logged_model(version.model_id)
-    assert version.source == f"models:/{model.model_id}"
+    model = mlflow.get_logged_model(version.source.removeprefix("models:/"))
+    assert model.name == "classifier"
     assert model.source_run_id == version.run_id == ids["runs"][record.run]
     assert model.tags["overfit.model_sha256"] == record.model_sha256
+    # What serving installs names the TensorFlow distribution installed here.
+    import importlib.metadata
+
+    from mlflow.artifacts import download_artifacts
+
+    requirements = download_artifacts(f"{model.artifact_location}/requirements.txt")
+    installed = tracking.tensorflow_distribution()
+    pin = f"{installed}=={importlib.metadata.version(installed)}"
+    assert pin in Path(requirements).read_text().split()
     head = shrunk_pipeline.run("git", "rev-parse", "HEAD").stdout.strip()
     # The shrunk project is a clean clone: only what DVC wrote differs from its commit.
     assert version.tags["git.commit"] == head and version.tags["git.dirty"] == "false"

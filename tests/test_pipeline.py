@@ -170,20 +170,21 @@ def test_each_configuration_is_a_logged_model_with_its_metrics(shrunk_pipeline, 
     experiment = client.get_run(sweep["parent_run_id"]).info.experiment_id
     logged = {m.name: m for m in client.search_logged_models([experiment])}
     for name, run_id in sweep["runs"].items():
-        [output] = client.get_run(run_id).outputs.model_outputs
-        model = client.get_logged_model(output.model_id)
-        assert logged[name].model_id == model.model_id
+        outputs = {o.model_id for o in client.get_run(run_id).outputs.model_outputs}
+        assert logged[name].model_id in outputs
+        model = client.get_logged_model(logged[name].model_id)
         assert model.source_run_id == run_id and model.status == LoggedModelStatus.READY
         linked = {m.key: m.value for m in model.metrics}
         run_metrics = client.get_run(run_id).data.metrics
         for key in ("train_acc_mean", "test_acc_mean", "cv_acc_mean", "fresh_acc_mean"):
             assert linked[key] == run_metrics[key]
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    model_id = client.get_run(sweep["runs"]["l2_1e-03"]).outputs.model_outputs[0].model_id
+    model_id = logged["l2_1e-03"].model_id
     model = mlflow.keras.load_model(f"models:/{model_id}")
     probabilities = np.asarray(model.predict(np.array([[0.0, 1.0], [1.0, -0.5]]), verbose=0))
     assert probabilities.shape == (2, 1) and np.all((probabilities >= 0) & (probabilities <= 1))
-    local = mlflow.artifacts.download_artifacts(f"models:/{model_id}/MLmodel")
+    location = client.get_logged_model(model_id).artifact_location
+    local = mlflow.artifacts.download_artifacts(f"{location}/MLmodel")
     model_file = yaml.safe_load(Path(local).read_text())
     assert model_file["signature"]["inputs"] and model_file["saved_input_example_info"]
 

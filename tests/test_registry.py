@@ -15,7 +15,7 @@ from overfit.config import main as config_main
 from overfit.promote import main as promote_main
 from overfit.register import main as register_main
 
-from .conftest import SHRUNK
+from .conftest import SHRUNK, sweep_ids
 
 NAME = "overfit-moons"
 
@@ -52,18 +52,19 @@ def test_register_promote_roll_back_and_refuse(project, entry) -> None:
 
     record = json.loads((root / "reports/model.json").read_text())
     report = json.loads((root / "reports/configs.json").read_text())
-    sweep = json.loads((root / "reports/sweep.json").read_text())
-    assert record["name"] == NAME and record["run"] == report["selected"]
-    assert record["mlflow_run_id"] == sweep["runs"][report["selected"]] and record["seed"] == 1
-    version = registry(root).get_model_version(NAME, record["version"])
-    assert version.run_id == record["mlflow_run_id"]
+    child = sweep_ids(root)["runs"][report["selected"]]
+    assert record["name"] == NAME and record["run"] == report["selected"] and record["seed"] == 1
+    [version] = registry(root).search_model_versions(f"name = '{NAME}'")
+    version = registry(root).get_model_version(NAME, version.version)
+    assert version.run_id == child
+    assert version.tags["overfit.model_sha256"] == record["model_sha256"]
     assert version.tags["overfit.run"] == report["selected"]
     assert version.tags["overfit.selection_rule"].startswith("cv_acc: highest mean held-out")
     config = report["configs"][report["selected"]]
     for key in ("cv_acc", "test_acc", "fresh_acc"):
         assert float(version.tags[key]) == pytest.approx(config[key]["mean"], abs=1e-6)
     assert version.tags["git.commit"] and version.tags["data.md5.data/split"]
-    assert aliases(root) == {"candidate": record["version"]}
+    assert aliases(root) == {"candidate": str(version.version)}
 
     # Registering again registers nothing new.
     status, out, err = entry(register_main, root)
@@ -87,7 +88,7 @@ def test_register_promote_roll_back_and_refuse(project, entry) -> None:
     stages = re.findall(r"Running stage '([^']+)'", run("dvc", "repro").stdout)
     assert stages == ["register"]
     assert versions(root) == ["1", "2"]
-    assert registry(root).get_model_version(NAME, "2").run_id == record["mlflow_run_id"]
+    assert registry(root).get_model_version(NAME, "2").run_id == child
     status, out, err = promote()
     assert status == 0, out + err
     assert "pass  selected_test_accuracy" in out

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from overfit import layout
+from overfit import layout, tracking
 from overfit.artifacts import ModelRecord, read_model_record
 from overfit.metrics import probabilities
 from overfit.serve import NEXT_STEP
@@ -106,6 +106,7 @@ def ping(base: str) -> int:
 class Served:
     root: Path
     record: ModelRecord
+    version: str
     base: str
     log: Path
 
@@ -153,7 +154,10 @@ def served(shrunk_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     root = copy_with_store(shrunk_pipeline.root, tmp_path_factory.mktemp("serve") / "project")
     record = read_model_record(root)
     client = MlflowClient(tracking_uri=store_uri(root), registry_uri=store_uri(root))
-    client.set_registered_model_alias(record.name, CHAMPION, record.version)
+    version = tracking.registered_version(
+        client, record.name, ("overfit.model_sha256", record.model_sha256)
+    )
+    client.set_registered_model_alias(record.name, CHAMPION, version.version)
     port = free_port()
     log = root.parent / "serve.log"
     with open(log, "wb") as out:
@@ -172,7 +176,7 @@ def served(shrunk_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             assert process.poll() is None, f"the server exited:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"no /ping in {START_TIMEOUT}s:\n{log.read_text()}"
             time.sleep(0.2)
-        yield Served(root, record, base, log)
+        yield Served(root, record, str(version.version), base, log)
     finally:
         stop_group(process)
 
@@ -181,8 +185,7 @@ def test_it_says_where_it_serves_and_how_to_call_it(served) -> None:
     lines = served.log.read_text().splitlines()
     url = f"{served.base}/invocations"
     assert lines[0] == (
-        f"serving models:/{served.record.name}@{CHAMPION} (version {served.record.version}) "
-        f"at {url}"
+        f"serving models:/{served.record.name}@{CHAMPION} (version {served.version}) at {url}"
     )
     assert lines[1].startswith(f"try: curl -s {url} -H 'Content-Type: application/json' -d '")
 

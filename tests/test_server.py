@@ -196,8 +196,9 @@ def test_the_sweep_reads_back_through_the_server(server, sweep) -> None:
         assert sorted(m.step for m in history) == [1, 20, 40, EPOCHS]
         paths = {a.path for a in mlflow.list_artifacts(child.info.run_id)}
         assert {"learning_curve.png", "config"} <= paths
-        model_id = child.outputs.model_outputs[0].model_id
-        assert mlflow.get_logged_model(model_id).source_run_id == child.info.run_id
+        models = [mlflow.get_logged_model(o.model_id) for o in child.outputs.model_outputs]
+        assert child.info.run_name in {m.name for m in models}
+        assert {m.source_run_id for m in models} == {child.info.run_id}
 
 
 def test_the_model_loads_from_the_served_artifacts(server, sweep) -> None:
@@ -205,7 +206,11 @@ def test_the_model_loads_from_the_served_artifacts(server, sweep) -> None:
     import mlflow.keras
 
     run_id = sweep.data["runs"]["l2_1e-03"]
-    model_id = client(server.uri).get_run(run_id).outputs.model_outputs[0].model_id
+    experiment = client(server.uri).get_run(run_id).info.experiment_id
+    [model] = client(server.uri).search_logged_models(
+        [experiment], filter_string=f"source_run_id = '{run_id}' AND name = 'l2_1e-03'"
+    )
+    model_id = model.model_id
     # The server, not the client, wrote the files: under its --artifacts-destination.
     stored = list((server.state / "artifacts").glob(f"*/models/{model_id}/artifacts/MLmodel"))
     assert len(stored) == 1, stored
@@ -233,8 +238,9 @@ def test_the_registry_works_through_the_server(server, sweep) -> None:
     )
     assert version.run_id == sweep.data["runs"][record["run"]]
     # Registered from the run's logged model, whose files the server stored.
-    assert version.source == f"models:/{version.model_id}"
-    location = registry.get_logged_model(version.model_id).artifact_location
+    model = registry.get_logged_model(version.source.removeprefix("models:/"))
+    assert model.source_run_id == version.run_id
+    location = model.artifact_location
     assert location.startswith("mlflow-artifacts:")
     assert SECRET not in json.dumps(dict(version.tags))
     env = env_for(sweep.root) | {"MLFLOW_TRACKING_URI": server.uri_with_password}

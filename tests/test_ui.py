@@ -1,6 +1,6 @@
 """The MLflow UI in a real browser: `mlflow ui` on the shrunk sweep's store, Debian's Chromium
 driven headless by Playwright, through scripts/ui_screenshot.py (which makes docs/mlflow-ui.png
-and, with --registry, docs/mlflow-registry.png).
+and, with --registry, docs/mlflow-registry.png; with --version too, a version's page).
 
 Needs Chromium at /usr/bin/chromium (Debian: `apt-get install chromium`; scripts/ci_services.sh
 installs it for CI) or CHROMIUM=/path/to/chrome.
@@ -9,7 +9,6 @@ installs it for CI) or CHROMIUM=/path/to/chrome.
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from .conftest import ROOT, env_for, missing_service
+from .conftest import ROOT, env_for, missing_service, sweep_ids
 
 EXPECTED_RUNS = {
     *("none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"),
@@ -29,6 +28,8 @@ EXPECTED_RUNS = {
 }
 # The child runs' metrics the runs table shows, left to right.
 SHOWN_METRICS = ["cv_acc_mean", "test_acc_mean", "fresh_acc_mean", "train_acc_mean", "gap_mean"]
+# The datasets every run of the sweep logs, and their contexts.
+DATASETS = {"moons-train": "training", "moons-test": "test", "moons-fresh": "fresh"}
 SCRIPT = ROOT / "scripts/ui_screenshot.py"
 
 
@@ -61,8 +62,7 @@ def assert_screenshot(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sweep(shrunk_pipeline) -> dict:
-    root = shrunk_pipeline.root
-    return json.loads((root / "reports/sweep.json").read_text())
+    return sweep_ids(shrunk_pipeline.root)
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +77,27 @@ def store_uri(shrunk_pipeline) -> str:
     return f"sqlite:///{shrunk_pipeline.root / 'mlflow.db'}"
 
 
+@pytest.fixture(scope="module")
+def runs_table(ui, ui_url, shrunk_pipeline, sweep, tmp_path_factory) -> tuple[object, Path]:
+    """The sweep's runs table as capture() saw it, and its screenshot; taken once."""
+    from mlflow.tracking import MlflowClient
+
+    parent = MlflowClient(tracking_uri=store_uri(shrunk_pipeline)).get_run(sweep["parent_run_id"])
+    shot = tmp_path_factory.mktemp("runs-table") / "runs.png"
+    # capture() fails unless the columns are on the page, in this order, all in sight.
+    table = ui.capture(ui_url, parent.info.experiment_id, parent.info.run_id, shot)
+    return table, shot
+
+
 def test_the_ui_lists_every_child_run_with_its_accuracies(
-    ui, ui_url, shrunk_pipeline, sweep, tmp_path
+    ui, runs_table, shrunk_pipeline, sweep
 ) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=store_uri(shrunk_pipeline))
     parent = client.get_run(sweep["parent_run_id"])
-    shot = tmp_path / "runs.png"
-
-    # capture() fails unless the columns are on the page, in this order.
-    rows = ui.capture(ui_url, parent.info.experiment_id, parent.info.run_id, shot)
+    table, shot = runs_table
+    rows = table.rows
 
     assert list(ui.METRIC_COLUMNS) == SHOWN_METRICS
     shown = {row.name: row for row in rows}
@@ -102,6 +112,48 @@ def test_the_ui_lists_every_child_run_with_its_accuracies(
         for metric in SHOWN_METRICS:
             assert float(shown[name].cells[metric]) == pytest.approx(metrics[metric]), name
     assert_screenshot(shot)
+
+
+def logged_datasets(run) -> dict[str, str]:
+    """A run's datasets as the UI names them, "name (digest)", and their contexts."""
+    return {
+        f"{found.dataset.name} ({found.dataset.digest})": next(
+            tag.value for tag in found.tags if tag.key == "mlflow.data.context"
+        )
+        for found in run.inputs.dataset_inputs
+    }
+
+
+def test_the_ui_shows_each_runs_datasets_and_logged_models(
+    runs_table, shrunk_pipeline, sweep
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store_uri(shrunk_pipeline))
+    table, _ = runs_table
+    shown = {row.run_id: row for row in table.rows}
+    parent = client.get_run(sweep["parent_run_id"])
+    logged = logged_datasets(parent)
+    assert {name.split(" (")[0]: context for name, context in logged.items()} == DATASETS
+
+    # The Datasets filter offers the three, with their contexts; the parent and every child
+    # run list them in the Dataset column, moons-train first (the one in sight, "+2").
+    assert table.datasets == logged
+    for run_id in [parent.info.run_id, *sweep["runs"].values()]:
+        assert set(shown[run_id].datasets) == set(logged_datasets(client.get_run(run_id)))
+        assert set(shown[run_id].datasets) == set(logged), run_id
+        assert shown[run_id].datasets[0].startswith("moons-train ("), run_id
+
+    # Each child run's Models cell: the logged model named after its configuration, and the
+    # "classifier" registered from it for the selected run; the parent has none.
+    assert shown[parent.info.run_id].models == ()
+    experiment = [parent.info.experiment_id]
+    for name, run_id in sweep["runs"].items():
+        models = client.search_logged_models(experiment, f"source_run_id = '{run_id}'")
+        assert sorted(shown[run_id].models) == sorted(m.name for m in models), name
+        assert name in shown[run_id].models
+    version = client.get_model_version(registered_name(shrunk_pipeline), "1")
+    assert "classifier" in shown[version.run_id].models
 
 
 def test_the_link_make_ui_prints_opens_the_model_training_view(
@@ -155,10 +207,14 @@ def test_the_screenshot_script_finds_the_sweep_itself(ui_url, sweep, tmp_path) -
     out = tmp_path / "docs/mlflow-ui.png"
     result = screenshot_script("--url", ui_url, "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == f"wrote {out}"
-    printed = {line.split()[0]: line for line in result.stdout.splitlines()[:-1]}
+    lines = result.stdout.splitlines()
+    assert lines[-1] == f"wrote {out}"
+    assert lines[-2].startswith("  Datasets filter: moons-")
+    assert {name for name in DATASETS if name + " (" in lines[-2]} == set(DATASETS)
+    printed = {line.split()[0]: line for line in lines[:-2]}
     assert set(printed) == set(sweep["runs"]) | {"sweep-default"}
     assert "test_acc_mean 0." in printed["none"]
+    assert printed["none"].endswith("datasets 3  models none")
     assert_screenshot(out)
 
 
@@ -171,6 +227,10 @@ def test_the_screenshot_script_says_when_there_is_no_store(ui, tmp_path) -> None
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def registered_name(shrunk_pipeline) -> str:
+    return yaml.safe_load((shrunk_pipeline.root / "params.yaml").read_text())["registry"]["name"]
+
+
 @pytest.fixture(scope="module")
 def registry_ui(ui, shrunk_pipeline, tmp_path_factory) -> Iterator[tuple[str, str, str]]:
     """`mlflow ui` on a copy of the shrunk pipeline's store (the registry page needs no
@@ -179,7 +239,7 @@ def registry_ui(ui, shrunk_pipeline, tmp_path_factory) -> Iterator[tuple[str, st
     from mlflow.tracking import MlflowClient
 
     root = shrunk_pipeline.root
-    name = yaml.safe_load((root / "params.yaml").read_text())["registry"]["name"]
+    name = registered_name(shrunk_pipeline)
     copy = tmp_path_factory.mktemp("registry-ui") / "mlflow.db"
     shutil.copy2(root / "mlflow.db", copy)
     uri = f"sqlite:///{copy}"
@@ -244,3 +304,55 @@ def test_the_screenshot_script_shows_the_registry_or_says_what_is_missing(
         assert result.returncode == 1, model
         assert result.stderr.strip() == f"error: {message}"
         assert not out.exists()
+
+
+def test_the_version_page_shows_the_model_card(ui, registry_ui, tmp_path) -> None:
+    """The version's description is its model card, drawn from Markdown: its heading names
+    the model, the run and the seed; its Lineage list follows the table of figures."""
+    from mlflow.tracking import MlflowClient
+
+    url, store, name = registry_ui
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    recorded = client.get_model_version(name, "1")
+    run = client.get_run(recorded.run_id).info.run_name
+    shot = tmp_path / "version.png"
+
+    shown = ui.capture_version(url, name, "1", shot)
+
+    assert shown.source_run == run
+    assert shown.source_model == "classifier"
+    lines = shown.description.splitlines()
+    assert lines[0].startswith(f"{name}: {run}, seed ")
+    assert recorded.description.startswith(f"# {lines[0]}\n")  # the heading, without its #
+    assert "Lineage." in lines
+    assert lines.index("Lineage.") > 1
+    assert_screenshot(shot)
+
+
+def test_the_screenshot_script_shows_a_versions_card_or_says_it_is_missing(
+    registry_ui, tmp_path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    url, store, name = registry_ui
+    recorded = MlflowClient(tracking_uri=store, registry_uri=store).get_model_version(name, "1")
+    run = MlflowClient(tracking_uri=store).get_run(recorded.run_id).info.run_name
+    out = tmp_path / "docs/mlflow-version.png"
+    args = ("--url", url, "--registry", name, "--version")
+    result = screenshot_script(*args, "1", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"  {name} version 1  run {run}  model classifier",
+        f"  description: {recorded.description.splitlines()[0].removeprefix('# ')}",
+        f"wrote {out}",
+    ]
+    assert_screenshot(out)
+
+    missing = tmp_path / "missing.png"
+    result = screenshot_script(*args, "7", "--out", str(missing), cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"error: the MLflow UI shows no version 7 of registered model {name}"
+    )
+    assert not missing.exists()

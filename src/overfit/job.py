@@ -428,6 +428,7 @@ def run_job(
     name = run_name(config)
     phases = Phases(saved or {})
     tags = {tracking.RUN_TAG: name, "overfit.sweep": config.sweep.name, **tags}
+    tags["overfit.tensorflow_threads"] = str(tensorflow_threads())
     if config.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = config.tracking.parent_run_id
     train, test = load_train_test(root, config.data)
@@ -558,6 +559,14 @@ def limit_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:  # TensorFlow already started in this process: keep its pools
         pass
+
+
+def tensorflow_threads() -> int:
+    """The intra-op threads this job runs with (0: TensorFlow's default, every core)."""
+    with runtime.tensorflow_quiet():
+        import tensorflow as tf
+
+    return tf.config.threading.get_intra_op_parallelism_threads()
 
 
 # --- the same job under a Hydra launcher -----------------------------------------------------

@@ -86,6 +86,9 @@ def partial_run_dir(root: Path, name: str) -> Path:
 
 
 MODEL_FILES = "seed_*.keras"
+# The members of a .keras file (a zip) that hold its save date and its configuration.
+KERAS_METADATA = "metadata.json"
+KERAS_CONFIG = "config.json"
 
 
 def model_file(folder: Path, seed: int) -> Path:

@@ -9,6 +9,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from overfit import layout
 from overfit.config import Config
 from overfit.runtime import tensorflow_quiet
 
@@ -170,9 +171,9 @@ def save_reproducibly(model: keras.Model, path: Path) -> None:
             members = [(info.filename, saved.read(info)) for info in saved.infolist()]
         with zipfile.ZipFile(tmp, "w") as fixed:  # Keras' entries in Keras' order
             for name, data in members:
-                if name == "metadata.json":  # date_saved is the wall clock
+                if name == layout.KERAS_METADATA:  # date_saved is the wall clock
                     data = json.dumps({**json.loads(data), "date_saved": DATE_SAVED}).encode()
-                elif name == "config.json":  # shared_object_id is a memory address
+                elif name == layout.KERAS_CONFIG:  # shared_object_id is a memory address
                     config = json.loads(data)
                     _renumber_shared_ids(config, {})
                     data = json.dumps(config).encode()

@@ -111,10 +111,13 @@ def save_classifier(root: Path, keras_file: Path, input_example: Any, folder: Pa
         )
 
 
-def model_of(run: Any) -> str | None:
-    """The id of the logged model a child run trained (its Keras flavor), if it logged one."""
-    outputs = run.outputs.model_outputs if run.outputs else []
-    return outputs[0].model_id if outputs else None
+def model_of(mlflow: Any, run: Any) -> str | None:
+    """The id of the logged model a child run trained (its Keras flavor, named after the run's
+    configuration), if it logged one."""
+    for output in run.outputs.model_outputs if run.outputs else []:
+        if mlflow.get_logged_model(output.model_id).name == run.data.tags.get(tracking.RUN_TAG):
+            return output.model_id
+    return None
 
 
 def publish_evaluation(
@@ -132,7 +135,7 @@ def publish_evaluation(
     for name, run in runs.children.items():
         run_id = run.info.run_id
         metrics = evaluation_metrics(report.configs[name])
-        tracking.log_values(mlflow, run_id, metrics=metrics, model_id=model_of(run))
+        tracking.log_values(mlflow, run_id, metrics=metrics, model_id=model_of(mlflow, run))
         mlflow.log_inputs(run_id, datasets=fresh)
     mlflow.log_inputs(runs.parent, datasets=fresh)
     tags = selection_tags(report, runs, config.select.folds)

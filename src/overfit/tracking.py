@@ -620,6 +620,7 @@ def new_version(
 ) -> Any:
     """A new version of registered model `name` (created if needed) from the logged model
     `model_id` of run `run_id`, with these tags."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
@@ -627,9 +628,15 @@ def new_version(
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    return mlflow_client.create_model_version(
-        name, f"models:/{model_id}", run_id=run_id, tags=dict(tags), model_id=model_id
-    )
+    # MLflow resolves a models:/ source through the process's tracking URI, not the client's.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(mlflow_client.tracking_uri)
+    try:
+        return mlflow_client.create_model_version(
+            name, f"models:/{model_id}", run_id=run_id, tags=dict(tags), model_id=model_id
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def describe_version(mlflow_client: Any, name: str, version: str, card: str) -> None:
