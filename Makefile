@@ -35,9 +35,6 @@ venv:
 
 run: setup
 	dvc repro
-	@# A fresh clone's register stage is up to date for DVC (its outputs are committed and
-	@# reproduced byte for byte) while its new MLflow store has no version yet: register again.
-	dvc repro --force --single-item register
 	@$(BIN)/python -m overfit.outputs
 
 test: setup

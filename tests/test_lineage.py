@@ -14,7 +14,7 @@ import yaml
 from overfit import tracking
 from overfit.artifacts import read_model_record
 
-from .conftest import sweep_ids
+from .conftest import make_runner, sweep_ids
 
 NAME = "overfit-moons"
 
@@ -126,22 +126,33 @@ def test_the_version_comes_from_a_logged_model_and_carries_its_card(shrunk_pipel
     assert "30 training rows" in card
 
 
-def test_a_forced_rerun_writes_the_same_lock_and_a_dirty_tree_says_so(
+def test_a_fresh_clone_reproduces_the_commit_and_registers_and_a_forced_rerun_too(
     shrunk_pipeline, tmp_path
 ) -> None:
-    """`dvc repro -f` trains, evaluates and registers again: every byte DVC and git hold is the
-    same (models included); an edit to a tracked file makes the new version say dirty."""
-    root = tmp_path / "project"
-    run = shrunk_pipeline.copy_to(root)
-    before = {
-        p.relative_to(root): p.read_bytes()
-        for p in [root / "dvc.lock", *(root / "reports").rglob("*"), *(root / "models").rglob("*")]
-        if p.is_file()
-    }
-    readme = root / "README.md"
+    """The shrunk pipeline's outputs committed, then cloned (no DVC cache, no store): `dvc
+    repro` there leaves `git status` empty and the same models, registers into the clone's new
+    store (its version says clean, at that commit); then `dvc repro -f` after an edit to a
+    tracked file writes the same bytes again, its runs say dirty, and the same content stays
+    the one version it is."""
+    origin = tmp_path / "origin"
+    shrunk_pipeline.copy_to(origin)("git", "commit", "-qam", "the pipeline's outputs")
+    clone = tmp_path / "clone"
+    make_runner(tmp_path)("git", "clone", "-q", str(origin), str(clone))
+    run = make_runner(clone)
+    run("dvc", "repro")
+    assert run("git", "status", "--porcelain").stdout == ""
+    models = sorted(p.relative_to(origin) for p in (origin / "models").rglob("*") if p.is_file())
+    assert models and all((origin / p).read_bytes() == (clone / p).read_bytes() for p in models)
+    record, version = registered(clone)
+    head = run("git", "rev-parse", "HEAD").stdout.strip()
+    assert version.tags["git.commit"] == head and version.tags["git.dirty"] == "false"
+
+    readme = clone / "README.md"
     readme.write_text(readme.read_text() + "\nAn edit.\n")
     run("dvc", "repro", "-f")
-    after = {path: (root / path).read_bytes() for path in before}
-    assert [str(p) for p in before if before[p] != after[p]] == []
-    _, version = registered(root)
-    assert version.tags["git.dirty"] == "true"
+    assert run("git", "status", "--porcelain").stdout.strip() == "M README.md"
+    assert all((origin / p).read_bytes() == (clone / p).read_bytes() for p in models)
+    assert read_model_record(clone) == record
+    assert registered(clone)[1].version == version.version
+    parent = client(clone).get_run(sweep_ids(clone)["parent_run_id"])
+    assert parent.data.tags["git.dirty"] == "true"

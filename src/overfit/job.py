@@ -462,13 +462,10 @@ def run_job(
         )
         curves = mean_curves(trained.histories)
         with phases.timed("log"):
-            run = {"experiment": store.experiment_id, "id": child, "name": name}
             flavor = work_dir / layout.MLFLOW_MODEL_DIR
+            model_tags = {tracking.RUN_TAG: name, "overfit.seed": str(result.seeds[0])}
             model_id = tracking.log_model_folder(
-                store.client,
-                run,
-                flavor,
-                {"overfit.run": name, "overfit.seed": str(result.seeds[0])},
+                store.client, store.experiment_id, child, name, flavor, model_tags
             )
             shutil.rmtree(flavor)
             log_child_run(store.client, child, config, summary, cv, curves, stopping, model_id)

@@ -60,11 +60,6 @@ GATE_REPORT = REPORTS_DIR / "gate.md"
 CLASSIFIER_CODE = Path("src/overfit/classifier.py")
 
 
-# The registered model's folder among its run's artifacts, one per content (model and code).
-def classifier_artifact(digest: str) -> str:
-    return f"classifier/{digest[:12]}"
-
-
 # The register stage's record of the model version it registered (name, version, run, figures).
 MODEL_RECORD = REPORTS_DIR / "model.json"
 

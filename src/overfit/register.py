@@ -111,13 +111,22 @@ def save_classifier(root: Path, keras_file: Path, input_example: Any, folder: Pa
         )
 
 
-def model_of(mlflow: Any, run: Any) -> str | None:
-    """The id of the logged model a child run trained (its Keras flavor, named after the run's
-    configuration), if it logged one."""
-    for output in run.outputs.model_outputs if run.outputs else []:
-        if mlflow.get_logged_model(output.model_id).name == run.data.tags.get(tracking.RUN_TAG):
-            return output.model_id
-    return None
+def configuration_models(mlflow: Any, runs: tracking.SweepRuns) -> dict[str, str]:
+    """Each configuration's logged model id (its Keras flavor, named after the configuration,
+    logged by its child run), from one search rather than a call per run."""
+    by_run = {run.info.run_id: name for name, run in runs.children.items()}
+    sources = ", ".join(f"'{run_id}'" for run_id in by_run)
+    models, token = {}, None
+    while True:
+        page = mlflow.search_logged_models(
+            [runs.experiment], filter_string=f"source_run_id IN ({sources})", page_token=token
+        )
+        for model in page:
+            if by_run.get(model.source_run_id) == model.name:
+                models[model.name] = model.model_id
+        token = page.token
+        if not token:
+            return models
 
 
 def publish_evaluation(
@@ -132,10 +141,11 @@ def publish_evaluation(
     as a dataset; attach the figures and the summary to the sweep's parent run and tag it with
     the selection."""
     fresh = lineage.datasets(root, {lineage.FRESH: "fresh"}, config.data.name, commit)
+    models = configuration_models(mlflow, runs)
     for name, run in runs.children.items():
         run_id = run.info.run_id
         metrics = evaluation_metrics(report.configs[name])
-        tracking.log_values(mlflow, run_id, metrics=metrics, model_id=model_of(mlflow, run))
+        tracking.log_values(mlflow, run_id, metrics=metrics, model_id=models.get(name))
         mlflow.log_inputs(run_id, datasets=fresh)
     mlflow.log_inputs(runs.parent, datasets=fresh)
     tags = selection_tags(report, runs, config.select.folds)
@@ -190,8 +200,9 @@ def register(root: Path) -> tuple[ModelRecord, Any, bool]:
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch) / "classifier"
             save_classifier(root, keras_file, train.x[:3], folder)
-            run = {"experiment": runs.experiment, "id": child, "name": CLASSIFIER_MODEL}
-            model_id = tracking.log_model_folder(mlflow, run, folder, {CONTENT_TAG: digest})
+            model_id = tracking.log_model_folder(
+                mlflow, runs.experiment, child, CLASSIFIER_MODEL, folder, {CONTENT_TAG: digest}
+            )
         version = tracking.new_version(mlflow, name, model_id, child, tags)
     tracking.describe_version(mlflow, name, version.version, card)
     mlflow.set_registered_model_alias(name, CANDIDATE, version.version)

@@ -209,19 +209,6 @@ def existing_store(root: Path, tracking: TrackingConfig) -> Any:
     return client(uri)
 
 
-def sweep_store(root: Path, tracking: TrackingConfig, run_id: str) -> Any:
-    """A client of the existing store that holds the sweep's run `run_id`; StoreError if it
-    does not (for example in a clone that pulled models/ from a DVC remote)."""
-    from mlflow.exceptions import MlflowException
-
-    mlflow = existing_store(root, tracking)
-    try:
-        mlflow.get_run(run_id)
-    except MlflowException as error:
-        raise StoreError(str(error).splitlines()[0]) from None
-    return mlflow
-
-
 def _unusable(uri: str, error: BaseException) -> str:
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
     if uri.startswith("sqlite:///"):
@@ -561,15 +548,20 @@ def save_keras_flavor(model: Any, input_example: Any, folder: Path) -> None:
 
 
 def log_model_folder(
-    mlflow_client: Any, run: Mapping[str, str], folder: Path, tags: Mapping[str, str]
+    mlflow_client: Any,
+    experiment_id: str,
+    run_id: str,
+    name: str,
+    folder: Path,
+    tags: Mapping[str, str],
 ) -> str:
-    """An MLflow model saved in `folder`, as a logged model (MLflow 3) named `run["name"]`,
-    output of run `run["id"]` in experiment `run["experiment"]`: the run's Models tab and the
-    experiment's Logged models page list it. Its id (`models:/<id>` loads it)."""
+    """An MLflow model saved in `folder`, as a logged model (MLflow 3) named `name`, output of
+    run `run_id`: the run's Models tab and the experiment's Logged models page list it. Its id
+    (`models:/<id>` loads it)."""
     from mlflow.entities import LoggedModelOutput
 
     model = mlflow_client.create_logged_model(
-        run["experiment"], name=run["name"], source_run_id=run["id"], tags=dict(tags)
+        experiment_id, name=name, source_run_id=run_id, tags=dict(tags)
     )
     try:
         mlflow_client.log_model_artifacts(model.model_id, str(folder))
@@ -577,7 +569,7 @@ def log_model_folder(
         mlflow_client.finalize_logged_model(model.model_id, "FAILED")
         raise
     mlflow_client.finalize_logged_model(model.model_id, "READY")
-    mlflow_client.log_outputs(run["id"], [LoggedModelOutput(model.model_id, step=0)])
+    mlflow_client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
     return model.model_id
 
 
