@@ -178,12 +178,11 @@ def test_each_configuration_is_a_logged_model_with_its_metrics(shrunk_pipeline, 
         run_metrics = client.get_run(run_id).data.metrics
         for key in ("train_acc_mean", "test_acc_mean", "cv_acc_mean", "fresh_acc_mean"):
             assert linked[key] == run_metrics[key]
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    model_id = logged["l2_1e-03"].model_id
-    model = mlflow.keras.load_model(f"models:/{model_id}")
+    # Loaded from where the logged model's files are (no process-wide tracking URI to set).
+    location = client.get_logged_model(logged["l2_1e-03"].model_id).artifact_location
+    model = mlflow.keras.load_model(location)
     probabilities = np.asarray(model.predict(np.array([[0.0, 1.0], [1.0, -0.5]]), verbose=0))
     assert probabilities.shape == (2, 1) and np.all((probabilities >= 0) & (probabilities <= 1))
-    location = client.get_logged_model(model_id).artifact_location
     local = mlflow.artifacts.download_artifacts(f"{location}/MLmodel")
     model_file = yaml.safe_load(Path(local).read_text())
     assert model_file["signature"]["inputs"] and model_file["saved_input_example_info"]

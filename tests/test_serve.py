@@ -188,6 +188,10 @@ def test_it_says_where_it_serves_and_how_to_call_it(served) -> None:
         f"serving models:/{served.record.name}@{CHAMPION} (version {served.version}) at {url}"
     )
     assert lines[1].startswith(f"try: curl -s {url} -H 'Content-Type: application/json' -d '")
+    # Then only the web server's own lines: no TensorFlow start-up, no MLflow INFO account.
+    for noise in ("absl", "oneDNN", "I0000", "INFO mlflow", "Add type hints"):
+        assert not [line for line in lines if noise in line], noise
+    assert any("Uvicorn running on" in line for line in lines)
 
 
 @pytest.fixture(scope="module")

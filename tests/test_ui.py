@@ -129,7 +129,8 @@ def test_the_ui_shows_each_runs_datasets_and_logged_models(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=store_uri(shrunk_pipeline))
+    uri = store_uri(shrunk_pipeline)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     table, _ = runs_table
     shown = {row.run_id: row for row in table.rows}
     parent = client.get_run(sweep["parent_run_id"])

@@ -5,6 +5,7 @@ MLflow runs this file to load the model (models from code): it is copied into th
 folder, so whoever serves the model needs MLflow, Keras and TensorFlow, not this project.
 """
 
+import os
 from typing import Any
 
 import mlflow.models
@@ -20,7 +21,17 @@ class MoonsClassifier(PythonModel):
     """Class-1 probabilities of a Dense(relu) -> Dense(sigmoid) Keras model, one per row."""
 
     def load_context(self, context: Any) -> None:
-        import keras
+        # TensorFlow prints its C++ start-up lines as it loads, before it reads
+        # TF_CPP_MIN_LOG_LEVEL: stderr goes to /dev/null for the import (this file runs without
+        # the project, so it cannot use overfit.runtime.tensorflow_quiet). Errors still raise.
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+            import keras
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)
 
         path = context.artifacts["keras_model"]
         self.model = keras.models.load_model(path, safe_mode=True, compile=False)

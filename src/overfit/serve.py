@@ -106,8 +106,10 @@ def mlflow_env(store_uri: str) -> dict[str, str]:
     env["MLFLOW_REGISTRY_URI"] = store_uri
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # Nothing a user cannot act on: TensorFlow's start-up lines, progress bars in a log file.
+    # Nothing a user cannot act on: TensorFlow's start-up lines (the model's code keeps those
+    # of its import to itself), MLflow's INFO account of how it starts, progress bars in a log.
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if not sys.stderr.isatty():
         env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return env
