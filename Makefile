@@ -35,13 +35,13 @@ venv:
 
 run: setup
 	dvc repro
-	@$(BIN)/python -m overfit.outputs
+	@$(BIN)/python -m overfit.commands.outputs
 
 test: setup
 	$(BIN)/python -m pytest
 
 params: setup
-	$(BIN)/python -m overfit.config
+	$(BIN)/python -m overfit.commands.params
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
@@ -56,30 +56,30 @@ ui: setup
 
 # The CI gate: compare reports/metrics.json with the base revision's (exit 1 on a regression).
 gate: setup
-	$(BIN)/python -m overfit.gate --base $(BASE)
+	$(BIN)/python -m overfit.commands.gate --base $(BASE)
 
 # A shared tracking server: PostgreSQL + `mlflow server` with served artifacts, in .mlflow-server/.
 server: setup
-	$(BIN)/python -m overfit.server start
+	$(BIN)/python -m overfit.commands.server start
 
 server-stop: setup
-	$(BIN)/python -m overfit.server stop
+	$(BIN)/python -m overfit.commands.server stop
 
 # The registered candidate becomes champion if the gate's rules hold against the champion
-# (python -m overfit.promote --rollback: the champion back to the version it replaced).
+# (python -m overfit.commands.promote --rollback: the champion back to the version it replaced).
 promote: setup
-	$(BIN)/python -m overfit.promote
+	$(BIN)/python -m overfit.commands.promote
 
 # The champion (registry.name@champion) as a REST API on 127.0.0.1:<registry.port>, by
 # `mlflow models serve`: POST {"dataframe_split": {"columns": ["x1", "x2"], "data": [[...]]}}.
 serve: setup
-	$(BIN)/python -m overfit.serve
+	$(BIN)/python -m overfit.commands.serve
 
 # The champion's class-1 probabilities for a CSV with columns x1, x2, as JSON, by
 # `mlflow models predict`: make predict IN=data/split/test.csv OUT=predictions.json
 predict: setup
 	$(if $(and $(IN),$(OUT)),,$(error error: IN and OUT are required: make predict IN=x1x2.csv OUT=out.json))
-	$(BIN)/python -m overfit.serve predict "$(IN)" "$(OUT)"
+	$(BIN)/python -m overfit.commands.serve predict "$(IN)" "$(OUT)"
 
 # docs/mlflow-ui.png: the latest sweep in the MLflow UI (needs Chromium).
 screenshot: setup

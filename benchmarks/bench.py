@@ -62,14 +62,14 @@ def median_time(action: Callable[[], object], reps: int) -> float:
 
 
 def article_data():
-    from overfit.data import make_moons_points, split_points
+    from overfit.core.data import make_moons_points, split_points
 
     return split_points(make_moons_points(100, 0.2, 1), 30)
 
 
 def fit_seconds_per_epoch(epochs: int, reps: int) -> float:
     """The article's loop: model.fit with validation_data, verbose=0."""
-    from overfit.model import build_model
+    from overfit.core.model import build_model
 
     train, test = article_data()
 
@@ -83,8 +83,8 @@ def fit_seconds_per_epoch(epochs: int, reps: int) -> float:
 
 def loop_seconds(n_models: int, reps: int) -> float:
     """Our compiled loop on n_models models (seeds 1..n), 4000 epochs, after one warm-up."""
-    from overfit.model import build_model
-    from overfit.trainer import train_stacked
+    from overfit.core.model import build_model
+    from overfit.core.trainer import train_stacked
 
     train, test = article_data()
 
@@ -100,8 +100,8 @@ def dropout_against_fit(rate: float, seeds: int, epochs: int) -> dict[str, float
     """Dropout cannot match `fit` draw for draw (the masks come from other random streams):
     the same models trained both ways, over several seeds, compared by the mean and spread of
     their test accuracy."""
-    from overfit.model import build_model
-    from overfit.trainer import train_stacked
+    from overfit.core.model import build_model
+    from overfit.core.trainer import train_stacked
 
     train, test = article_data()
     by_fit = []

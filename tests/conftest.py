@@ -107,7 +107,7 @@ def copy_project(dest: Path, overrides: list[str] | None = None) -> Run:
         shutil.copy2(ROOT / name, target)
     run = make_runner(dest)
     if overrides:
-        run(sys.executable, "-m", "overfit.config", *overrides)
+        run(sys.executable, "-m", "overfit.commands.params", *overrides)
     run("git", "init", "-q", "-b", "main")
     run("git", "config", "user.email", "test@example.com")
     run("git", "config", "user.name", "test")

@@ -76,7 +76,7 @@ def test_one_pipeline_per_project_folder(tmp_path: Path, shrunk_pipeline) -> Non
     holder = lock.read_text().strip()
 
     started = time.monotonic()
-    second = run(sys.executable, "-m", "overfit.train", check=False)
+    second = run(sys.executable, "-m", "overfit.stages.train", check=False)
     assert time.monotonic() - started < 15
     assert second.returncode == 1
     assert second.stderr.splitlines() == [

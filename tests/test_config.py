@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from overfit import config as config_entry
-from overfit import prepare, train
+from overfit.commands import params as config_entry
 from overfit.config import ConfigError, compose_params, parse_config
-from overfit.sweep import check_families
+from overfit.stages import prepare, train
+from overfit.sweep.plan import check_families
 
 from .conftest import ROOT
 
@@ -192,7 +192,7 @@ def test_the_stage_entry_runs_as_a_program(project: tuple[Path, object]) -> None
     root, run = project
     params = root / "params.yaml"
     params.write_text(params.read_text().replace("epochs: 4000", "epochs: 0"), encoding="utf-8")
-    result = run(sys.executable, "-m", "overfit.prepare", "generate", check=False)
+    result = run(sys.executable, "-m", "overfit.stages.prepare", "generate", check=False)
     assert result.returncode == 2
     assert result.stderr == "error: train.epochs: must be an integer > 0, got 0\n"
 

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from sklearn.datasets import make_circles, make_moons
 
-from overfit import evaluate, layout, prepare, train
+from overfit import layout
 from overfit.config import compose_params, parse_config
-from overfit.data import (
+from overfit.core.data import (
     DataError,
     make_points,
     parse_csv_text,
@@ -19,6 +19,7 @@ from overfit.data import (
     split_points,
     to_csv_text,
 )
+from overfit.stages import evaluate, prepare, train
 
 from .conftest import ROOT
 

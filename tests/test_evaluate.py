@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from overfit import evaluate
+from overfit.stages import evaluate
 
 RUN = "l1_1e-02"  # the first configuration evaluate reads
 
@@ -22,7 +22,7 @@ def swap_in_another_seed(folder: Path) -> None:
 def same_weights_other_activation(folder: Path) -> None:
     import keras
 
-    from overfit.model import build_model
+    from overfit.core.model import build_model
 
     saved = keras.models.load_model(folder / "seed_1.keras", safe_mode=True, compile=False)
     other = build_model(500, "l1", 1e-2, "hidden", 0.001, seed=1)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from overfit.commands.gate import GateError, Metrics, check_rules, parse_metrics, selection_notes
 from overfit.config import GateConfig
-from overfit.gate import GateError, Metrics, check_rules, parse_metrics, selection_notes
 
 from .conftest import Run, copy_project, env_for
 
@@ -146,13 +146,15 @@ def base_in(repo: tuple[Path, Run], files: dict[str, Any]) -> None:
 
 
 def gate(root: Path, run: Run, *args: str, summary: Path | None = None):
-    """`python -m overfit.gate` in the repository, as CI runs it."""
+    """`python -m overfit.commands.gate` in the repository, as CI runs it."""
     env = env_for(root)
     # CI runs these tests too: never write into the real job summary.
     env.pop("GITHUB_STEP_SUMMARY", None)
     if summary is not None:
         env["GITHUB_STEP_SUMMARY"] = str(summary)
-    return run(sys.executable, "-m", "overfit.gate", *args, check=False, env=env, timeout=120)
+    return run(
+        sys.executable, "-m", "overfit.commands.gate", *args, check=False, env=env, timeout=120
+    )
 
 
 def verdicts(report: str) -> dict[str, str]:
@@ -273,7 +275,7 @@ def test_an_edited_tolerance_changes_the_verdict(repo) -> None:
     )
     assert count == 1
     conf.write_text(text, encoding="utf-8")
-    run(sys.executable, "-m", "overfit.config")
+    run(sys.executable, "-m", "overfit.commands.params")
 
     result = gate(root, run, "--base", "main")
 
@@ -597,9 +599,9 @@ def test_an_edited_configuration_that_hurts_the_model_fails(shrunk_pipeline, tmp
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "base: the shrunk pipeline and its metrics")
     # A learning rate 100 times too small: after 60 epochs the network has barely moved.
-    run(sys.executable, "-m", "overfit.config", *SHRUNK, "model.learning_rate=1.0e-5")
+    run(sys.executable, "-m", "overfit.commands.params", *SHRUNK, "model.learning_rate=1.0e-5")
     run("dvc", "repro", "evaluate")  # what the gate reads; the figures are not needed
-    result = run(sys.executable, "-m", "overfit.gate", "--base", "HEAD", check=False)
+    result = run(sys.executable, "-m", "overfit.commands.gate", "--base", "HEAD", check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     report = (root / "reports/gate.md").read_text()
     assert re.search(r"\| selected_test_accuracy \|[^\n]*\| \*\*FAIL\*\* \|", report), report

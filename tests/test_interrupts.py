@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from overfit import artifacts, figures, job, prepare, runtime, tracking, train, trainer
-from overfit import config as config_entry
+from overfit import artifacts, runtime, tracking
+from overfit.commands import params as config_entry
+from overfit.core import figures, trainer
+from overfit.stages import prepare, train
+from overfit.sweep.plan import job
 
 from .conftest import PENALTIES_ONLY
 

@@ -55,7 +55,7 @@ def test_other_launchers_train_exactly_what_the_default_does(
     root = tmp_path / "project"
     run = shrunk_pipeline.copy_to(root)
     settings, jobs, names = LAUNCHERS[launcher]
-    result = run(sys.executable, "-m", "overfit.train", "--multirun", *settings, *jobs)
+    result = run(sys.executable, "-m", "overfit.stages.train", "--multirun", *settings, *jobs)
     if launcher == "joblib":
         assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     else:

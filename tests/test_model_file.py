@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from overfit.model import architecture, build_model, save_reproducibly
+from overfit.core.model import architecture, build_model, save_reproducibly
 
 # A penalty, dropout and a norm constraint: a config with regularizer and constraint objects.
 SETTINGS: dict[str, Any] = {
@@ -30,7 +30,7 @@ SETTINGS: dict[str, Any] = {
 SAVE_IN_ANOTHER_PROCESS = f"""
 import sys
 from pathlib import Path
-from overfit.model import build_model, save_reproducibly
+from overfit.core.model import build_model, save_reproducibly
 save_reproducibly(build_model(seed=1, **{SETTINGS!r}), Path(sys.argv[1]))
 """
 

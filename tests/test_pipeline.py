@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
+from overfit.commands.gate import HEADLINE_KEYS
 from overfit.config import load_params, parse_config
-from overfit.gate import HEADLINE_KEYS
-from overfit.remedies import run_name
+from overfit.core.remedies import run_name
 
 from .conftest import sweep_ids
 

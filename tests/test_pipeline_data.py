@@ -14,7 +14,7 @@ def stages_run(output: str) -> set[str]:
 
 def set_params(run, *overrides: str) -> None:
     """Recompose params.yaml from conf/ with these overrides (what `dvc exp run -S` does)."""
-    run(sys.executable, "-m", "overfit.config", *overrides)
+    run(sys.executable, "-m", "overfit.commands.params", *overrides)
 
 
 def test_repro_builds_once_and_reruns_only_what_changed(project) -> None:

@@ -29,9 +29,9 @@ RUN = [
     "dvc status",
     "make gate",
     "make gate BASE=origin/main",
-    "python -m overfit.gate --base HEAD~1 --report /tmp/gate.md",
+    "python -m overfit.commands.gate --base HEAD~1 --report /tmp/gate.md",
     "dvc exp show --only-changed --drop 'configs|data/|models|src/|reports/'",
-    "python -m overfit.config sweep=quick train.epochs=2000",
+    "python -m overfit.commands.params sweep=quick train.epochs=2000",
 ]
 # The test that runs each of the others (the same command, or the one a make target runs).
 COVERED = {
@@ -48,10 +48,10 @@ COVERED = {
     "dvc exp run --queue -S 'data.n_train=20,40,60' && dvc queue start": (
         "tests/test_concurrency.py::test_two_queued_experiments_share_one_store"
     ),
-    "python -m overfit.train --multirun penalty.kind=l2 penalty.strength=1e-3,1e-2": (
+    "python -m overfit.stages.train --multirun penalty.kind=l2 penalty.strength=1e-3,1e-2": (
         "tests/test_config.py::test_bad_overrides_stop_the_sweep_before_any_run"
     ),
-    "python -m overfit.train --multirun penalty=l1,l2": (
+    "python -m overfit.stages.train --multirun penalty=l1,l2": (
         "tests/test_launchers.py::test_other_launchers_train_exactly_what_the_default_does"
     ),
     "make ui": "tests/test_ui.py::test_the_link_make_ui_prints_opens_the_model_training_view",
@@ -65,7 +65,7 @@ COVERED = {
     "dvc exp run -S launcher=submitit_slurm -S launcher.partition=gpu": (
         "tests/test_launchers.py::test_other_launchers_train_exactly_what_the_default_does"
     ),
-    "python -m overfit.train --multirun hydra/launcher=joblib hydra.launcher.n_jobs=2 "
+    "python -m overfit.stages.train --multirun hydra/launcher=joblib hydra.launcher.n_jobs=2 "
     "penalty.kind=l1,l2 penalty.strength=1e-3,1e-4": (
         "tests/test_launchers.py::test_other_launchers_train_exactly_what_the_default_does"
     ),
@@ -74,7 +74,7 @@ COVERED = {
         "test_choosing_on_the_test_set_reruns_only_the_reports_and_says_it_is_optimistic"
     ),
     "make promote": "tests/test_registry.py::test_register_promote_roll_back_and_refuse",
-    "python -m overfit.promote --rollback": (
+    "python -m overfit.commands.promote --rollback": (
         "tests/test_registry.py::test_register_promote_roll_back_and_refuse"
     ),
     "make serve": "tests/test_serve.py::test_served_probabilities_are_the_evaluate_stages",

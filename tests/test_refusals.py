@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from overfit import config as config_entry
-from overfit import prepare, train
+from overfit.commands import params as config_entry
+from overfit.stages import prepare, train
 
 from .conftest import PENALTIES_ONLY
 

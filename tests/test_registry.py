@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from overfit.config import main as config_main
-from overfit.promote import main as promote_main
-from overfit.register import main as register_main
+from overfit.commands.params import main as config_main
+from overfit.commands.promote import main as promote_main
+from overfit.stages.register import main as register_main
 
 from .conftest import SHRUNK, sweep_ids
 
@@ -83,7 +83,7 @@ def test_register_promote_roll_back_and_refuse(project, entry) -> None:
 
     # New model code (the same model): the register stage alone reruns and makes a new
     # version, with equal figures, which is promoted over the first.
-    code = root / "src/overfit/classifier.py"
+    code = root / "src/overfit/tracking/classifier.py"
     code.write_text(code.read_text() + "\n# The same model, code revised.\n")
     stages = re.findall(r"Running stage '([^']+)'", run("dvc", "repro").stdout)
     assert stages == ["register"]

@@ -116,7 +116,7 @@ def test_after_ctrl_c_and_kill_9_the_next_repro_cleans_up_and_trains_the_same(
     interrupt_training(root, signal.SIGINT, after_a_job=True)
 
     before = len(runs_by_status(root))
-    train = start(root, sys.executable, "-m", "overfit.train")
+    train = start(root, sys.executable, "-m", "overfit.stages.train")
     wait_for(lambda: len(runs_by_status(root)) > before, 120, "the next sweep's parent run")
     os.killpg(train.pid, signal.SIGKILL)
     train.wait(timeout=10)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_moons
 
-from overfit.model import build_model
-from overfit.trainer import (
+from overfit.core.model import build_model
+from overfit.core.trainer import (
     Fold,
     Stopping,
     _logits,
@@ -215,10 +215,10 @@ def test_every_job_is_handed_over_once_early_stopping_on_cv_after_its_second_pas
     only once its final models have trained for the epochs its folds chose."""
     import dataclasses
 
-    from overfit import config as config_entry
-    from overfit import prepare
+    from overfit.commands import params as config_entry
     from overfit.config import load_params
-    from overfit.job import Phases, train_together
+    from overfit.stages import prepare
+    from overfit.sweep.job import Phases, train_together
 
     root, _ = project
     small = ["model.hidden_units=8", "train.epochs=30", "train.seeds=[1,2]", "select.folds=2"]

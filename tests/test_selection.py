@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from overfit.config import ConfigError, PenaltyConfig, SelectConfig, parse_config
-from overfit.remedies import Remedy, remedy_of, run_name, watched_test
-from overfit.selection import (
+from overfit.core.remedies import Remedy, remedy_of, run_name, watched_test
+from overfit.core.selection import (
     Candidate,
     check_folds,
     choose,
@@ -22,7 +22,7 @@ from overfit.selection import (
     folds,
     rank,
 )
-from overfit.sweep import job_overrides, sweep_overrides
+from overfit.sweep.plan import job_overrides, sweep_overrides
 
 LABELS = np.array([0, 1] * 15)
 

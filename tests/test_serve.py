@@ -1,4 +1,5 @@
-"""`python -m overfit.serve` on the shrunk pipeline's registered model: a real `mlflow models
+"""`python -m overfit.commands.serve` on the shrunk pipeline's registered model: a real
+`mlflow models
 serve` process answering HTTP, its probabilities against the evaluate stage's, its answers to
 bad requests, `mlflow models predict` through the wrapper, and the refusals before starting.
 
@@ -30,8 +31,8 @@ import pytest
 
 from overfit import layout, tracking
 from overfit.artifacts import ModelRecord, read_model_record
-from overfit.metrics import probabilities
-from overfit.serve import NEXT_STEP
+from overfit.commands.serve import NEXT_STEP
+from overfit.core.metrics import probabilities
 
 from .conftest import ROOT, env_for
 
@@ -69,7 +70,7 @@ def points_of(root: Path) -> np.ndarray:
 
 def serve_cli(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "overfit.serve", *args],
+        [sys.executable, "-m", "overfit.commands.serve", *args],
         cwd=root,
         env=env_for(root),
         capture_output=True,
@@ -147,7 +148,8 @@ def stop_group(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def served(shrunk_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """`python -m overfit.serve` on a free port, with alias champion on the registered version,
+    """`python -m overfit.commands.serve` on a free port, with alias champion on the registered
+    version,
     in a copy of the shared pipeline; started once for the module."""
     from mlflow.tracking import MlflowClient
 
@@ -162,7 +164,7 @@ def served(shrunk_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     log = root.parent / "serve.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "overfit.serve", "--port", str(port)],
+            [sys.executable, "-m", "overfit.commands.serve", "--port", str(port)],
             cwd=root,
             env=env_for(root),
             stdout=out,

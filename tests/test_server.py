@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from overfit import server as overfit_server
 from overfit import tracking
-from overfit.server import ServerError
+from overfit.commands import server as overfit_server
+from overfit.commands.server import ServerError
 
 from .conftest import ROOT, SHRUNK, Run, copy_project, env_for, missing_service, sweep_ids
 
@@ -51,7 +51,7 @@ def listening(port: int) -> bool:
 
 def server_cli(env: dict[str, str], command: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "overfit.server", command],
+        [sys.executable, "-m", "overfit.commands.server", command],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -244,7 +244,7 @@ def test_the_registry_works_through_the_server(server, sweep) -> None:
     assert location.startswith("mlflow-artifacts:")
     assert SECRET not in json.dumps(dict(version.tags))
     env = env_for(sweep.root) | {"MLFLOW_TRACKING_URI": server.uri_with_password}
-    promoted = sweep.run(sys.executable, "-m", "overfit.promote", env=env)
+    promoted = sweep.run(sys.executable, "-m", "overfit.commands.promote", env=env)
     assert promoted.stdout.strip().endswith("is the champion (first champion)"), promoted.stdout
     assert (
         registry.get_model_version_by_alias(record["name"], "champion").version == version.version
@@ -296,7 +296,7 @@ def test_an_unreachable_server_fails_before_training(tmp_path: Path) -> None:
     port = free_port()
     env = env_for(root) | {"MLFLOW_TRACKING_URI": f"http://user:{SECRET}@127.0.0.1:{port}"}
     started = time.monotonic()
-    result = run(sys.executable, "-m", "overfit.train", check=False, env=env)
+    result = run(sys.executable, "-m", "overfit.stages.train", check=False, env=env)
     assert time.monotonic() - started < 30
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

@@ -143,7 +143,7 @@ def test_an_unusable_store_is_one_line_naming_it(shrunk_pipeline, tmp_path, entr
     import shutil
     import time
 
-    from overfit import train
+    from overfit.stages import train
 
     root = tmp_path / "project"
     shrunk_pipeline.copy_to(root)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_moons
 
-from overfit.model import build_model
-from overfit.trainer import Fold, evaluate, train_one, train_stacked, train_with_folds
+from overfit.core.model import build_model
+from overfit.core.trainer import Fold, evaluate, train_one, train_stacked, train_with_folds
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_each_stack_reports_its_models_and_folds_as_it_finishes(moons):
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_compile_ahead_compiles_the_loop_the_stacks_then_run(moons, dropout):
     """`compile_ahead` traces the very signature `train_with_folds` then calls: no new trace."""
-    from overfit.trainer import _train, compile_ahead
+    from overfit.core.trainer import _train, compile_ahead
 
     x_tr, y_tr, x_te, y_te = moons
     units = 7 if dropout else 6  # widths no other test uses: a signature traced here first

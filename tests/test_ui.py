@@ -246,7 +246,7 @@ def registry_ui(ui, shrunk_pipeline, tmp_path_factory) -> Iterator[tuple[str, st
     uri = f"sqlite:///{copy}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert shown_aliases(uri, name) == {"1": ("candidate",)}  # what the register stage set
-    # What `python -m overfit.promote` does to a first candidate (tests/test_registry.py).
+    # What `python -m overfit.commands.promote` does to a first candidate (tests/test_registry.py).
     client.set_registered_model_alias(name, "champion", "1")
     client.create_registered_model("no-versions")
     with ui.mlflow_ui(uri) as url:

@@ -23,7 +23,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from overfit import layout
-from overfit.artifacts import write_text
 
 PENALTY_KINDS = ("none", "l1", "l2", "l1_l2")
 ROOT_ENV = "OVERFIT_ROOT"
@@ -700,19 +699,3 @@ def exit_on_config_error(error: ConfigError) -> typing.NoReturn:
     """The one-line error and exit status 2 shared by every entry point."""
     print(f"error: {error}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m overfit.config [override ...]`: compose conf/ into params.yaml, checked."""
-    try:
-        root = project_root()
-        text = compose_params(root, argv if argv is not None else sys.argv[1:])
-        parse_config(yaml.safe_load(text))
-    except ConfigError as error:
-        exit_on_config_error(error)
-    write_text(root / layout.PARAMS, text)
-    print(f"wrote {root / layout.PARAMS}")
-
-
-if __name__ == "__main__":
-    main()

@@ -57,7 +57,7 @@ FIGURES_DIR = REPORTS_DIR / "figures"
 SUMMARY = REPORTS_DIR / "summary.md"
 GATE_REPORT = REPORTS_DIR / "gate.md"
 # What MLflow runs to load the registered model (models from code; no module imports it).
-CLASSIFIER_CODE = Path("src/overfit/classifier.py")
+CLASSIFIER_CODE = Path("src/overfit/tracking/classifier.py")
 
 
 # The register stage's record of the model version it registered (name, version, run, figures).

@@ -15,8 +15,8 @@ from overfit.artifacts import (
     Selected,
     Spread,
 )
-from overfit.data import Points
-from overfit.selection import candidates, choose, choose_on_test, strength_of
+from overfit.core.data import Points
+from overfit.core.selection import candidates, choose, choose_on_test, strength_of
 
 # A hidden weight this small no longer moves the output: Adam keeps L1-penalized weights
 # jittering within about one learning rate (1e-3) of zero instead of landing exactly on it.

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from overfit import layout, lineage, tracking
+from overfit import layout, tracking
 from overfit.artifacts import (
     ArtifactError,
     ConfigSummary,
@@ -38,11 +38,12 @@ from overfit.artifacts import (
     read_sweep,
     write_model_record,
 )
-from overfit.card import model_card
 from overfit.config import Config, load_params, project_root
-from overfit.data import FEATURES, load_train_test
+from overfit.core.card import model_card
+from overfit.core.data import FEATURES, load_train_test
+from overfit.core.selection import describe
 from overfit.runtime import run_stage
-from overfit.selection import describe
+from overfit.tracking import lineage
 
 CANDIDATE = "candidate"
 CONTENT_TAG = "overfit.model_sha256"
@@ -213,7 +214,7 @@ def register(root: Path) -> tuple[ModelRecord, Any, bool]:
 def main(argv: list[str] | None = None) -> None:
     if sys.argv[1:] if argv is None else argv:
         print(
-            "usage: python -m overfit.register (no arguments: it reads params.yaml)",
+            "usage: python -m overfit.stages.register (no arguments: it reads params.yaml)",
             file=sys.stderr,
         )
         raise SystemExit(2)
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{made} models:/{record.name}/{version.version} ({record.run}, seed {record.seed}; "
         f"test {record.test:.3f}, fresh {record.fresh:.3f}), alias {CANDIDATE}"
     )
-    print("promote it with `make promote` (python -m overfit.promote)")
+    print("promote it with `make promote` (python -m overfit.commands.promote)")
 
 
 if __name__ == "__main__":

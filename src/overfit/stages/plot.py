@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from overfit import figures, layout
+from overfit import layout
 from overfit.artifacts import (
     ArtifactError,
     read_arrays,
@@ -16,10 +16,11 @@ from overfit.artifacts import (
     write_text,
 )
 from overfit.config import load_params, project_root
-from overfit.data import DataError, load_train_test
-from overfit.metrics import NEAR_ZERO
+from overfit.core import figures
+from overfit.core.data import DataError, load_train_test
+from overfit.core.metrics import NEAR_ZERO
+from overfit.core.summary import summary_markdown
 from overfit.runtime import run_stage
-from overfit.summary import summary_markdown
 
 
 def plot(root: Path) -> list[Path]:
@@ -61,7 +62,10 @@ def plot(root: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     if sys.argv[1:] if argv is None else argv:
-        print("usage: python -m overfit.plot (no arguments: it reads params.yaml)", file=sys.stderr)
+        print(
+            "usage: python -m overfit.stages.plot (no arguments: it reads params.yaml)",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
 
     def work() -> tuple[Path, list[Path]]:

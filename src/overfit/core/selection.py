@@ -17,7 +17,7 @@ import numpy as np
 
 from overfit.artifacts import ConfigSummary
 from overfit.config import ConfigError, SelectConfig
-from overfit.remedies import Remedy
+from overfit.core.remedies import Remedy
 
 OPTIMISTIC = "chosen on the test set (optimistic)"
 PENALTY_TERMS = {"none": 0, "l1": 1, "l2": 1, "l1_l2": 2}

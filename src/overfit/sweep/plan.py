@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from overfit.config import Config, ConfigError, LauncherConfig, SweepConfig, parse_overrides
-from overfit.remedies import run_name
+from overfit.core.remedies import run_name
 
 
 def _values(values: Sequence[Any]) -> str:

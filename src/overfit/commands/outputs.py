@@ -7,7 +7,7 @@ from pathlib import Path
 from overfit import layout
 from overfit.artifacts import ArtifactError, read_evaluation
 from overfit.config import project_root
-from overfit.selection import OPTIMISTIC
+from overfit.core.selection import OPTIMISTIC
 
 # (path, what it is), in pipeline order; only those that exist are listed.
 PRODUCTS = [

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from overfit import figures, layout, lineage, runtime, tracking
+from overfit import layout, runtime, tracking
 from overfit.artifacts import (
     JobResult,
     nan_padded,
@@ -35,11 +35,13 @@ from overfit.artifacts import (
     write_text,
 )
 from overfit.config import Config, parse_config, project_root
-from overfit.data import Points, load_train_test
-from overfit.remedies import remedy_of, run_name
-from overfit.selection import cv_scores, fold_seed, folds
-from overfit.summary import progress_line
-from overfit.sweep import stack_groups
+from overfit.core import figures
+from overfit.core.data import Points, load_train_test
+from overfit.core.remedies import remedy_of, run_name
+from overfit.core.selection import cv_scores, fold_seed, folds
+from overfit.core.summary import progress_line
+from overfit.sweep.plan import stack_groups
+from overfit.tracking import lineage
 
 # The trainer's curve names (Keras' `fit` history keys) as MLflow and the reports name them.
 CURVE_NAMES = {
@@ -141,7 +143,7 @@ class TrainingDiverged(RuntimeError):
 
 def build_models(config: Config) -> list[Any]:
     """One compiled Keras model per seed, with that seed's initial weights."""
-    from overfit.model import build_configured  # Keras: imported once there is work for it
+    from overfit.core.model import build_configured  # Keras: imported once there is work for it
 
     return [build_configured(config, seed) for seed in config.train.seeds]
 
@@ -153,7 +155,7 @@ def held_out_rows(train: Points, config: Config) -> list[np.ndarray]:
 
 def stopping_rule(config: Config) -> Any:
     """The job's Keras EarlyStopping, for the trainer; None without early stopping."""
-    from overfit.trainer import Stopping
+    from overfit.core.trainer import Stopping
 
     es = config.train.early_stopping
     if es.watch == "none":
@@ -173,7 +175,7 @@ def compile_ahead(root: Path, configs: Sequence[Config]) -> None:
     """Start compiling, each on a thread of its own, the loops `train_together` will run for
     these jobs (with and without dropout, per stack group), so that XLA's compilation (~3 s
     each) overlaps opening the MLflow store and building the models."""
-    from overfit.trainer import compile_ahead as compile_loop
+    from overfit.core.trainer import compile_ahead as compile_loop
 
     for (data, hidden_units), members in stack_groups(configs).items():
         jobs = [configs[i] for i in members]
@@ -230,7 +232,7 @@ def _train_jobs(
     finish: Callable[[int, Trained], None],
 ) -> None:
     """Jobs sharing data and shape, stacked; `finish(j, trained)` as job j's stacks end."""
-    from overfit.trainer import Fold, train_with_folds
+    from overfit.core.trainer import Fold, train_with_folds
 
     with phases.timed("build"):
         per_job = [build_models(config) for config in configs]
@@ -329,7 +331,7 @@ def _train_final_models(
 ) -> list[Trained]:
     """Early stopping on cv, second pass: each job's models train, on every training row, for
     the epochs its folds chose (`cv_epochs`)."""
-    from overfit.trainer import MAX_GROUP, train_with_folds
+    from overfit.core.trainer import MAX_GROUP, train_with_folds
 
     models, epochs, counts = [], [], []
     for job, config in zip(jobs, configs, strict=True):
@@ -397,7 +399,7 @@ def save_job(
     same weights), every epoch of every seed (history.csv) and the learning-curve figure; and
     the first seed's model in MLflow's flavor, for `run_job` to log (its input example: the
     first training rows)."""
-    from overfit.model import save_reproducibly
+    from overfit.core.model import save_reproducibly
 
     with phases.timed("save"):
         for seed, model in zip(config.train.seeds, trained.models, strict=True):

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from overfit import layout, lineage, runtime
+from overfit import layout, runtime
 from overfit.artifacts import SweepRecord
 from overfit.config import ConfigError, TrackingConfig
+from overfit.tracking import lineage
 
 # MLflow caps one log_batch call at 1000 metrics, 100 params and 100 tags.
 MAX_METRICS_PER_BATCH = 1000

@@ -5,8 +5,8 @@ The rules guard the *selected* configuration, the one `select.metric` chose (by 
 cross-validation inside the training rows), never whichever configuration is best on the test
 set: a change that only moves the test set's favourite passes.
 
-`python -m overfit.gate --base <rev>` (`make gate BASE=<rev>`) checks the rules of params.yaml's
-`gate` section, writes a Markdown report (rules, key metrics, parameter changes) and exits
+`python -m overfit.commands.gate --base <rev>` (`make gate BASE=<rev>`) checks the rules of
+params.yaml's `gate` section, writes a Markdown report (rules, key metrics, parameter changes) and exits
 
     0  every rule holds (a rule the two sides cannot compare is skipped, with its reason)
     1  a rule fails: the change makes the model worse
@@ -37,7 +37,7 @@ from typing import Any
 from overfit import layout
 from overfit.artifacts import write_text
 from overfit.config import ConfigError, GateConfig, load_params, project_root
-from overfit.remedies import TEST_WATCH_LABEL, watched_test
+from overfit.core.remedies import TEST_WATCH_LABEL, watched_test
 
 METRICS_FILE = layout.METRICS.as_posix()
 CONFIGS_FILE = layout.CONFIGS.as_posix()
@@ -625,7 +625,7 @@ def run_gate(root: Path, rev: str, report_path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m overfit.gate",
+        prog="python -m overfit.commands.gate",
         description="Fail when reports/metrics.json is worse than at the base revision.",
     )
     parser.add_argument("--base", default="main", help="git revision to compare with (main)")

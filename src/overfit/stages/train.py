@@ -1,10 +1,10 @@
 """Stage train: the sweep of params.yaml, every configuration one child MLflow run.
 
-`python -m overfit.train` (the DVC stage) sweeps what params.yaml's `sweep` says: one family
+`python -m overfit.stages.train` (the DVC stage) sweeps what params.yaml's `sweep` says: one family
 per remedy (penalties, dropout, early stopping, constraints) plus one unregularized run. With
 arguments it is a Hydra multirun over params.yaml:
 
-    python -m overfit.train --multirun penalty.kind=l2 penalty.strength=1e-3,1e-2
+    python -m overfit.stages.train --multirun penalty.kind=l2 penalty.strength=1e-3,1e-2
 
 Every job's configuration is composed and checked before anything runs. With the default
 launcher (`basic`) every job's models then train together, stacked in one compiled call, and
@@ -43,8 +43,11 @@ from overfit.config import (
     project_root,
     read_params,
 )
-from overfit.data import DataError, load_train_test
-from overfit.job import (
+from overfit.core.data import DataError, load_train_test
+from overfit.core.remedies import run_name
+from overfit.core.selection import check_folds
+from overfit.core.summary import results_table
+from overfit.sweep.job import (
     Phases,
     Trained,
     TrainingDiverged,
@@ -56,10 +59,7 @@ from overfit.job import (
     training_data,
     write_job_config,
 )
-from overfit.remedies import run_name
-from overfit.selection import check_folds
-from overfit.summary import results_table
-from overfit.sweep import (
+from overfit.sweep.plan import (
     check_families,
     check_unique_names,
     job_overrides,

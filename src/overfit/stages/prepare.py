@@ -1,7 +1,8 @@
 """Stages `generate` and `split`: the data set's points and a fresh draw, then the article's split.
 
-`python -m overfit.prepare generate` writes data/raw/{points,fresh}.csv (data.name's generator);
-`python -m overfit.prepare split` writes data/split/{train,test}.csv.
+`python -m overfit.stages.prepare generate` writes data/raw/{points,fresh}.csv (data.name's
+generator);
+`python -m overfit.stages.prepare split` writes data/split/{train,test}.csv.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from overfit import layout
 from overfit.config import DataConfig, load_params, project_root
-from overfit.data import DataError, make_points, read_points, split_points, write_points
+from overfit.core.data import DataError, make_points, read_points, split_points, write_points
 from overfit.runtime import run_stage
 
 
@@ -37,7 +38,7 @@ STAGES = {"generate": generate, "split": split}
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in STAGES:
-        print(f"usage: python -m overfit.prepare {{{','.join(STAGES)}}}", file=sys.stderr)
+        print(f"usage: python -m overfit.stages.prepare {{{','.join(STAGES)}}}", file=sys.stderr)
         raise SystemExit(2)
 
     def work() -> None:

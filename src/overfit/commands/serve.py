@@ -1,7 +1,7 @@
 """The registered model behind an alias, served or run on a CSV by MLflow's own commands.
 
-    python -m overfit.serve [--alias champion] [--port N]          # (make serve) REST API
-    python -m overfit.serve predict IN.csv OUT.json [--alias ...]  # (make predict) batch
+    python -m overfit.commands.serve [--alias champion] [--port N]          # (make serve) REST API
+    python -m overfit.commands.serve predict IN.csv OUT.json [--alias ...]  # (make predict) batch
 
 `serve` runs `mlflow models serve` on `models:/<registry.name>@<alias>` at 127.0.0.1, port
 `registry.port` (params.yaml); `predict` runs `mlflow models predict` on a CSV with columns x1,
@@ -28,7 +28,7 @@ from typing import NoReturn
 
 from overfit import tracking
 from overfit.config import ConfigError, load_params, project_root
-from overfit.data import FEATURES
+from overfit.core.data import FEATURES
 
 HOST = "127.0.0.1"
 DEFAULT_ALIAS = "champion"
@@ -192,7 +192,7 @@ def port_number(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     serving = argparse.ArgumentParser(
-        prog="python -m overfit.serve",
+        prog="python -m overfit.commands.serve",
         description="Serve models:/<registry.name>@<alias> on 127.0.0.1 "
         "(`predict IN.csv OUT.json` runs it on a CSV instead).",
     )
@@ -203,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
 
 def predict_parser() -> argparse.ArgumentParser:
     batch = argparse.ArgumentParser(
-        prog="python -m overfit.serve predict",
+        prog="python -m overfit.commands.serve predict",
         description="Class-1 probabilities for a CSV with columns x1, x2, as JSON "
         '{"predictions": [...]}, by `mlflow models predict`.',
     )

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from overfit.artifacts import Evaluation, ModelRecord
 from overfit.config import Config
-from overfit.selection import describe
+from overfit.core.selection import describe
 
 
 def model_card(

@@ -1,8 +1,8 @@
 """A shared MLflow tracking server: PostgreSQL for runs, served artifacts, one command each way.
 
-    python -m overfit.server start    # (make server) init + start PostgreSQL, then mlflow server
-    python -m overfit.server status
-    python -m overfit.server stop     # (make server-stop) stop both; the data stays
+    python -m overfit.commands.server start   # (make server) PostgreSQL, then mlflow server
+    python -m overfit.commands.server status
+    python -m overfit.commands.server stop    # (make server-stop) stop both; the data stays
 
 Everything lives in one folder, `.mlflow-server/` at the project root by default: the PostgreSQL
 cluster (postgres/data), the served artifacts (artifacts/), logs, pid file and a pgpass file.
@@ -464,7 +464,7 @@ def status(s: Settings) -> bool:
     return up and pg_up
 
 
-USAGE = "usage: python -m overfit.server start|stop|status"
+USAGE = "usage: python -m overfit.commands.server start|stop|status"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -37,8 +37,8 @@ from overfit.config import (
     load_params,
     project_root,
 )
-from overfit.data import DataError, Points, load_fresh, load_train_test
-from overfit.metrics import (
+from overfit.core.data import DataError, Points, load_fresh, load_train_test
+from overfit.core.metrics import (
     EvaluationError,
     accuracy_curves,
     decision_grid,
@@ -48,14 +48,14 @@ from overfit.metrics import (
     summarize_run,
     weight_stats,
 )
-from overfit.remedies import TEST_WATCH_LABEL, watched_test
+from overfit.core.remedies import TEST_WATCH_LABEL, watched_test
+from overfit.core.selection import describe
 from overfit.runtime import run_stage
-from overfit.selection import describe
 
 
 def expected_architecture(config: Config) -> list[dict[str, object]]:
     """The architecture a job's configuration describes, from a model built as training does."""
-    from overfit.model import architecture, build_configured
+    from overfit.core.model import architecture, build_configured
 
     return architecture(build_configured(config, seed=0))
 
@@ -65,7 +65,7 @@ def load_checked(path: Path, architecture: list[dict[str, object]], digest: str)
     (loaded in safe mode), of the configured architecture, with the recorded weights."""
     import keras
 
-    from overfit.model import architecture as architecture_of
+    from overfit.core.model import architecture as architecture_of
 
     if not zipfile.is_zipfile(path):  # Keras would say "File not found"
         raise EvaluationError(f"{path}: not a readable Keras model (not a .keras zip archive)")
@@ -188,7 +188,7 @@ def evaluate(root: Path) -> Evaluation:
 def main(argv: list[str] | None = None) -> None:
     if sys.argv[1:] if argv is None else argv:
         print(
-            "usage: python -m overfit.evaluate (no arguments: it reads params.yaml)",
+            "usage: python -m overfit.stages.evaluate (no arguments: it reads params.yaml)",
             file=sys.stderr,
         )
         raise SystemExit(2)

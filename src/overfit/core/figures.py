@@ -10,9 +10,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from overfit.artifacts import ConfigSummary
-from overfit.data import Points
-from overfit.remedies import FAMILIES
-from overfit.selection import strength_of
+from overfit.core.data import Points
+from overfit.core.remedies import FAMILIES
+from overfit.core.selection import strength_of
 
 
 class LearningCurves:

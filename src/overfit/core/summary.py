@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from overfit.artifacts import Evaluation, JobResult
-from overfit.remedies import FAMILIES, TEST_WATCH_LABEL, watched_test
-from overfit.selection import TIE, candidates, describe, rank
+from overfit.core.remedies import FAMILIES, TEST_WATCH_LABEL, watched_test
+from overfit.core.selection import TIE, candidates, describe, rank
 
 
 def results_table(results: Sequence[JobResult]) -> str:

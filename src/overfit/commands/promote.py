@@ -1,9 +1,9 @@
 """Promote the registered candidate to champion when the gate's rules hold against the
 champion's recorded figures; or roll the champion back.
 
-    python -m overfit.promote                 # alias candidate -> champion, if the rules hold
-    python -m overfit.promote --version 3     # a given version instead of the candidate
-    python -m overfit.promote --rollback      # champion back to the version it replaced
+    python -m overfit.commands.promote          # alias candidate -> champion, if the rules hold
+    python -m overfit.commands.promote --version 3  # a given version instead of the candidate
+    python -m overfit.commands.promote --rollback   # champion back to the version it replaced
 
 The rules are the CI gate's rules on the selected configuration against a base (`gate` in
 params.yaml), with the champion as the base: the candidate's cross-validation, test and fresh
@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from overfit import lineage, tracking
+from overfit import tracking
 from overfit.config import (
     ConfigError,
     GateConfig,
@@ -31,6 +31,7 @@ from overfit.config import (
     load_params,
     project_root,
 )
+from overfit.tracking import lineage
 
 CANDIDATE, CHAMPION, PREVIOUS = "candidate", "champion", "previous"
 HISTORY_TAG = "overfit.history"
@@ -145,7 +146,7 @@ def rollback(mlflow: Any, name: str, commit: str) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m overfit.promote", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m overfit.commands.promote", description=__doc__)
     parser.add_argument("--name", help="registered model (default: params.yaml registry.name)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--version", help="promote this version instead of the candidate")
