@@ -116,6 +116,16 @@ def copy_project(dest: Path, overrides: list[str] | None = None) -> Run:
     return run
 
 
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval=0.05) -> None:
+    """Wait until `condition()` holds; `timeout` is a safety net against a hang, never a
+    measure: choose it generous."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
 @contextlib.contextmanager
 def exclusive(lock_file: Path) -> Iterator[None]:
     """An exclusive lock across the test processes (pytest-xdist workers)."""
@@ -162,20 +172,35 @@ def _start_shrunk_pipeline(folder: Path, lock: Path) -> None:
         (folder / "started").touch()
 
 
-# The slowest test files (half a minute to a minute each), started first so that no worker is
-# left with one at the end: on two workers the suite is only as fast as its last file.
+# The slowest test files (half a minute to a minute and a half each), started first so that no
+# worker is left with one at the end: on two workers the suite is only as fast as its last file.
 SLOWEST_FIRST = (
     "test_server.py",
     "test_trainer.py",
+    "test_remedies.py",
+    "test_lineage.py",
     "test_concurrency.py",
-    "test_reliability.py",
     "test_launchers.py",
     "test_gate.py",
+    "test_reliability.py",
+    "test_serve.py",
+    "test_ui.py",
     "test_tracking.py",
+    "test_registry.py",
+    "test_readme.py",
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reverse",
+        action="store_true",
+        help="run the tests in the reverse of their usual order (to show no test depends on "
+        "another having run first; with -p no:xdist or -n 0)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Test files that need the shared pipeline go last, so the pipeline builds in the
     background while the others run; within each part, the slowest files first. pytest-xdist
     hands out whole files in this order (--dist loadfile --no-loadscope-reorder)."""
@@ -187,6 +212,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return item.path in needs, slow
 
     items.sort(key=order)
+    if config.getoption("--reverse"):
+        items.reverse()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -213,10 +240,12 @@ def shrunk_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     folder, lock = shared / "shrunk-pipeline", shared / "shrunk-pipeline.lock"
     _start_shrunk_pipeline(folder, lock)
     root, output, status = folder / "project", folder / "repro-output.txt", folder / "repro-status"
-    deadline = time.monotonic() + 900
-    while not status.is_file() or not status.read_text().strip():
-        assert time.monotonic() < deadline, "the shared pipeline did not finish in 15 minutes"
-        time.sleep(0.2)
+    wait_for(
+        lambda: status.is_file() and status.read_text().strip(),
+        1800,
+        "the shared pipeline's dvc repro",
+        interval=0.2,
+    )
     text = output.read_text(encoding="utf-8")
     assert status.read_text().strip() == "0", f"dvc repro of the shared pipeline failed:\n{text}"
     unlocked = make_runner(root)
@@ -231,14 +260,14 @@ def shrunk_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         """A copy with the pipeline's files and DVC cache, and a new MLflow store: the
         original's experiment records the original's artifact folder, where a copy must not
         write. The new store is copied from one made once (making one takes seconds)."""
-        from overfit import tracking
+        from overfit.tracking.store import ensure_store
 
         store = shutil.ignore_patterns("mlflow.db*", "mlartifacts")
         with exclusive(lock):
             shutil.copytree(root, dest, symlinks=True, ignore=store)
             if not template.is_file():
                 template.parent.mkdir(exist_ok=True)
-                tracking.ensure_store(f"sqlite:///{template}")
+                ensure_store(f"sqlite:///{template}")
         shutil.copy2(template, dest / "mlflow.db")
         return make_runner(dest)
 
@@ -280,11 +309,11 @@ def sweep_ids(root: Path, tracking_uri: str | None = None) -> dict:
     reports/sweep.json (which holds no run id). {"parent_run_id": ..., "runs": {name: id}}."""
     from mlflow.tracking import MlflowClient
 
-    from overfit import tracking
     from overfit.artifacts import read_sweep
+    from overfit.tracking.runs import find_sweep
 
     client = MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
-    runs = tracking.find_sweep(client, "overfit", read_sweep(root))
+    runs = find_sweep(client, "overfit", read_sweep(root))
     ids = {name: run.info.run_id for name, run in runs.children.items()}
     return {"parent_run_id": runs.parent, "runs": ids}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -86,6 +87,9 @@ def raw_params() -> dict:
             "select.metric: must be one of cv_acc, cv_loss, test_acc",
         ),
         ("select", "random_state", -1, "select.random_state: must be an integer from 0 to"),
+        ("data", "n_samples", 3.0, "data.n_samples: must be an integer, got 3.0"),
+        ("sweep", "baseline", "yes", "sweep.baseline: must be true or false, got 'yes'"),
+        ("train", "early_stopping", 5, "train.early_stopping: must be a mapping, got 5"),
     ],
 )
 def test_bad_setting_is_named(section: str, key: str, value: object, message: str) -> None:
@@ -155,6 +159,29 @@ def test_unknown_top_level_key() -> None:
     raw = raw_params() | {"optimizer": {"name": "sgd"}}
     with pytest.raises(ConfigError, match="^optimizer: unknown key"):
         parse_config(raw)
+    with pytest.raises(ConfigError, match="^the configuration: must be a mapping, got None$"):
+        parse_config(None)  # an empty params.yaml
+
+
+def test_a_wrong_type_is_named_before_a_broken_rule() -> None:
+    raw = raw_params()
+    raw["data"]["noise"], raw["gate"]["baseline_min_gap"] = -1, "high"
+    with pytest.raises(
+        ConfigError, match=r"^gate\.baseline_min_gap: must be a number, got 'high'$"
+    ):
+        parse_config(raw)
+
+
+def test_settings_are_frozen_checked_values() -> None:
+    """A section built or replaced in code is checked as params.yaml is; equal ones hash alike."""
+    config = parse_config(raw_params())
+    assert hash(config.data) == hash(parse_config(raw_params()).data)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.data.noise = 0.5  # type: ignore[misc]
+    with pytest.raises(ValueError, match="must be a number >= 0"):
+        dataclasses.replace(config.penalty, strength=-1.0)
+    # YAML 1.1 reads 1e-3 as a string: it is the number a person means.
+    assert parse_config({"penalty": {"kind": "l2", "strength": "1e-3"}}).penalty.strength == 1e-3
 
 
 @pytest.mark.parametrize(

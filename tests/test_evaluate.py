@@ -5,6 +5,7 @@ problem is one line naming the file, exit 1, and the reports stay as they were."
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -50,6 +51,12 @@ def from_another_sweep(folder: Path) -> None:
     (folder / "result.json").write_text(json.dumps(result, indent=2))
 
 
+def a_nan_in_its_result(folder: Path) -> None:
+    result = json.loads((folder / "result.json").read_text())
+    result["per_seed"]["1"]["test_acc"] = math.nan
+    (folder / "result.json").write_text(json.dumps(result, indent=2))
+
+
 CASES = {
     "another seed's file": (
         swap_in_another_seed,
@@ -63,6 +70,10 @@ CASES = {
     "garbage": (garbage, "seed_1.keras: not a readable Keras model (not a .keras zip archive)"),
     "empty file": (empty, "seed_1.keras: not a readable Keras model ("),
     "a stray seed": (a_stray_seed, "seed_5.keras: not one of the job's seeds [1, 2]"),
+    "a NaN in result.json": (
+        a_nan_in_its_result,
+        f"{RUN}/result.json: per_seed.1.test_acc must be a number in [0, 1], got nan",
+    ),
     "another sweep's folder": (
         from_another_sweep,
         f"{RUN}: left by another sweep (its result.json is not the one reports/sweep.json",

@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from overfit.commands.gate import GateError, Metrics, check_rules, parse_metrics, selection_notes
+from overfit.artifacts import ArtifactError
 from overfit.config import GateConfig
+from overfit.core.rules import GateError, Metrics, check_rules, parse_metrics, selection_notes
+from overfit.core.selection import OPTIMISTIC
 
 from .conftest import Run, copy_project, env_for
 
@@ -29,7 +31,6 @@ RULES = {
     "selected_beats_baseline",
     "configurations_kept",
 }
-OPTIMISTIC = "chosen on the test set (optimistic)"
 
 # Per configuration: (strength, train accuracy, test points right out of 70, fresh accuracy,
 # cross-validation accuracy or None). The unregularized run learns its 30 points by heart;
@@ -403,7 +404,10 @@ def test_a_metric_missing_at_the_base_cannot_compare(repo) -> None:
     result = gate(root, run, "--base", "main")
 
     assert result.returncode == 2
-    assert "reports/metrics.json at main: no selected.fresh" in one_error_line(result)
+    assert (
+        "reports/metrics.json at main: selected.fresh is missing (must be a number in [0, 1])"
+        in (one_error_line(result))
+    )
 
 
 # --- the rules, on their own -----------------------------------------------------------------
@@ -433,7 +437,7 @@ BASE = parsed(reports(BASE_RUNS))
 )
 def test_each_selected_rule_fails_on_its_own(runs: Runs, broken: str) -> None:
     new = parsed(changed(runs))
-    assert new.selected is not None and new.selected.run == "l1_1e-03"
+    assert new.selected is not None and new.selected.figures.run == "l1_1e-03"
     assert rule_results(BASE, new) == dict.fromkeys(RULES, True) | {broken: False}
 
 
@@ -442,7 +446,7 @@ def test_a_drop_of_exactly_the_tolerance_passes() -> None:
     # lost: exactly the default tolerances, after evaluate's rounding to 6 decimals.
     others = {"l2_1e-03": (1e-3, 0.966667, 67, 0.93, 0.9), "l2_1e-02": (1e-2, 0.9, 65, 0.92, 0.9)}
     new = parsed(changed(others | {"l1_1e-03": (1e-3, 0.966667, 65, 0.915, 0.916667)}))
-    assert new.selected is not None and new.selected.run == "l1_1e-03"
+    assert new.selected is not None and new.selected.figures.run == "l1_1e-03"
     assert all(rule_results(BASE, new).values())
 
     beyond = parsed(changed(others | {"l1_1e-03": (1e-3, 0.966667, 65, 0.9149, 0.916)}))
@@ -482,7 +486,7 @@ def test_a_base_from_before_selection_without_the_selected_configuration_skips()
     which is said, and is no failure."""
     base = parsed(before_selection({n: r for n, r in BASE_RUNS.items() if n != "l1_1e-03"}))
     new = parsed(reports(BASE_RUNS | {"l1_l2_1e-03": (1e-3, 0.966667, 66, 0.93, 0.97)}))
-    assert new.selected is not None and new.selected.run == "l1_l2_1e-03"
+    assert new.selected is not None and new.selected.figures.run == "l1_l2_1e-03"
     rules = {r.name: r for r in check_rules(base, new, GateConfig())}
     assert all(r.passed for r in rules.values())
     assert rules["selected_cv_accuracy"].skipped == "the base has no cross-validation"
@@ -541,53 +545,278 @@ GOOD_METRICS, GOOD_CONFIGS = (json.dumps(t) for t in reports(BASE_RUNS))
     ("metrics_text", "configs_text", "message"),
     [
         ("{bad", GOOD_CONFIGS, "reports/metrics.json here: not valid JSON"),
-        ("[]", GOOD_CONFIGS, "reports/metrics.json here: not a JSON object"),
+        (
+            "[]",
+            GOOD_CONFIGS,
+            "reports/metrics.json here: must be an object with baseline, selected, got []",
+        ),
         (GOOD_METRICS, "{bad", "reports/configs.json here: not valid JSON"),
-        (GOOD_METRICS, "{}", "reports/configs.json here: no configs"),
+        (
+            GOOD_METRICS,
+            "{}",
+            "reports/configs.json here: baseline is missing (must be a string or null)",
+        ),
         (
             GOOD_METRICS,
             _config_without("l2_1e-02", "fresh_acc"),
-            "reports/configs.json here: no configs.l2_1e-02.fresh_acc.mean (a number)",
+            "reports/configs.json here: configs.l2_1e-02.fresh_acc is missing (must be an object "
+            "with mean, std)",
         ),
-        (_without("baseline"), GOOD_CONFIGS, "reports/metrics.json here: no baseline entry"),
-        (_without("selected"), GOOD_CONFIGS, "reports/metrics.json here: no selected entry"),
-        (_without("selected.test"), GOOD_CONFIGS, "reports/metrics.json here: no selected.test"),
-        (_without("selected.run"), GOOD_CONFIGS, "reports/metrics.json here: no selected.run"),
-        (_without("selected.cv"), GOOD_CONFIGS, "reports/metrics.json here: no selected.cv"),
+        (
+            _without("baseline"),
+            GOOD_CONFIGS,
+            "reports/metrics.json here: baseline is missing (must be an object with train, test)",
+        ),
+        (
+            _without("selected"),
+            GOOD_CONFIGS,
+            "reports/metrics.json here: selected is missing (must be an object with run, cv, "
+            "test, fresh)",
+        ),
+        (
+            _without("selected.test"),
+            GOOD_CONFIGS,
+            "reports/metrics.json here: selected.test is missing (must be a number in [0, 1])",
+        ),
+        (
+            _without("selected.run"),
+            GOOD_CONFIGS,
+            "reports/metrics.json here: selected.run is missing (must be a string)",
+        ),
+        (
+            _without("selected.cv"),
+            GOOD_CONFIGS,
+            "reports/metrics.json here: selected.cv is missing (must be a number in [0, 1] or "
+            "null)",
+        ),
         (
             GOOD_METRICS,
             _listing_without_rule(),
-            "reports/metrics.json here: reports/configs.json names no selection rule",
+            "reports/configs.json here: rule is missing (must be one of cv_acc, cv_loss, test_acc)",
         ),
         (
             GOOD_METRICS,
             _listing_with_rule("best"),
-            "reports/metrics.json here: reports/configs.json's rule is 'best', not one of "
-            "cv_acc, cv_loss, test_acc",
+            'reports/configs.json here: rule must be one of cv_acc, cv_loss, test_acc, got "best"',
         ),
         (
             _with("selected", "cv", None),
             GOOD_CONFIGS,
-            "reports/metrics.json here: selected.cv is null, but rule cv_acc needs "
-            "cross-validation",
+            "reports/metrics.json here: selected.cv must be 0.95 (configs.json's mean cv_acc of "
+            "l1_1e-03), got null",
         ),
         (
             _with("baseline", "train", "1"),
             GOOD_CONFIGS,
-            "reports/metrics.json here: no baseline.train (a number)",
+            'reports/metrics.json here: baseline.train must be a number in [0, 1], got "1"',
         ),
         (
             _with("selected", "fresh", math.nan),  # JSON's NaN
             GOOD_CONFIGS,
-            "reports/metrics.json here: selected.fresh is nan, not a finite number",
+            "reports/metrics.json here: selected.fresh must be a number in [0, 1], got nan",
         ),
     ],
 )
 def test_unreadable_metrics_are_errors_not_passes(
     metrics_text: str, configs_text: str, message: str
 ) -> None:
-    with pytest.raises(GateError, match=re.escape(message)):
+    with pytest.raises((ArtifactError, GateError), match=re.escape(message)):
         parse_metrics(metrics_text, configs_text, "here")
+
+
+# --- tampered reports: refused, never compared ----------------------------------------------
+
+
+DROP = object()
+
+
+def tampered(metrics: dict[str, Any] | None = None, configs: dict[str, Any] | None = None):
+    """The base reports with values replaced, each at its dotted key (DROP: removed)."""
+    files = reports(BASE_RUNS)
+    for content, changes in zip(files, (metrics or {}, configs or {}), strict=True):
+        for path, value in changes.items():
+            *parents, key = path.split(".")
+            entry = content
+            for parent in parents:
+                entry = entry[parent]
+            if value is DROP:
+                del entry[key]
+            else:
+                entry[key] = value
+    return files
+
+
+# What a hand or a faulty tool could leave in the reports, and the one line that refuses it.
+TAMPERED = {
+    "selected.test 5.0": (
+        tampered(metrics={"selected.test": 5.0}),
+        "reports/metrics.json {where}: selected.test must be a number in [0, 1], got 5.0",
+    ),
+    "selected.test 1e308": (
+        tampered(metrics={"selected.test": 1e308}),
+        "reports/metrics.json {where}: selected.test must be a number in [0, 1], got 1e+308",
+    ),
+    "selected.cv 5.0": (
+        tampered(metrics={"selected.cv": 5.0}),
+        "reports/metrics.json {where}: selected.cv must be a number in [0, 1] or null, got 5.0",
+    ),
+    "selected.fresh -0.1": (
+        tampered(metrics={"selected.fresh": -0.1}),
+        "reports/metrics.json {where}: selected.fresh must be a number in [0, 1], got -0.1",
+    ),
+    "baseline.test -5": (
+        tampered(metrics={"baseline.test": -5}),
+        "reports/metrics.json {where}: baseline.test must be a number in [0, 1], got -5",
+    ),
+    "baseline.train inf": (
+        tampered(metrics={"baseline.train": math.inf}),
+        "reports/metrics.json {where}: baseline.train must be a number in [0, 1], got inf",
+    ),
+    "selected.run names no configuration": (
+        tampered(metrics={"selected.run": "l9_1e-09"}),
+        'reports/metrics.json {where}: selected.run must be "l1_1e-03" (configs.json\'s '
+        'selected), got "l9_1e-09"',
+    ),
+    "selected.run another configuration": (
+        tampered(metrics={"selected.run": "l2_1e-03"}),
+        'reports/metrics.json {where}: selected.run must be "l1_1e-03"',
+    ),
+    "selected.test not the configuration's": (
+        tampered(metrics={"selected.test": 0.99}),
+        "reports/metrics.json {where}: selected.test must be 0.942857 (configs.json's mean "
+        "test_acc of l1_1e-03), got 0.99",
+    ),
+    "configs.json selected names no configuration": (
+        tampered(configs={"selected": "l9_1e-09"}),
+        "reports/configs.json {where}: selected must be the name of a configuration in "
+        'configs, got "l9_1e-09"',
+    ),
+    "configs.json selected not metrics.json's": (
+        tampered(configs={"selected": "l2_1e-03"}),
+        'reports/configs.json {where}: selected must be cv_choice ("l1_1e-03"), what rule '
+        'cv_acc picks, got "l2_1e-03"',
+    ),
+    "configs.json selected and cv_choice not metrics.json's": (
+        tampered(configs={"selected": "l2_1e-03", "cv_choice": "l2_1e-03"}),
+        'reports/metrics.json {where}: selected.run must be "l2_1e-03"',
+    ),
+    "NaN train_acc": (
+        tampered(configs={"configs.l1_1e-03.train_acc.mean": math.nan}),
+        "reports/configs.json {where}: configs.l1_1e-03.train_acc.mean must be a number in "
+        "[0, 1], got nan",
+    ),
+    "inf train_acc": (
+        tampered(configs={"configs.l1_1e-03.train_acc.mean": math.inf}),
+        "reports/configs.json {where}: configs.l1_1e-03.train_acc.mean must be a number in "
+        "[0, 1], got inf",
+    ),
+    "NaN cv_acc": (
+        tampered(configs={"configs.l2_1e-02.cv_acc.mean": math.nan}),
+        "reports/configs.json {where}: configs.l2_1e-02.cv_acc.mean must be a number in "
+        "[0, 1], got nan",
+    ),
+    "NaN gap": (
+        tampered(configs={"configs.none.gap.mean": math.nan}),
+        "reports/configs.json {where}: configs.none.gap.mean must be a number in [-1, 1], got nan",
+    ),
+    "test accuracy 5.0": (
+        tampered(configs={"configs.l2_1e-03.test_acc.mean": 5.0}),
+        "reports/configs.json {where}: configs.l2_1e-03.test_acc.mean must be a number in "
+        "[0, 1], got 5.0",
+    ),
+    "fresh accuracy 5.0": (
+        tampered(configs={"configs.l2_1e-02.fresh_acc.mean": 5.0}),
+        "reports/configs.json {where}: configs.l2_1e-02.fresh_acc.mean must be a number in "
+        "[0, 1], got 5.0",
+    ),
+    "negative loss": (
+        tampered(configs={"configs.l2_1e-02.test_loss.mean": -0.5}),
+        "reports/configs.json {where}: configs.l2_1e-02.test_loss.mean must be a finite "
+        "number >= 0, got -0.5",
+    ),
+    "negative spread": (
+        tampered(configs={"configs.l2_1e-02.test_acc.std": -0.1}),
+        "reports/configs.json {where}: configs.l2_1e-02.test_acc.std must be a number in "
+        "[0, 1], got -0.1",
+    ),
+    "negative strength": (
+        tampered(configs={"configs.l2_1e-02.strength": -1.0}),
+        "reports/configs.json {where}: configs.l2_1e-02.strength must be a finite number >= 0, "
+        "got -1.0",
+    ),
+    "missing baseline": (
+        tampered(configs={"baseline": DROP}),
+        "reports/configs.json {where}: baseline is missing (must be a string or null)",
+    ),
+    "baseline not unregularized": (
+        tampered(configs={"baseline": "l2_1e-02"}),
+        "reports/configs.json {where}: baseline must be a configuration of kind none (the "
+        'unregularized one), got "l2_1e-02"',
+    ),
+    "test_choice names no configuration": (
+        tampered(configs={"test_choice": "l9_1e-09"}),
+        "reports/configs.json {where}: test_choice must be the name of a configuration in "
+        'configs, got "l9_1e-09"',
+    ),
+}
+
+
+def _texts(files: tuple[dict[str, Any], dict[str, Any]]) -> tuple[str, str]:
+    metrics, listing = files
+    return json.dumps(metrics), json.dumps(listing)
+
+
+@pytest.mark.parametrize("where", ["in the working tree", "at main"])
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_tampered_reports_are_refused(case: str, where: str) -> None:
+    files, message = TAMPERED[case]
+    with pytest.raises(ArtifactError) as refused:
+        parse_metrics(*_texts(files), where)
+    assert "\n" not in str(refused.value)
+    assert str(refused.value).startswith(message.format(where=where)), str(refused.value)
+
+
+def test_the_untampered_reports_are_read() -> None:
+    """The cases' starting point passes: each refusal is the tampering's doing."""
+    assert parsed(tampered()) == BASE
+
+
+@pytest.fixture(scope="module")
+def gate_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run]:
+    """One repository for the command-line refusals: main holds the base reports; each test
+    writes its own working-tree reports."""
+    root = tmp_path_factory.mktemp("tampered") / "project"
+    run = copy_project(root)
+    write_reports(root, reports(BASE_RUNS))
+    commit_all(run, "base metrics")
+    return root, run
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_the_gate_refuses_tampered_working_tree_reports(gate_repo, case: str) -> None:
+    root, run = gate_repo
+    files, message = TAMPERED[case]
+    write_reports(root, files)
+
+    result = gate(root, run, "--base", "main")
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert one_error_line(result).startswith(
+        "error: " + message.format(where="in the working tree")
+    )
+    assert "**Could not compare** (exit 2)" in gate_report(root)
+
+
+@pytest.mark.parametrize("case", ["selected.test 1e308", "NaN gap", "missing baseline"])
+def test_the_gate_refuses_tampered_base_reports(repo, case: str) -> None:
+    root, run = repo
+    files, message = TAMPERED[case]
+    base_in(repo, dict(zip((METRICS, CONFIGS), files, strict=True)))
+
+    result = gate(root, run, "--base", "main")
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert one_error_line(result).startswith("error: " + message.format(where="at main"))
 
 
 def test_an_edited_configuration_that_hurts_the_model_fails(shrunk_pipeline, tmp_path) -> None:

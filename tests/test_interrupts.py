@@ -4,27 +4,38 @@ of its steps begins, then the MLflow store is read back.
 
 Each time: the stage exits 128 + the signal's number, the parent run ends KILLED, no run is
 left RUNNING, and no run ended FINISHED after the signal.
+
+The moments are named by what the stage does through public interfaces (Hydra's `compose`,
+MLflow's client, Keras, matplotlib, the atomic rename that puts a file in place, the signal
+mask held while a run's status is written), never by the stage's own helpers, which may move.
+`signal_at` is this suite's one hook into a running stage; it sends a signal only while
+`runtime.records_signals()` says the stage records them.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import json
 import os
 import signal
 import sqlite3
 import time
 from pathlib import Path
 
+import hydra
+import keras
+import mlflow.keras
 import pytest
+from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from overfit import artifacts, runtime, tracking
+from overfit import runtime
 from overfit.commands import params as config_entry
-from overfit.core import figures, trainer
+from overfit.core import trainer
 from overfit.stages import prepare, train
-from overfit.sweep.plan import job
 
-from .conftest import PENALTIES_ONLY
+from .conftest import PENALTIES_ONLY, copy_project
 
 TINY = [
     "train.epochs=20",
@@ -35,43 +46,81 @@ TINY = [
     *PENALTIES_ONLY,
 ]
 
-# (where, which call): the step the signal arrives at. Two configurations, so two jobs.
+
+class Nth:
+    """The `call`-th call."""
+
+    def __init__(self, call: int) -> None:
+        self.call, self.seen = call, 0
+
+    def __call__(self, *args, **kwargs) -> bool:
+        self.seen += 1
+        return self.seen == self.call
+
+
+class Blocking(Nth):
+    """The `call`-th time signals are blocked: a run's final status is about to be decided."""
+
+    def __call__(self, how, *args, **kwargs) -> bool:
+        return how == signal.SIG_BLOCK and super().__call__()
+
+
+class Into:
+    """A rename onto a path ending with `parts`: a file put in place whole."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __call__(self, source, destination, *args, **kwargs) -> bool:
+        return Path(destination).parts[-len(self.parts) :] == self.parts
+
+
+class Published:
+    """A job's folder moved from models/.partial/ into models/, whole."""
+
+    def __call__(self, source, destination, *args, **kwargs) -> bool:
+        return Path(source).parent.name == ".partial" and Path(destination).parent.name == "models"
+
+
+Chooser = Nth | Into | Published
+
+
+# (what the stage is doing, the interface it calls, which call): where the signal arrives.
+# Two configurations, so two jobs, two child runs.
 MOMENTS = [
-    (train, "compose_jobs", 1),  # while the sweep's jobs are composed
-    (tracking, "open_store", 1),
-    (tracking, "fail_orphaned_runs", 1),
-    (MlflowClient, "create_run", 1),  # the parent run is being created
-    (tracking, "log_values", 1),  # the parent's parameters
-    (train, "train_together", 1),
-    (trainer, "_train_group", 1),  # models training, in a worker thread
-    (train, "run_job", 1),  # the first job starts
-    (MlflowClient, "create_run", 2),  # its child run is being created
-    (job, "write_history", 1),
-    (figures, "png_bytes", 1),
-    (tracking, "log_values", 2),
-    (tracking, "log_metric_histories", 1),
-    (tracking, "save_keras_flavor", 1),
-    (tracking, "log_model_folder", 1),
-    (job, "write_result", 1),
-    (job, "publish", 1),
-    (tracking, "end_run", 1),  # the first child run is ending
-    (train, "run_job", 2),  # the second job starts
-    (tracking, "end_run", 2),  # the second child run is ending
-    (MlflowClient, "log_text", 1),  # the sweep's table
-    (train, "write_sweep", 1),
-    (tracking, "end_run", 3),  # the parent run is ending
+    ("composing the jobs", hydra, "compose", Nth(1)),
+    ("compiling on a thread of its own", trainer, "compile_ahead", Nth(1)),
+    ("opening the store", MlflowClient, "get_experiment_by_name", Nth(1)),
+    ("looking for orphaned runs", MlflowClient, "search_runs", Nth(1)),
+    ("creating the parent run", MlflowClient, "create_run", Nth(1)),
+    ("logging the parent's parameters", MlflowClient, "log_batch", Nth(1)),
+    ("logging the parent's datasets", MlflowClient, "log_inputs", Nth(1)),
+    # Written back by the worker thread that trained the stack.
+    ("a trained stack's weights written back", keras.Model, "set_weights", Nth(1)),
+    ("writing the first job's history", os, "replace", Into("history.csv")),
+    ("saving its MLflow model", mlflow.keras, "save_model", Nth(1)),
+    ("drawing its learning curve", Figure, "savefig", Nth(1)),
+    ("writing its result", os, "replace", Into("result.json")),
+    ("creating the first child run", MlflowClient, "create_run", Nth(2)),
+    ("logging its model", MlflowClient, "create_logged_model", Nth(1)),
+    ("logging its datasets", MlflowClient, "log_inputs", Nth(2)),
+    ("logging its files", MlflowClient, "log_artifact", Nth(1)),
+    ("ending the first child run", signal, "pthread_sigmask", Blocking(1)),
+    ("publishing the first job's folder", os, "replace", Published()),
+    ("creating the second child run", MlflowClient, "create_run", Nth(3)),
+    ("ending the second child run", signal, "pthread_sigmask", Blocking(2)),
+    ("logging the sweep's table", MlflowClient, "log_text", Nth(1)),
+    ("writing the sweep's record", os, "replace", Into("reports", "sweep.json")),
+    ("ending the parent run", signal, "pthread_sigmask", Blocking(3)),
 ]
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_ready(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project with the tiny sweep's settings and its data; its store grows run by run."""
-    from .conftest import copy_project
-
     root = tmp_path_factory.mktemp("interrupts") / "project"
     copy_project(root)
-    (root / "reports/sweep.json").unlink()  # the committed sweep's record: none here yet
     cwd = Path.cwd()
     os.chdir(root)
     try:
@@ -83,23 +132,31 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture
+def project(data_ready: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The project, as the working directory, with no finished sweep recorded (the committed
+    one's, or an earlier test's)."""
+    (data_ready / "reports/sweep.json").unlink(missing_ok=True)
+    monkeypatch.chdir(data_ready)
+    for variable in ("OVERFIT_ROOT", "DVC_ROOT", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(variable, raising=False)
+    return data_ready
+
+
 def signal_at(
-    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, call: int, signum: int
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, chosen: Chooser, signum: int
 ) -> list[float]:
-    """Send `signum` to this process as the `call`-th call of `owner.name` begins; the list
-    gets the time it was sent."""
+    """Send `signum` to this process as the first call of `owner.name` that `chosen` picks
+    begins; the list gets the time it was sent."""
     original = getattr(owner, name)
     sent: list[float] = []
-    calls = 0
 
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
-        nonlocal calls
-        calls += 1
-        if calls == call:
+        if not sent and chosen(*args[1:] if isinstance(owner, type) else args, **kwargs):
             # Only ever while the stage records signals: pytest's own handler would stop the
             # whole session, and SIGTERM's default would kill this process.
-            assert signal.getsignal(signum) is runtime._record, "no handler for the signal"
+            assert runtime.records_signals(), "the stage does not record signals here"
             sent.append(time.time())
             os.kill(os.getpid(), signum)
         return original(*args, **kwargs)
@@ -122,29 +179,26 @@ def runs(root: Path, since_ms: int) -> list[tuple[str, str, str, int | None]]:
 @pytest.mark.parametrize(
     ("moment", "signum"),
     [(m, SIGNALS[i % 2]) for i, m in enumerate(MOMENTS)],
-    ids=[f"{m[0].__name__.split('.')[-1]}.{m[1]}#{m[2]}" for m in MOMENTS],
+    ids=[m[0] for m in MOMENTS],
 )
 def test_a_signal_at_any_moment_ends_the_sweep_killed(
     project: Path, monkeypatch: pytest.MonkeyPatch, capsys, moment, signum: int
 ) -> None:
-    owner, name, call = moment
-    sent = signal_at(monkeypatch, owner, name, call, signum)
-    monkeypatch.chdir(project)
-    for variable in ("OVERFIT_ROOT", "DVC_ROOT", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(variable, raising=False)
+    what, owner, name, chosen = moment
+    sent = signal_at(monkeypatch, owner, name, copy.copy(chosen), signum)
     started_ms = int(time.time() * 1000) - 1
 
     with pytest.raises(SystemExit) as stopped:
         train.main([])
 
-    assert sent, f"{name} was not called {call} times"
+    assert sent, f"the stage never reached the moment: {what} ({name})"
     assert stopped.value.code == 128 + signum
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
         f"error: interrupted by {signal.Signals(signum).name}; "
         "the sweep's MLflow runs are marked KILLED"
     )
-    assert signal.getsignal(signum) is not runtime._record, "the handler was not restored"
+    assert not runtime.records_signals(), "the handlers were not restored"
     found = runs(project, started_ms) if (project / "mlflow.db").exists() else []
     assert all(status != "RUNNING" for _, status, _, _ in found), found
     # Nothing ended FINISHED after the signal (a millisecond of clock resolution aside).
@@ -163,9 +217,8 @@ def test_a_signal_at_any_moment_ends_the_sweep_killed(
     assert not (project / "reports/sweep.json").exists()
 
 
-def test_the_tiny_sweep_finishes_without_a_signal(project: Path, monkeypatch, capsys) -> None:
+def test_the_tiny_sweep_finishes_without_a_signal(project: Path) -> None:
     """The same sweep, undisturbed: what the moments above interrupt is a sweep that works."""
-    monkeypatch.chdir(project)
     started_ms = int(time.time() * 1000) - 1
     train.main([])
     found = runs(project, started_ms)
@@ -174,6 +227,6 @@ def test_the_tiny_sweep_finishes_without_a_signal(project: Path, monkeypatch, ca
         ("none", "FINISHED"),
         ("sweep-default", "FINISHED"),
     ]
-    record = artifacts.read_sweep(project)
-    assert set(record.results) == {"none", "l2_1e-03"}
-    (project / "reports/sweep.json").unlink()  # the next moment starts from an unfinished sweep
+    record = json.loads((project / "reports/sweep.json").read_text(encoding="utf-8"))
+    assert set(record["results"]) == {"none", "l2_1e-03"}
+    assert not runtime.records_signals()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from overfit import tracking
-from overfit.artifacts import read_model_record
+from overfit.reports import read_model_record
+from overfit.tracking.model_format import tensorflow_distribution
+from overfit.tracking.registry import registered_version
 
 from .conftest import make_runner, sweep_ids
 
@@ -39,9 +40,7 @@ def dvc_file_md5s(root: Path, out: str) -> dict[str, str]:
 
 def registered(root: Path):
     record = read_model_record(root)
-    version = tracking.registered_version(
-        client(root), NAME, ("overfit.model_sha256", record.model_sha256)
-    )
+    version = registered_version(client(root), NAME, ("overfit.model_sha256", record.model_sha256))
     return record, version
 
 
@@ -112,7 +111,7 @@ def test_the_version_comes_from_a_logged_model_and_carries_its_card(shrunk_pipel
     from mlflow.artifacts import download_artifacts
 
     requirements = download_artifacts(f"{model.artifact_location}/requirements.txt")
-    installed = tracking.tensorflow_distribution()
+    installed = tensorflow_distribution()
     pin = f"{installed}=={importlib.metadata.version(installed)}"
     assert pin in Path(requirements).read_text().split()
     head = shrunk_pipeline.run("git", "rev-parse", "HEAD").stdout.strip()

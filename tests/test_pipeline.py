@@ -217,8 +217,8 @@ def test_metrics_file_holds_the_selection_made_on_cross_validation(shrunk_pipeli
         assert 0.5 < c["fresh_acc"]["mean"] <= 1
 
 
-def test_dvc_reads_metrics_and_plots(shrunk_pipeline) -> None:
-    root, run = shrunk_pipeline.root, shrunk_pipeline.run
+def test_dvc_reads_metrics_and_plots(shrunk_pipeline, tmp_path) -> None:
+    run = shrunk_pipeline.run
     shown = json.loads(run("dvc", "metrics", "show", "--json").stdout)
     data = shown[""]["data"]["reports/metrics.json"]["data"]
     assert set(data) == {"baseline", "selected"} and data["selected"]["run"] in EXPECTED_RUNS
@@ -226,7 +226,7 @@ def test_dvc_reads_metrics_and_plots(shrunk_pipeline) -> None:
     table = run("dvc", "metrics", "show").stdout.splitlines()
     assert table and max(len(line) for line in table) <= 120, table
     assert table[0].split() == ["Path", *sorted(HEADLINE_KEYS)]
-    out = root / "plots-html"
+    out = tmp_path / "plots-html"  # not in the shared pipeline, which tests only read
     run("dvc", "plots", "show", "-o", str(out))
     page = (out / "index.html").read_text()
     assert "Accuracy per epoch, baseline vs selected" in page

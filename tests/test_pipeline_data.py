@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
+
+from .conftest import Run, copy_project, make_runner
 
 
 def stages_run(output: str) -> set[str]:
@@ -17,10 +22,24 @@ def set_params(run, *overrides: str) -> None:
     run(sys.executable, "-m", "overfit.commands.params", *overrides)
 
 
-def test_repro_builds_once_and_reruns_only_what_changed(project) -> None:
-    root, run = project
-    first = run("dvc", "repro", "split")
-    assert stages_run(first.stdout) == {"generate", "split"}
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy of the project where `dvc repro split` ran once, and what it printed."""
+    root = tmp_path_factory.mktemp("split") / "project"
+    return root, copy_project(root)("dvc", "repro", "split").stdout
+
+
+@pytest.fixture
+def built(split: tuple[Path, str], tmp_path: Path) -> tuple[Path, Run]:
+    """That project, copied for a test that changes it (DVC's cache and git included)."""
+    root = tmp_path / "project"
+    shutil.copytree(split[0], root, symlinks=True)
+    return root, make_runner(root)
+
+
+def test_repro_builds_once_and_reruns_only_what_changed(split, built) -> None:
+    root, run = built
+    assert stages_run(split[1]) == {"generate", "split"}
     assert (root / "data/split/train.csv").read_text().count("\n") == 31
     assert (root / "data/split/test.csv").read_text().count("\n") == 71
     assert (root / "data/raw/fresh.csv").read_text().count("\n") == 10001
@@ -53,9 +72,8 @@ def test_repro_builds_once_and_reruns_only_what_changed(project) -> None:
     assert (root / "data/split/train.csv").read_text().count("\n") == 41
 
 
-def test_outputs_are_in_the_dvc_cache(project) -> None:
-    root, run = project
-    run("dvc", "repro", "split")
+def test_outputs_are_in_the_dvc_cache(built) -> None:
+    root, run = built
     cache = root / ".dvc/cache/files/md5"
     assert any(cache.rglob("*")), "stage outputs were not cached"
     (root / "data/split/train.csv").unlink()

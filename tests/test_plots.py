@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from overfit.artifacts import Evaluation
 from overfit.core.data import make_moons_points, split_points
 from overfit.core.figures import boundaries_figure, comparable_pair, strength_figure, weights_figure
 from overfit.core.metrics import decision_grid, evaluation, summarize_run
 from overfit.core.summary import summary_markdown
+from overfit.reports import Evaluation
 
 RUNS = {"none": ("none", 0.0), "l1_1e-02": ("l1", 0.01), "l2_1e-02": ("l2", 0.01)}
 

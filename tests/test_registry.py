@@ -15,7 +15,7 @@ from overfit.commands.params import main as config_main
 from overfit.commands.promote import main as promote_main
 from overfit.stages.register import main as register_main
 
-from .conftest import SHRUNK, sweep_ids
+from .conftest import PENALTIES_ONLY, SHRUNK, sweep_ids
 
 NAME = "overfit-moons"
 
@@ -36,10 +36,17 @@ def versions(root: Path) -> list[str]:
     return sorted((str(v.version) for v in found), key=int)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, shrunk_pipeline):
+@pytest.fixture
+def project(tmp_path, shrunk_pipeline):
     """A copy of the shrunk pipeline with a copy of its store, where `dvc repro` registered
-    the selected model."""
+    the selected model (version 1, the candidate; no champion yet)."""
+    root = tmp_path / "project"
+    return root, shrunk_pipeline.copy_with_store(root)
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, shrunk_pipeline):
+    """The same, shared by tests that change nothing when they pass."""
     root = tmp_path_factory.mktemp("registry") / "project"
     return root, shrunk_pipeline.copy_with_store(root)
 
@@ -102,9 +109,10 @@ def test_register_promote_roll_back_and_refuse(project, entry) -> None:
     assert aliases(root) == {"candidate": "2", "champion": "1"}
     assert "rolled back" in registry(root).get_model_version(NAME, "2").tags["overfit.history"]
 
-    # A worse setting (2 epochs: the network has not learnt the moons) makes a worse
-    # candidate: refused, the champion stays.
-    assert entry(config_main, root, *SHRUNK, "train.epochs=2")[0] == 0
+    # A worse setting (2 epochs: the network has not learnt the moons; two configurations
+    # are enough to choose from) makes a worse candidate: refused, the champion stays.
+    worse = [*SHRUNK, *PENALTIES_ONLY, "sweep.kinds=[l2]", "sweep.strengths=[1.0e-3]"]
+    assert entry(config_main, root, *worse, "train.epochs=2")[0] == 0
     run("dvc", "repro")
     assert versions(root) == ["1", "2", "3"]
     status, out, _ = promote()
@@ -124,9 +132,9 @@ def test_register_promote_roll_back_and_refuse(project, entry) -> None:
     ids=["unknown version", "unknown name", "rollback of an unknown name"],
 )
 def test_promote_refuses_what_does_not_exist_and_changes_nothing(
-    project, entry, args, message
+    registered, entry, args, message
 ) -> None:
-    root, _ = project
+    root, _ = registered
     before = (aliases(root), versions(root))
     status, _, err = entry(promote_main, root, *args)
     assert status == 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +22,8 @@ from overfit.core.selection import (
     rank,
 )
 from overfit.sweep.plan import job_overrides, sweep_overrides
+
+from .conftest import ROOT
 
 LABELS = np.array([0, 1] * 15)
 
@@ -139,7 +140,7 @@ def test_every_report_labels_the_test_rule_optimistic():
 
 
 def test_run_names_name_every_remedy_without_dots() -> None:
-    base = parse_config(yaml.safe_load(Path("params.yaml").read_text()))
+    base = parse_config(yaml.safe_load((ROOT / "params.yaml").read_text()))
 
     def named(**changes: object) -> str:
         model = dataclasses.replace(base.model, **{k: v for k, v in changes.items() if k in (
@@ -164,7 +165,7 @@ def test_run_names_name_every_remedy_without_dots() -> None:
 
 
 def test_the_default_sweep_has_every_family() -> None:
-    config = parse_config(yaml.safe_load(Path("params.yaml").read_text()))
+    config = parse_config(yaml.safe_load((ROOT / "params.yaml").read_text()))
     multiruns = sweep_overrides(config.sweep)
     jobs = [job for m in multiruns for job in job_overrides(m)]
     assert len(jobs) == 1 + 3 * 6 + 3 + 3 + 3 + 1

@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from overfit import layout, tracking
-from overfit.artifacts import ModelRecord, read_model_record
+from overfit import layout
 from overfit.commands.serve import NEXT_STEP
 from overfit.core.metrics import probabilities
+from overfit.reports import ModelRecord, read_model_record
+from overfit.tracking.registry import registered_version
 
 from .conftest import ROOT, env_for
 
@@ -156,9 +157,7 @@ def served(shrunk_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     root = copy_with_store(shrunk_pipeline.root, tmp_path_factory.mktemp("serve") / "project")
     record = read_model_record(root)
     client = MlflowClient(tracking_uri=store_uri(root), registry_uri=store_uri(root))
-    version = tracking.registered_version(
-        client, record.name, ("overfit.model_sha256", record.model_sha256)
-    )
+    version = registered_version(client, record.name, ("overfit.model_sha256", record.model_sha256))
     client.set_registered_model_alias(record.name, CHAMPION, version.version)
     port = free_port()
     log = root.parent / "serve.log"

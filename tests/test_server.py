@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from overfit import tracking
 from overfit.commands import server as overfit_server
 from overfit.commands.server import ServerError
+from overfit.tracking.registry import registered_version
 
 from .conftest import ROOT, SHRUNK, Run, copy_project, env_for, missing_service, sweep_ids
 
@@ -233,7 +233,7 @@ def test_the_registry_works_through_the_server(server, sweep) -> None:
 
     record = json.loads((sweep.root / "reports/model.json").read_text())
     registry = client(server.uri)
-    version = tracking.registered_version(
+    version = registered_version(
         registry, record["name"], ("overfit.model_sha256", record["model_sha256"])
     )
     assert version.run_id == sweep.data["runs"][record["run"]]

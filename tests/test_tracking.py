@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -13,29 +14,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from overfit import tracking
+from overfit.tracking import runs, store
 
 
 def test_sampled_epochs_keep_the_first_and_the_last() -> None:
-    assert tracking.sampled_epochs(60, 20) == [1, 20, 40, 60]
-    assert tracking.sampled_epochs(65, 20) == [1, 20, 40, 60, 65]
-    assert tracking.sampled_epochs(4000, 20)[:3] == [1, 20, 40]
-    assert len(tracking.sampled_epochs(4000, 20)) == 201
-    assert tracking.sampled_epochs(5, 1) == [1, 2, 3, 4, 5]
-    assert tracking.sampled_epochs(1, 20) == [1]
+    assert runs.sampled_epochs(60, 20) == [1, 20, 40, 60]
+    assert runs.sampled_epochs(65, 20) == [1, 20, 40, 60, 65]
+    assert runs.sampled_epochs(4000, 20)[:3] == [1, 20, 40]
+    assert len(runs.sampled_epochs(4000, 20)) == 201
+    assert runs.sampled_epochs(5, 1) == [1, 2, 3, 4, 5]
+    assert runs.sampled_epochs(1, 20) == [1]
 
 
 def test_histories_read_back_sampled_with_the_last_epoch_latest(tmp_path) -> None:
-    client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = tracking.experiment_id(client, "histories", (tmp_path / "artifacts").as_uri())
+    client = store.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = store.experiment_id(client, "histories", (tmp_path / "artifacts").as_uri())
     with_nan = np.linspace(0.5, 1.0, 1500)
     with_nan[99] = np.nan  # epoch 100, a sampled one
     curves = {"train_loss": np.linspace(1.0, 0.1, 1500), "test_accuracy": with_nan}
 
     run = client.create_run(exp).info.run_id
-    tracking.log_metric_histories(client, run, curves, every=50, start_ms=1000)
+    runs.log_metric_histories(client, run, curves, every=50, start_ms=1000)
 
-    epochs = tracking.sampled_epochs(1500, 50)
+    epochs = runs.sampled_epochs(1500, 50)
     for name, values in curves.items():
         points = sorted(client.get_metric_history(run, name), key=lambda m: m.step)
         assert [m.step for m in points] == epochs
@@ -62,19 +63,19 @@ def test_histories_read_back_sampled_with_the_last_epoch_latest(tmp_path) -> Non
     ],
 )
 def test_redact_drops_every_place_a_secret_can_hide(uri: str, shown: str) -> None:
-    assert tracking.redact(uri) == shown
+    assert store.redact(uri) == shown
 
 
 def test_an_upper_case_scheme_is_still_checked(tmp_path) -> None:
     with pytest.raises(ConnectionError) as caught:
-        tracking.check_reachable("HTTP://user:secret@127.0.0.1:1/?token=secret", timeout=1)
+        store.check_reachable("HTTP://user:secret@127.0.0.1:1/?token=secret", timeout=1)
     assert "secret" not in str(caught.value)
     assert "http://127.0.0.1:1" in str(caught.value)
 
 
 # --- a store no crash can break ----------------------------------------------------------------
 
-CREATE = "import sys; from overfit import tracking; tracking.ensure_store(sys.argv[1])"
+CREATE = "import sys; from overfit.tracking import store; store.ensure_store(sys.argv[1])"
 
 
 def usable(database) -> bool:
@@ -82,7 +83,7 @@ def usable(database) -> bool:
 
     with sqlite3.connect(database) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    names = [e.name for e in tracking.client(f"sqlite:///{database}").search_experiments()]
+    names = [e.name for e in store.client(f"sqlite:///{database}").search_experiments()]
     return names == ["Default"]
 
 
@@ -106,7 +107,7 @@ def test_a_store_killed_while_it_is_created_is_missing_or_whole(tmp_path, after:
     creator.wait(timeout=10)
     if database.exists():
         assert usable(database)
-    tracking.ensure_store(uri)  # whatever the crash left, the next run gets a whole store
+    store.ensure_store(uri)  # whatever the crash left, the next run gets a whole store
     assert usable(database)
     assert list(tmp_path.glob(".mlflow.db.*")) == [], "a draft store was left behind"
 
@@ -164,34 +165,60 @@ def test_an_unusable_store_is_one_line_naming_it(shrunk_pipeline, tmp_path, entr
 def test_an_empty_store_file_is_replaced_by_a_whole_store(tmp_path) -> None:
     database = tmp_path / "mlflow.db"
     database.touch()
-    tracking.ensure_store(f"sqlite:///{database}")
+    store.ensure_store(f"sqlite:///{database}")
     assert usable(database)
 
 
 def test_a_process_leaves_the_sqlite_store_whole_in_its_one_file(tmp_path) -> None:
-    """A stage process closes its store's connections at exit, though it skips the final
-    garbage collection that used to close them: the -wal file is folded in, so a copy of
-    mlflow.db alone holds everything logged."""
+    """A stage process that creates the store, logs a run and registers a model closes the
+    store's connections at exit, though it skips the final garbage collection: the -wal file
+    is folded in, so a copy of mlflow.db alone holds everything logged (and stays in WAL
+    mode)."""
     program = """
 import sys
-from overfit import runtime, tracking
+from overfit import runtime
+from overfit.tracking import store
 with runtime.stage_process():
-    client = tracking.client(sys.argv[1])
+    store.ensure_store(sys.argv[1])
+    client = store.client(sys.argv[1])
     experiment = client.create_experiment("whole")
     run = client.create_run(experiment, run_name="logged-before-exit").info.run_id
     client.log_metric(run, "accuracy", 0.914)
     client.set_terminated(run)
+    client.create_registered_model("whole")
 """
     database = tmp_path / "mlflow.db"
-    tracking.ensure_store(f"sqlite:///{database}")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     subprocess.run(
-        [sys.executable, "-c", program, f"sqlite:///{database}"], env=env, check=True, timeout=120
+        [sys.executable, "-c", program, f"sqlite:///{database}"],
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
     )
     assert not list(tmp_path.glob("mlflow.db-*")), "SQLite's -wal or -shm file left beside it"
     copy = tmp_path / "copy" / "mlflow.db"
     copy.parent.mkdir()
     shutil.copy2(database, copy)
-    with sqlite3.connect(copy) as db:
-        logged = db.execute("SELECT key, value FROM metrics").fetchall()
-    assert logged == [("accuracy", 0.914)]
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT key, value FROM metrics").fetchall() == [("accuracy", 0.914)]
+        assert db.execute("SELECT name FROM registered_models").fetchall() == [("whole",)]
+
+
+def test_values_beyond_one_batch_are_all_logged(tmp_path) -> None:
+    """MlflowClient.log_batch splits what it is given into batches the store accepts (100
+    params, 100 tags, 1000 metrics): one call logs them all."""
+    client = store.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = store.experiment_id(client, "many", (tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp).info.run_id
+    params = {f"p{i}": i for i in range(250)}
+    metrics = {f"m{i}": i / 10 for i in range(2500)}
+    tags = {f"t{i}": str(i) for i in range(150)}
+
+    runs.log_values(client, run, params=params, metrics=metrics, tags=tags)
+
+    logged = client.get_run(run).data
+    assert logged.params == {k: str(v) for k, v in params.items()}
+    assert logged.metrics == metrics
+    assert {k: v for k, v in logged.tags.items() if not k.startswith("mlflow.")} == tags

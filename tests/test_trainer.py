@@ -8,7 +8,12 @@ import pytest
 from sklearn.datasets import make_moons
 
 from overfit.core.model import build_model
-from overfit.core.trainer import Fold, evaluate, train_one, train_stacked, train_with_folds
+from overfit.core.trainer import Fold, train_one, train_stacked, train_with_folds
+
+
+def keras_scores(model, x, y) -> dict[str, float]:
+    """Keras' own loss and accuracy of `model` on (x, y), full batch: the reference."""
+    return model.evaluate(x, np.reshape(y, (-1, 1)), batch_size=len(x), verbose=0, return_dict=True)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def test_matches_keras_fit(moons, kind, strength, apply_to, epochs):
     np.testing.assert_allclose(result.history["loss"], fitted.history["loss"], atol=1e-5)
     np.testing.assert_allclose(result.history["accuracy"], fitted.history["accuracy"], atol=1e-6)
     # fit's val_* would be Keras' evaluate after each epoch, penalty included.
-    on_test = evaluate(by_fit, x_te, y_te)
+    on_test = keras_scores(by_fit, x_te, y_te)
     assert result.history["val_loss"][-1] == pytest.approx(on_test["loss"], abs=1e-5)
     assert result.history["val_accuracy"][-1] == pytest.approx(on_test["accuracy"], abs=1e-6)
     assert result.final["val_accuracy"] == result.history["val_accuracy"][-1]
@@ -89,7 +94,7 @@ def test_stacked_equals_alone_and_saves(moons, tmp_path):
         assert isinstance(loaded, keras.Sequential)
         predict = [m.predict(x_te, verbose=0) for m in (loaded, model)]
         np.testing.assert_array_equal(*predict)
-        on_test = evaluate(loaded, x_te, y_te)
+        on_test = keras_scores(loaded, x_te, y_te)
         assert on_test["accuracy"] == pytest.approx(result.final["val_accuracy"])
 
 
@@ -138,7 +143,7 @@ def test_article_result(moons):
     assert result.final["accuracy"] == 1.0
     assert result.final["val_accuracy"] == np.float32(64) / np.float32(70)
     # The weights written back into the Keras model give the same verdict through Keras itself.
-    assert evaluate(model, x_te, y_te)["accuracy"] == pytest.approx(64 / 70)
+    assert keras_scores(model, x_te, y_te)["accuracy"] == pytest.approx(64 / 70)
 
 
 def test_rejects_what_it_cannot_reproduce(moons):
@@ -190,7 +195,7 @@ def test_a_fold_learns_its_rows_only_and_is_scored_on_the_held_out_ones(moons):
 
     np.testing.assert_allclose(fold.history["loss"], on_rows.history["loss"], rtol=1e-4)
     np.testing.assert_array_equal(fold.history["accuracy"], on_rows.history["accuracy"])
-    held = evaluate(reference, x_tr[HELD_OUT], y_tr[HELD_OUT])
+    held = keras_scores(reference, x_tr[HELD_OUT], y_tr[HELD_OUT])
     assert fold.final["val_accuracy"] == pytest.approx(held["accuracy"], abs=1e-6)
     assert fold.final["val_loss"] == pytest.approx(held["loss"], abs=1e-4)
     penalty = float(sum(np.asarray(loss) for loss in reference.losses))
@@ -198,43 +203,49 @@ def test_a_fold_learns_its_rows_only_and_is_scored_on_the_held_out_ones(moons):
 
 
 def test_each_stack_reports_its_models_and_folds_as_it_finishes(moons):
-    """`done` hands over every trained model and fold once, with the history returned at the
-    end and the model's weights already written back; an untrained model is not handed over."""
+    """`train_stack_by_stack` hands over every trained model and fold once, with the history
+    `train_with_folds` returns and the model's weights already written back; an untrained
+    model is not handed over."""
+    from overfit.core.trainer import train_stack_by_stack
+
     x_tr, y_tr, x_te, y_te = moons
     models = [build_model(8, "none", 0.0, "hidden", 0.001, seed) for seed in range(1, 6)]
     folds = [Fold(i, HELD_OUT, epochs=5) for i in range(5)] + [Fold(0, ~HELD_OUT, epochs=5)]
+    epochs = [5, 5, 0, 5, 5]
     handed: tuple[dict, dict] = ({}, {})
-
-    def done(model_histories, fold_histories):
-        for seen, new in zip(handed, (model_histories, fold_histories), strict=True):
+    for stack in train_stack_by_stack(models, folds, x_tr, y_tr, x_te, y_te, epochs, stack_size=4):
+        for seen, new in zip(handed, (stack.models, stack.folds), strict=True):
             assert not set(seen) & set(new)
             seen.update(new)
-        for i in model_histories:
+        for i in stack.models:
             assert int(models[i].optimizer.iterations.numpy()) == 5
-
-    histories, fold_histories = train_with_folds(
-        models, folds, x_tr, y_tr, x_te, y_te, [5, 5, 0, 5, 5], stack_size=4, done=done
-    )
     assert sorted(handed[0]) == [0, 1, 3, 4]
     assert sorted(handed[1]) == list(range(6))
-    assert all(handed[0][i] is histories[i] for i in handed[0])
-    assert all(handed[1][i] is fold_histories[i] for i in handed[1])
+    again = [build_model(8, "none", 0.0, "hidden", 0.001, seed) for seed in range(1, 6)]
+    histories, fold_histories = train_with_folds(
+        again, folds, x_tr, y_tr, x_te, y_te, epochs, stack_size=4
+    )
+    for i, history in handed[0].items():
+        assert np.array_equal(history.history["loss"], histories[i].history["loss"])
+    for i, history in handed[1].items():
+        assert np.array_equal(history.history["val_loss"], fold_histories[i].history["val_loss"])
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_compile_ahead_compiles_the_loop_the_stacks_then_run(moons, dropout):
     """`compile_ahead` traces the very signature `train_with_folds` then calls: no new trace."""
-    from overfit.core.trainer import _train, compile_ahead
+    from overfit.core.loop import train_loop
+    from overfit.core.trainer import compile_ahead
 
     x_tr, y_tr, x_te, y_te = moons
     units = 7 if dropout else 6  # widths no other test uses: a signature traced here first
-    before = _train.experimental_get_tracing_count()
+    before = train_loop.experimental_get_tracing_count()
     compile_ahead(6, units, len(x_tr), len(x_te), True, 3, dropout > 0)
-    assert _train.experimental_get_tracing_count() == before + 1
+    assert train_loop.experimental_get_tracing_count() == before + 1
     models = [build_model(units, seed=seed, dropout=dropout) for seed in (1, 2, 3)]
     folds = [Fold(i, HELD_OUT) for i in range(3)]
     train_with_folds(models, folds, x_tr, y_tr, x_te, y_te, 3)
-    assert _train.experimental_get_tracing_count() == before + 1
+    assert train_loop.experimental_get_tracing_count() == before + 1
 
 
 @pytest.mark.parametrize("rows", [np.zeros(30, bool), np.ones(30, bool), np.ones(29, bool)])

@@ -66,11 +66,9 @@ def sweep(shrunk_pipeline) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ui_url(ui, shrunk_pipeline) -> Iterator[str]:
-    """`mlflow ui` on the shrunk sweep's store, started once for this module's tests."""
-    root = shrunk_pipeline.root
-    with ui.mlflow_ui(f"sqlite:///{root / 'mlflow.db'}") as url:
-        yield url
+def ui_url(registry_ui) -> str:
+    """The MLflow UI this module's tests look at (one server for them all)."""
+    return registry_ui[0]
 
 
 def store_uri(shrunk_pipeline) -> str:
@@ -234,9 +232,10 @@ def registered_name(shrunk_pipeline) -> str:
 
 @pytest.fixture(scope="module")
 def registry_ui(ui, shrunk_pipeline, tmp_path_factory) -> Iterator[tuple[str, str, str]]:
-    """`mlflow ui` on a copy of the shrunk pipeline's store (the registry page needs no
-    artifacts) where version 1, registered as the candidate, is promoted to champion too, and
-    a second model has no versions. Yields (UI URL, store URI, the model's name)."""
+    """`mlflow ui`, started once for this module's tests, on a copy of the shrunk pipeline's
+    store (its runs keep their artifacts where the pipeline logged them) where version 1,
+    registered as the candidate, is promoted to champion too, and a second model has no
+    versions. Yields (UI URL, store URI, the model's name)."""
     from mlflow.tracking import MlflowClient
 
     root = shrunk_pipeline.root

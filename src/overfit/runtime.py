@@ -87,6 +87,16 @@ def signals_recorded() -> Iterator[None]:
         _received.clear()
 
 
+def records_signals() -> bool:
+    """Whether SIGINT and SIGTERM are being recorded (inside `signals_recorded`) rather than
+    handled as the process otherwise would.
+
+    The one hook tests have into a stage's signal handling: they send a signal at a chosen
+    moment of a stage only while this holds (outside the block pytest's own handler would stop
+    the test session), and check it no longer holds once the stage has returned."""
+    return all(signal.getsignal(signum) is _record for signum in HANDLED)
+
+
 def received() -> int | None:
     """The first signal recorded since the block began, if any."""
     return _received[0] if _received else None

@@ -1,17 +1,19 @@
 """The CI gate: reports/metrics.json (and the list of configurations in reports/configs.json) in
-the working tree against the same files at a base revision.
+the working tree against the same files at a base revision, by the rules of core/rules.py.
 
 The rules guard the *selected* configuration, the one `select.metric` chose (by default on
 cross-validation inside the training rows), never whichever configuration is best on the test
 set: a change that only moves the test set's favourite passes.
 
 `python -m overfit.commands.gate --base <rev>` (`make gate BASE=<rev>`) checks the rules of
-params.yaml's `gate` section, writes a Markdown report (rules, key metrics, parameter changes) and exits
+params.yaml's `gate` section, writes a Markdown report (rules, key metrics, parameter changes)
+and exits
 
     0  every rule holds (a rule the two sides cannot compare is skipped, with its reason)
     1  a rule fails: the change makes the model worse
-    2  the gate cannot compare (no such revision, a missing or unreadable metrics file, a missing
-       metric, bad settings): never a pass
+    2  the gate cannot compare (no such revision; a missing, unreadable or corrupt report: a
+       figure out of its range, a name that is no configuration, metrics.json disagreeing
+       with configs.json; a missing metric; bad settings): never a pass
 
 A base from before selection (metrics.json with `best`, or the older single file holding every
 configuration) is read too: the working tree's selected configuration is compared with the
@@ -25,22 +27,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from overfit import layout
-from overfit.artifacts import write_text
-from overfit.config import ConfigError, GateConfig, load_params, project_root
-from overfit.core.remedies import TEST_WATCH_LABEL, watched_test
+from overfit.artifacts import ArtifactError, write_text
+from overfit.config import ConfigError, load_params, project_root
+from overfit.core.rules import (
+    CONFIGS_FILE,
+    METRICS_FILE,
+    GateError,
+    Metrics,
+    Rule,
+    check_rules,
+    exit_status,
+    failure_lines,
+    parse_metrics,
+    selection_notes,
+)
 
-METRICS_FILE = layout.METRICS.as_posix()
-CONFIGS_FILE = layout.CONFIGS.as_posix()
 SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 # metrics.json's figures, as `dvc metrics diff` names them, in the report's order.
 HEADLINE_KEYS = (
@@ -51,349 +60,10 @@ HEADLINE_KEYS = (
     "selected.test",
     "selected.fresh",
 )
-# What configs.json's `rule` (select.metric) may be; only the cv_ ones need cross-validation.
-SELECTION_RULES = ("cv_acc", "cv_loss", "test_acc")
-OPTIMISTIC = "chosen on the test set (optimistic)"
-# metrics.json holds means rounded to 6 decimals, so the difference of two of them is off by up
-# to 1e-6: a drop of exactly one test point (1/70) must pass a tolerance of 1/70. Real
-# differences are far coarser (one test point of one seed out of five is 1/350).
-PRECISION = 1e-6
 DVC_TIMEOUT = 300
 
 
-class GateError(RuntimeError):
-    """The gate cannot compare: the message is the one line printed after `error: `."""
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """The unregularized run's mean accuracies: what the rules read of it (its fresh accuracy,
-    when metrics.json has it, only shows in DVC's diff)."""
-
-    train: float
-    test: float
-
-
-@dataclass(frozen=True)
-class Selected:
-    """The configuration a revision ships and its mean accuracies.
-
-    `rule` None: not a selection but a base from before selection, whose figures for the same
-    configuration stand in for it (and which had no cross-validation).
-    """
-
-    run: str
-    rule: str | None
-    cv: float | None
-    test: float
-    fresh: float
-
-
-@dataclass(frozen=True)
-class ConfigFigures:
-    """One configuration's mean accuracies in configs.json."""
-
-    test: float
-    fresh: float
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """What the rules read at one revision.
-
-    `selected` None: a base from before selection; `best_run` is then what it reported instead
-    (the best on the test set), shown in the report but never compared.
-    """
-
-    baseline: Baseline
-    selected: Selected | None
-    configs: Mapping[str, ConfigFigures]
-    best_run: str | None = None
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One rule's verdict, with the values as the report shows them.
-
-    `skipped` holds why the two sides cannot be compared; a skipped rule does not fail.
-    """
-
-    name: str
-    base: str
-    new: str
-    tolerance: str
-    passed: bool
-    skipped: str = ""
-
-
-# --- pure functions --------------------------------------------------------------------------
-
-
-def parse_metrics(metrics_text: str, configs_text: str | None, where: str) -> Metrics:
-    """The rules' inputs from metrics.json and configs.json; `where` names the revision.
-
-    `configs_text` None: a revision from before configs.json, whose metrics.json held every
-    configuration and longer headline keys; it is read as such.
-    """
-    name = f"{METRICS_FILE} {where}"
-    raw = _json_object(metrics_text, name)
-    if configs_text is None:
-        return _parse_single_file(raw, name)
-    configs_name = f"{CONFIGS_FILE} {where}"
-    listing = _json_object(configs_text, configs_name)
-    configs = _configs(listing.get("configs"), configs_name)
-    selected = _selected(raw, name, listing.get("rule"))
-    return Metrics(_baseline(raw, name), selected, configs, _best_run(raw))
-
-
-def _json_object(text: str, name: str) -> dict[str, Any]:
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GateError(f"{name}: not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise GateError(f"{name}: not a JSON object")
-    return raw
-
-
-def _number(value: Any, what: str, name: str) -> float:
-    """`value` checked: a number (not a bool), finite."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise GateError(f"{name}: no {what} (a number)")
-    if not math.isfinite(value):
-        raise GateError(f"{name}: {what} is {value}, not a finite number")
-    return float(value)
-
-
-def _entry(raw: Mapping[str, Any], entry: str, name: str, hint: str = "") -> Mapping[str, Any]:
-    value = raw.get(entry)
-    if not isinstance(value, dict):
-        raise GateError(f"{name}: no {entry} entry{hint}")
-    return value
-
-
-def _baseline(raw: Mapping[str, Any], name: str) -> Baseline:
-    entry = _entry(raw, "baseline", name, " (a sweep without its unregularized run?)")
-    train, test = (_number(entry.get(key), f"baseline.{key}", name) for key in ("train", "test"))
-    return Baseline(train, test)
-
-
-def _selected(raw: Mapping[str, Any], name: str, listed_rule: Any) -> Selected | None:
-    """metrics.json's `selected`; None for a revision from before selection (it has `best`).
-
-    The rule is configs.json's `rule` (`listed_rule`): metrics.json leaves it out to keep
-    `dvc metrics show` narrow.
-    """
-    if "selected" not in raw and isinstance(raw.get("best"), dict):
-        return None
-    entry = _entry(raw, "selected", name)
-    run, rule = entry.get("run"), listed_rule
-    if not isinstance(run, str):
-        raise GateError(f"{name}: no selected.run")
-    if rule is None:
-        raise GateError(f"{name}: {CONFIGS_FILE} names no selection rule")
-    if rule not in SELECTION_RULES:
-        raise GateError(
-            f"{name}: {CONFIGS_FILE}'s rule is {rule!r}, not one of {', '.join(SELECTION_RULES)}"
-        )
-    if "cv" not in entry:
-        raise GateError(f"{name}: no selected.cv (a number, or null without cross-validation)")
-    cv = None if entry["cv"] is None else _number(entry["cv"], "selected.cv", name)
-    if cv is None and rule != "test_acc":
-        raise GateError(f"{name}: selected.cv is null, but rule {rule} needs cross-validation")
-    test = _number(entry.get("test"), "selected.test", name)
-    fresh = _number(entry.get("fresh"), "selected.fresh", name)
-    return Selected(run, rule, cv, test, fresh)
-
-
-def _best_run(raw: Mapping[str, Any]) -> str | None:
-    best = raw.get("best")
-    run = best.get("run") if isinstance(best, dict) else None
-    return run if isinstance(run, str) else None
-
-
-def _configs(raw: Any, name: str) -> dict[str, ConfigFigures]:
-    """Every configuration's mean test and fresh accuracy, each checked."""
-    if not isinstance(raw, dict):
-        raise GateError(f"{name}: no configs")
-    figures = {}
-    for run, entry in raw.items():
-        means = []
-        for measure in ("test_acc", "fresh_acc"):
-            spread = entry.get(measure) if isinstance(entry, dict) else None
-            mean = spread.get("mean") if isinstance(spread, dict) else None
-            means.append(_number(mean, f"configs.{run}.{measure}.mean", name))
-        figures[run] = ConfigFigures(*means)
-    return figures
-
-
-def _parse_single_file(raw: Mapping[str, Any], name: str) -> Metrics:
-    """The earliest layout: configs inside metrics.json, headline keys ending in `_acc`, and
-    `best` (chosen on the test set) where `selected` is now."""
-    configs = _configs(raw.get("configs"), name)
-    renamed = {
-        key.removesuffix("_acc"): value
-        for key, value in _entry(raw, "baseline", name).items()
-        if key in ("train_acc", "test_acc")
-    }
-    return Metrics(_baseline({"baseline": renamed}, name), None, configs, _best_run(raw))
-
-
-def compared_with(base: Metrics, run: str) -> tuple[Selected | None, str]:
-    """What the working tree's selected configuration `run` is compared with at the base, or
-    None and why nothing: the base's selection, else its figures for the same configuration."""
-    if base.selected is not None:
-        return base.selected, ""
-    figures = base.configs.get(run)
-    if figures is None:
-        return None, f"the base has no configuration {run} to compare with"
-    return Selected(run, None, None, figures.test, figures.fresh), ""
-
-
-def _who(selected: Selected) -> str:
-    """Which configuration a figure belongs to, and how it was chosen."""
-    if selected.rule is None:
-        return f"{selected.run}, same configuration"
-    if selected.rule == "test_acc":
-        return f"{selected.run}, test_acc: {OPTIMISTIC}"
-    return f"{selected.run}, {selected.rule}"
-
-
-def _shown(value: float | None, selected: Selected | None) -> str:
-    if selected is None or value is None:
-        return "none"
-    return f"{value:.4f} ({_who(selected)})"
-
-
-def _at_least(value: float, floor: float) -> bool:
-    return value >= floor - PRECISION
-
-
-def _gap(baseline: Baseline) -> float:
-    """The baseline's generalization gap: train minus test accuracy."""
-    return baseline.train - baseline.test
-
-
-def _drop_rule(
-    name: str,
-    old: Selected | None,
-    now: Selected,
-    figure: str,
-    tolerance: float,
-    skipped: str,
-) -> Rule:
-    """`figure` of the selected configuration drops by at most `tolerance`, unless skipped."""
-    before = None if old is None else getattr(old, figure)
-    after = getattr(now, figure)
-    if not skipped and after is None:
-        skipped = "the working tree selected without cross-validation (selected.cv is null)"
-    if not skipped and before is None:
-        skipped = "the base selected without cross-validation (selected.cv is null)"
-    passed = skipped != "" or _at_least(after, before - tolerance)
-    return Rule(
-        name,
-        _shown(before, old),
-        _shown(after, now),
-        f"drop at most {tolerance:.4f}",
-        passed,
-        skipped,
-    )
-
-
-def check_rules(base: Metrics, new: Metrics, gate: GateConfig) -> list[Rule]:
-    """Every rule of the gate, base against new, with the working tree's tolerances."""
-    now = new.selected
-    if now is None:
-        raise GateError(f"{METRICS_FILE} in the working tree: no selected entry")
-    old, missing_reason = compared_with(base, now.run)
-    # A base from before selection never cross-validated: not comparable, not a failure.
-    no_cv = "the base has no cross-validation" if base.selected is None else ""
-    missing = sorted(set(base.configs) - set(new.configs))
-    kept = f"{len(new.configs)} configurations"
-    base_margin = (
-        "none"
-        if old is None
-        else f"{old.test - base.baseline.test:+.4f} (test, selected - baseline)"
-    )
-    new_margin = now.test - new.baseline.test
-    return [
-        _drop_rule(
-            "selected_cv_accuracy", old, now, "cv", gate.selected_cv_drop, no_cv or missing_reason
-        ),
-        _drop_rule(
-            "selected_test_accuracy", old, now, "test", gate.selected_test_drop, missing_reason
-        ),
-        _drop_rule(
-            "selected_fresh_accuracy", old, now, "fresh", gate.selected_fresh_drop, missing_reason
-        ),
-        Rule(
-            "baseline_overfits",
-            f"train {base.baseline.train:.4f}, gap {_gap(base.baseline):.4f}",
-            f"train {new.baseline.train:.4f}, gap {_gap(new.baseline):.4f}",
-            f"train at least {gate.baseline_min_train:.4f}, "
-            f"gap at least {gate.baseline_min_gap:.4f}",
-            _at_least(new.baseline.train, gate.baseline_min_train)
-            and _at_least(_gap(new.baseline), gate.baseline_min_gap),
-        ),
-        Rule(
-            "selected_beats_baseline",
-            base_margin,
-            f"{new_margin:+.4f} (test, selected - baseline)",
-            f"margin above {gate.selected_beats_baseline_by:.4f}",
-            # Strictly above: a tie within the metrics' precision is not a win.
-            new_margin > gate.selected_beats_baseline_by + PRECISION,
-        ),
-        Rule(
-            "configurations_kept",
-            f"{len(base.configs)} configurations",
-            f"{kept}, missing: {', '.join(missing)}" if missing else kept,
-            "none removed",
-            not missing,
-        ),
-    ]
-
-
-def selection_notes(base: Metrics, new: Metrics) -> list[str]:
-    """How each side chose what the rules compare, in sentences for the report."""
-    now = new.selected
-    if now is None:
-        return []
-    how = f"`{now.run}` by {now.rule}" + (f", {OPTIMISTIC}" if now.rule == "test_acc" else "")
-    if watched_test(now.run):
-        how += f", {TEST_WATCH_LABEL}"
-    old = base.selected
-    if old is None:
-        reported = f" (it reported `best` = `{base.best_run}`, best on the test set)"
-        have = (
-            f"compared with the base's figures for `{now.run}`"
-            if now.run in base.configs
-            else f"the base has no `{now.run}`, so the selected rules are skipped"
-        )
-        return [
-            f"Selected in the working tree: {how}.",
-            f"The base predates selection{reported if base.best_run else ''}: {have}.",
-        ]
-    was = f"`{old.run}` by {old.rule}" + (f", {OPTIMISTIC}" if old.rule == "test_acc" else "")
-    notes = [f"Selected: base {was}; working tree {how}."]
-    if old.rule != now.rule:
-        notes.append(
-            f"The selection rule changed: base {old.rule}, working tree {now.rule}; the rules "
-            "compare configurations chosen in different ways."
-        )
-    return notes
-
-
-def exit_status(rules: Sequence[Rule]) -> int:
-    return 0 if all(rule.passed for rule in rules) else 1
-
-
-def failure_lines(rules: Sequence[Rule]) -> list[str]:
-    """One line per failed rule, then one per skipped rule with its reason."""
-    return [
-        f"FAIL {r.name}: base {r.base}; new {r.new}; tolerance {r.tolerance}"
-        for r in rules
-        if not r.passed
-    ] + [f"SKIP {r.name}: {r.skipped}" for r in rules if r.skipped]
+# --- the Markdown report ---------------------------------------------------------------------
 
 
 def _result(rule: Rule) -> str:
@@ -491,7 +161,7 @@ def render_error_report(base: str, message: str) -> str:
     )
 
 
-# --- I/O at the edges ------------------------------------------------------------------------
+# --- I/O at the edges -----------------------------------------------------------------------
 
 
 def _run(root: Path, cmd: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -601,7 +271,7 @@ def run_gate(root: Path, rev: str, report_path: Path) -> int:
         rules_config = load_params(root).gate
         sha, base = read_base_metrics(root, rev)
         new = read_new_metrics(root)
-    except (ConfigError, GateError) as error:
+    except (ConfigError, GateError, ArtifactError) as error:
         publish(render_error_report(rev, str(error)), report_path)
         print(f"error: {error}", file=sys.stderr)
         return 2

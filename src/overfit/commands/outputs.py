@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from overfit import layout
-from overfit.artifacts import ArtifactError, read_evaluation
+from overfit.artifacts import ArtifactError
 from overfit.config import project_root
 from overfit.core.selection import OPTIMISTIC
+from overfit.reports import read_evaluation
 
 # (path, what it is), in pipeline order; only those that exist are listed.
 PRODUCTS = [

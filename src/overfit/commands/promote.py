@@ -6,12 +6,14 @@ champion's recorded figures; or roll the champion back.
     python -m overfit.commands.promote --rollback   # champion back to the version it replaced
 
 The rules are the CI gate's rules on the selected configuration against a base (`gate` in
-params.yaml), with the champion as the base: the candidate's cross-validation, test and fresh
-accuracy may drop at most the tolerances below the champion's. The figures are the ones the
-register stage recorded on each version. The first candidate becomes champion.
-The champion it replaces keeps alias `previous`; every move is written on the versions it
-touches (when, from which commit). Exit 0: moved (or nothing to move); 1: refused, the failed
-rules printed; 2: nothing to promote (no such model, version or alias), nothing changed.
+params.yaml, core/rules.py), with the champion as the base: the candidate's cross-validation,
+test and fresh accuracy may drop at most the tolerances below the champion's. The figures are
+the ones the register stage recorded on each version's tags, read as the report type the gate
+reads (a missing, non-numeric or out-of-range figure is refused, never skipped). The first
+candidate becomes champion. The champion it replaces keeps alias `previous`; every move is
+written on the versions it touches (when, from which commit). Exit 0: moved (or nothing to
+move); 1: refused, the failed rules printed; 2: nothing to promote (no such model, version or
+alias) or a version's figures unreadable, nothing changed.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from overfit import tracking
+from overfit.artifacts import ArtifactError
 from overfit.config import (
     ConfigError,
     GateConfig,
@@ -31,53 +32,41 @@ from overfit.config import (
     load_params,
     project_root,
 )
+from overfit.core.rules import Pick, Rule, drop_rules, version_pick
 from overfit.tracking import lineage
+from overfit.tracking.registry import version_by_alias
+from overfit.tracking.store import StoreError, existing_store
 
 CANDIDATE, CHAMPION, PREVIOUS = "candidate", "champion", "previous"
 HISTORY_TAG = "overfit.history"
-# metrics.json rounds figures to 6 decimals: a drop of exactly the tolerance must pass.
-ROUNDING = 1e-6
+SIDES = ("the champion", "the candidate")
 
 
 class PromotionError(RuntimeError):
-    """Nothing to promote or roll back; the message says what is missing."""
+    """Nothing to promote or roll back, or a version's figures cannot be read; the message
+    says what."""
 
 
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    holds: bool
-    text: str
+def pick_of(name: str, version: Any) -> Pick:
+    """The selection the register stage recorded on a version's tags; PromotionError if a
+    figure is missing, not a number, or out of range."""
+    try:
+        return version_pick(version.tags, f"{name} version {version.version}")
+    except ArtifactError as error:
+        raise PromotionError(f"{error}; nothing changed") from None
 
 
-def figures(version: Any) -> dict[str, float | None]:
-    """The figures the register stage recorded on a version (None where it has none)."""
-
-    def number(key: str) -> float | None:
-        value = version.tags.get(key, "")
-        return float(value) if value else None
-
-    return {k: number(k) for k in ("cv_acc", "test_acc", "fresh_acc", "baseline_test_acc")}
-
-
-def check(
-    candidate: Mapping[str, float | None], champion: Mapping[str, float | None], gate: GateConfig
-) -> list[Rule]:
+def check(candidate: Pick, champion: Pick, gate: GateConfig) -> list[Rule]:
     """The gate's rules on the selected model against a base, the champion as the base."""
-    rules = []
-    for key, tolerance in (
-        ("cv_acc", gate.selected_cv_drop),
-        ("test_acc", gate.selected_test_drop),
-        ("fresh_acc", gate.selected_fresh_drop),
-    ):
-        new, old = candidate[key], champion[key]
-        name = f"selected_{key.removesuffix('_acc')}_accuracy"
-        if new is None or old is None:
-            rules.append(Rule(name, True, f"skipped: no {key} recorded on both versions"))
-            continue
-        holds = old - new <= tolerance + ROUNDING
-        rules.append(Rule(name, holds, f"{old:.4f} -> {new:.4f} (drop at most {tolerance:.4f})"))
-    return rules
+    return drop_rules(champion, candidate, gate, sides=SIDES)
+
+
+def rule_line(rule: Rule) -> str:
+    """One rule's verdict, as promote prints it."""
+    if rule.skipped:
+        return f"skip  {rule.name}: {rule.skipped}"
+    verdict = "pass" if rule.passed else "FAIL"
+    return f"{verdict}  {rule.name}: {rule.base} -> {rule.new} ({rule.tolerance})"
 
 
 def version_of(mlflow: Any, name: str, version: str | None, alias: str) -> Any:
@@ -96,7 +85,7 @@ def version_of(mlflow: Any, name: str, version: str | None, alias: str) -> Any:
             return mlflow.get_model_version(name, version)
         except MlflowException:
             raise PromotionError(f"{name} has no version {version!r}") from None
-    found = tracking.version_by_alias(mlflow, name, alias)
+    found = version_by_alias(mlflow, name, alias)
     if found is None:
         raise PromotionError(f"{name} has no {alias} version; run the pipeline (make run)")
     return found
@@ -117,11 +106,13 @@ def promote(
 ) -> tuple[str, list[Rule]]:
     """Move `champion` to the candidate (or `version`) if the rules hold; what happened."""
     candidate = version_of(mlflow, name, version, CANDIDATE)
-    champion = tracking.version_by_alias(mlflow, name, CHAMPION)
+    champion = version_by_alias(mlflow, name, CHAMPION)
     if champion is not None and champion.version == candidate.version:
         return f"version {candidate.version} is already the champion: nothing to do", []
-    rules = [] if champion is None else check(figures(candidate), figures(champion), gate)
-    if not all(rule.holds for rule in rules):
+    # Read before anything moves: a first candidate with broken figures is refused too.
+    new = pick_of(name, candidate)
+    rules = [] if champion is None else check(new, pick_of(name, champion), gate)
+    if not all(rule.passed for rule in rules):
         return f"version {candidate.version} stays a candidate", rules
     if champion is not None:
         mlflow.set_registered_model_alias(name, PREVIOUS, champion.version)
@@ -135,7 +126,7 @@ def promote(
 def rollback(mlflow: Any, name: str, commit: str) -> str:
     """Move `champion` back to `previous`; `previous` is then unset."""
     champion = version_of(mlflow, name, None, CHAMPION)
-    previous = tracking.version_by_alias(mlflow, name, PREVIOUS)
+    previous = version_by_alias(mlflow, name, PREVIOUS)
     if previous is None:
         raise PromotionError(f"{name} has no previous champion to roll back to")
     mlflow.set_registered_model_alias(name, CHAMPION, previous.version)
@@ -164,18 +155,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     name = args.name or config.registry.name
     commit = lineage.git_tags(root).get("git.commit", "unknown")
     try:
-        mlflow = tracking.existing_store(root, config.tracking)
+        mlflow = existing_store(root, config.tracking)
         if args.rollback:
             print(rollback(mlflow, name, commit))
             return
         outcome, rules = promote(mlflow, name, args.version, config.gate, commit)
-    except (PromotionError, tracking.StoreError) as error:
+    except (PromotionError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     for rule in rules:
-        print(f"{'pass' if rule.holds else 'FAIL'}  {rule.name}: {rule.text}")
+        print(rule_line(rule))
     print(outcome)
-    if not all(rule.holds for rule in rules):
+    if not all(rule.passed for rule in rules):
         raise SystemExit(1)
 
 

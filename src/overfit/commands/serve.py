@@ -26,9 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from overfit import tracking
 from overfit.config import ConfigError, load_params, project_root
 from overfit.core.data import FEATURES
+from overfit.tracking.store import (
+    StoreError,
+    credentials_to_env,
+    existing_store,
+    redact,
+    tracking_uri,
+)
 
 HOST = "127.0.0.1"
 DEFAULT_ALIAS = "champion"
@@ -72,20 +78,18 @@ def resolve(root: Path, alias: str) -> Target:
 
     config = load_params(root)
     name = config.registry.name
-    uri = tracking.tracking_uri(root, config.tracking)
+    uri = tracking_uri(root, config.tracking)
     step = NEXT_STEP.get(alias, f"set alias {alias!r} on a version of {name}")
     try:
-        client = tracking.existing_store(root, config.tracking)
-    except tracking.StoreError as error:
+        client = existing_store(root, config.tracking)
+    except StoreError as error:
         raise ServeError(f"{error}: {step}") from None
     try:
         model = client.get_registered_model(name)
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise ServeError(
-                f"no registered model {name!r} in {tracking.redact(uri)}: {step}"
-            ) from None
-        raise ServeError(f"{tracking.redact(uri)}: {str(error).splitlines()[0]}") from None
+            raise ServeError(f"no registered model {name!r} in {redact(uri)}: {step}") from None
+        raise ServeError(f"{redact(uri)}: {str(error).splitlines()[0]}") from None
     version = model.aliases.get(alias)
     if version is None:
         have = ", ".join(f"{a} -> version {v}" for a, v in sorted(model.aliases.items()))
@@ -94,7 +98,7 @@ def resolve(root: Path, alias: str) -> Target:
             f"({'aliases: ' + have if have else 'no aliases'}): {step}"
         )
     # Credentials of a server URI go to MLflow's own variables, never on a command line.
-    return Target(model_uri(name, alias), str(version), tracking.credentials_to_env(uri))
+    return Target(model_uri(name, alias), str(version), credentials_to_env(uri))
 
 
 def mlflow_env(store_uri: str) -> dict[str, str]:

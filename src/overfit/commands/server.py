@@ -439,7 +439,7 @@ def start(s: Settings) -> None:
         print(f"  logs      {s.log}, {s.pg_log}")
     print("Track the pipeline there:")
     print(f"  export MLFLOW_TRACKING_URI={s.uri}")
-    print("  python -m overfit.config tracking=server && dvc repro")
+    print("  python -m overfit.commands.params tracking=server && dvc repro")
     print("Stop it: make server-stop")
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from overfit.artifacts import Evaluation, ModelRecord
 from overfit.config import Config
 from overfit.core.selection import describe
+from overfit.reports import Evaluation, ModelRecord
 
 
 def model_card(

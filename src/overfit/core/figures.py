@@ -9,10 +9,10 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from overfit.artifacts import ConfigSummary
 from overfit.core.data import Points
 from overfit.core.remedies import FAMILIES
 from overfit.core.selection import strength_of
+from overfit.reports import ConfigSummary
 
 
 class LearningCurves:

@@ -7,22 +7,28 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from overfit.artifacts import (
-    Baseline,
-    ConfigSummary,
-    Evaluation,
-    Headline,
-    Selected,
-    Spread,
-)
 from overfit.core.data import Points
 from overfit.core.selection import candidates, choose, choose_on_test, strength_of
+from overfit.reports import Baseline, ConfigSummary, Evaluation, Headline, Selected, Spread
 
 # A hidden weight this small no longer moves the output: Adam keeps L1-penalized weights
 # jittering within about one learning rate (1e-3) of zero instead of landing exactly on it.
 NEAR_ZERO = 1e-2
 GRID_SIZE = 150
 DECIMALS = 6
+# The measures a training run logs itself, as the compiled loop computed them (losses from the
+# logits): evaluate measures them again from the saved models (accuracies the same; losses from
+# clipped probabilities, as Keras' evaluate does), but one MLflow key has one writer, so the
+# register stage logs only evaluate's other measures (fresh points, weight statistics).
+LOGGED_BY_TRAINING = (
+    "train_acc",
+    "test_acc",
+    "gap",
+    "train_loss",
+    "test_loss",
+    "cv_acc",
+    "cv_loss",
+)
 
 
 class EvaluationError(RuntimeError):
@@ -71,7 +77,7 @@ def weight_stats(hidden_kernel: np.ndarray) -> dict[str, float]:
 
 def spread(values: Sequence[float]) -> Spread:
     a = np.asarray(values, dtype=np.float64)
-    return Spread(round(float(a.mean()), DECIMALS), round(float(a.std()), DECIMALS))
+    return Spread(mean=round(float(a.mean()), DECIMALS), std=round(float(a.std()), DECIMALS))
 
 
 def summarize_run(
@@ -79,15 +85,17 @@ def summarize_run(
     kind: str,
     strength: float,
     per_fold: Sequence[Mapping[str, float]] = (),
+    name: str = "a configuration",
 ) -> ConfigSummary:
     """Mean and spread over seeds of every per-seed measure; over folds, of the held-out
-    accuracy and loss (cv_acc, cv_loss) when there was cross-validation."""
+    accuracy and loss (cv_acc, cv_loss) when there was cross-validation. ArtifactError, naming
+    the configuration `name`, when a measure is out of its range (a NaN loss, ...)."""
     names = per_seed[0].keys()
     measures = {n: spread([s[n] for s in per_seed]) for n in names}
     if per_fold:
         measures["cv_acc"] = spread([f["acc"] for f in per_fold])
         measures["cv_loss"] = spread([f["loss"] for f in per_fold])
-    return ConfigSummary(kind, strength, measures)
+    return ConfigSummary.parse({"kind": kind, "strength": strength, **measures}, name)
 
 
 def test_choice(configs: Mapping[str, ConfigSummary]) -> str:
@@ -130,7 +138,15 @@ def evaluation(configs: dict[str, ConfigSummary], rule: str) -> Evaluation:
                 fresh=pick.mean("fresh_acc"),
             ),
         )
-    return Evaluation(configs, baseline, headline, rule, chosen, on_cv, on_test)
+    return Evaluation(
+        configs=configs,
+        baseline_run=baseline,
+        headline=headline,
+        rule=rule,
+        selected=chosen,
+        cv_choice=on_cv,
+        test_choice=on_test,
+    )
 
 
 def decision_grid(points: Sequence[Points], size: int = GRID_SIZE) -> np.ndarray:

@@ -10,13 +10,12 @@ import zipfile
 from pathlib import Path
 
 from overfit import layout
-from overfit.config import Config
+from overfit.config import PENALTY_KINDS, Config
 from overfit.runtime import tensorflow_quiet
 
 with tensorflow_quiet():
     import keras
 
-PENALTY_KINDS = ("none", "l1", "l2", "l1_l2")
 APPLY_TO = ("hidden", "all")
 CONSTRAINTS = ("none", "max_norm", "unit_norm")
 

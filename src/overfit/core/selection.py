@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from overfit.artifacts import ConfigSummary
 from overfit.config import ConfigError, SelectConfig
 from overfit.core.remedies import Remedy
+from overfit.reports import ConfigSummary
 
 OPTIMISTIC = "chosen on the test set (optimistic)"
 PENALTY_TERMS = {"none": 0, "l1": 1, "l2": 1, "l1_l2": 2}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from overfit.artifacts import Evaluation, JobResult
+from overfit.artifacts import JobResult
 from overfit.core.remedies import FAMILIES, TEST_WATCH_LABEL, watched_test
 from overfit.core.selection import TIE, candidates, describe, rank
+from overfit.reports import Evaluation
 
 
 def results_table(results: Sequence[JobResult]) -> str:

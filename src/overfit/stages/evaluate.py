@@ -19,17 +19,12 @@ import numpy as np
 from overfit import layout
 from overfit.artifacts import (
     ArtifactError,
-    ConfigSummary,
-    Evaluation,
+    JobResult,
     file_digest,
     read_accuracy_history,
     read_result,
     read_sweep,
     weights_digest,
-    write_arrays,
-    write_curves_table,
-    write_evaluation,
-    write_strength_table,
 )
 from overfit.config import (
     Config,
@@ -50,6 +45,14 @@ from overfit.core.metrics import (
 )
 from overfit.core.remedies import TEST_WATCH_LABEL, watched_test
 from overfit.core.selection import describe
+from overfit.reports import (
+    ConfigSummary,
+    Evaluation,
+    write_arrays,
+    write_curves_table,
+    write_evaluation,
+    write_strength_table,
+)
 from overfit.runtime import run_stage
 
 
@@ -97,21 +100,12 @@ def first_difference(found: list[dict[str, object]], expected: list[dict[str, ob
     return f"{len(found)} layers, not {len(expected)}"
 
 
-def evaluate_run(
+def measure_configuration(
     folder: Path, digest: str, train: Points, test: Points, fresh: Points, grid: np.ndarray
 ) -> tuple[ConfigSummary, np.ndarray, np.ndarray]:
     """Per-seed measures of one configuration (whose result.json the sweep recorded with SHA-256
     `digest`); its mean grid probabilities and hidden kernels."""
-    result = read_result(folder)
-    if file_digest(folder / layout.RESULT_FILE) != digest:
-        raise EvaluationError(
-            f"{folder}: left by another sweep (its result.json is not the one reports/sweep.json "
-            "records); rerun the train stage"
-        )
-    expected = {layout.model_file(folder, seed) for seed in result.seeds}
-    strays = sorted(set(folder.glob(layout.MODEL_FILES)) - expected)
-    if strays:
-        raise EvaluationError(f"{strays[0]}: not one of the job's seeds {result.seeds}")
+    result = checked_result(folder, digest)
     architecture = expected_architecture(load_job_config(folder))
     per_seed, grids, kernels = [], [], []
     for seed in result.seeds:
@@ -123,16 +117,7 @@ def evaluate_run(
             split: measure(probabilities(weights, points.x), penalty, points)
             for split, points in (("train", train), ("test", test), ("fresh", fresh))
         }
-        reported = result.per_seed[str(seed)]
-        for split, points in (("train", train), ("test", test)):
-            # Compare counts of correct points: training reports float32 accuracies.
-            if round(on[split]["acc"] * len(points)) != round(
-                reported[f"{split}_acc"] * len(points)
-            ):
-                raise EvaluationError(
-                    f"{path}: {split} accuracy {on[split]['acc']:.4f} recomputed, "
-                    f"{reported[f'{split}_acc']:.4f} reported by training"
-                )
+        check_accuracies(path, on, result.per_seed[str(seed)], train, test)
         kernel = weights[0]
         per_seed.append(
             {
@@ -150,8 +135,41 @@ def evaluate_run(
         kernels.append(kernel)
     remedy = result.remedy
     per_fold = result.cv["per_fold"] if result.cv else ()
-    summary = summarize_run(per_seed, remedy["kind"], float(remedy["setting"]), per_fold)
+    summary = summarize_run(
+        per_seed, remedy["kind"], float(remedy["setting"]), per_fold, name=folder.name
+    )
     return summary, np.mean(grids, axis=0), np.stack(kernels)
+
+
+def checked_result(folder: Path, digest: str) -> JobResult:
+    """The job's result.json, if it is the one the sweep recorded and its folder holds only
+    the job's seeds' models."""
+    result = read_result(folder)
+    if file_digest(folder / layout.RESULT_FILE) != digest:
+        raise EvaluationError(
+            f"{folder}: left by another sweep (its result.json is not the one reports/sweep.json "
+            "records); rerun the train stage"
+        )
+    expected = {layout.model_file(folder, seed) for seed in result.seeds}
+    strays = sorted(set(folder.glob(layout.MODEL_FILES)) - expected)
+    if strays:
+        raise EvaluationError(f"{strays[0]}: not one of the job's seeds {result.seeds}")
+    return result
+
+
+def check_accuracies(
+    path: Path, measured: dict, reported: dict, train: Points, test: Points
+) -> None:
+    """The saved model's train and test accuracy, recomputed, against training's: compared as
+    counts of correct points (training reports float32 accuracies)."""
+    for split, points in (("train", train), ("test", test)):
+        if round(measured[split]["acc"] * len(points)) != round(
+            reported[f"{split}_acc"] * len(points)
+        ):
+            raise EvaluationError(
+                f"{path}: {split} accuracy {measured[split]['acc']:.4f} recomputed, "
+                f"{reported[f'{split}_acc']:.4f} reported by training"
+            )
 
 
 def evaluate(root: Path) -> Evaluation:
@@ -164,13 +182,9 @@ def evaluate(root: Path) -> Evaluation:
     configs, arrays = {}, {"grid": grid}
     for name, digest in sorted(sweep.results.items()):
         folder = layout.run_dir(root, name)
-        configs[name], arrays[f"proba/{name}"], arrays[f"kernels/{name}"] = evaluate_run(
+        configs[name], arrays[f"proba/{name}"], arrays[f"kernels/{name}"] = measure_configuration(
             folder, digest, train, test, fresh, grid
         )
-    for name, summary in configs.items():
-        broken = [m for m, s in summary.measures.items() if not np.isfinite([s.mean, s.std]).all()]
-        if broken:
-            raise EvaluationError(f"{name}: {broken[0]} is not a finite number")
     report = evaluation(configs, config.select.metric)
 
     curves = {}

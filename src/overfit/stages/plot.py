@@ -7,19 +7,13 @@ import sys
 from pathlib import Path
 
 from overfit import layout
-from overfit.artifacts import (
-    ArtifactError,
-    read_arrays,
-    read_curves_table,
-    read_evaluation,
-    write_bytes,
-    write_text,
-)
+from overfit.artifacts import ArtifactError, write_bytes, write_text
 from overfit.config import load_params, project_root
 from overfit.core import figures
 from overfit.core.data import DataError, load_train_test
 from overfit.core.metrics import NEAR_ZERO
 from overfit.core.summary import summary_markdown
+from overfit.reports import read_arrays, read_curves_table, read_evaluation
 from overfit.runtime import run_stage
 
 

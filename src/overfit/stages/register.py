@@ -26,24 +26,26 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from overfit import layout, tracking
-from overfit.artifacts import (
-    ArtifactError,
-    ConfigSummary,
-    Evaluation,
-    ModelRecord,
-    file_digest,
-    read_evaluation,
-    read_result,
-    read_sweep,
-    write_model_record,
-)
+from overfit import layout
+from overfit.artifacts import ArtifactError, file_digest, read_result, read_sweep
 from overfit.config import Config, load_params, project_root
 from overfit.core.card import model_card
 from overfit.core.data import FEATURES, load_train_test
+from overfit.core.metrics import LOGGED_BY_TRAINING
 from overfit.core.selection import describe
+from overfit.reports import (
+    ConfigSummary,
+    Evaluation,
+    ModelRecord,
+    read_evaluation,
+    write_model_record,
+)
 from overfit.runtime import run_stage
 from overfit.tracking import lineage
+from overfit.tracking.model_format import log_model_folder, pins, tensorflow_distribution
+from overfit.tracking.registry import describe_version, new_version, registered_version
+from overfit.tracking.runs import RUN_TAG, SweepRuns, find_sweep, log_values
+from overfit.tracking.store import StoreError, existing_store, quiet
 
 CANDIDATE = "candidate"
 CONTENT_TAG = "overfit.model_sha256"
@@ -69,7 +71,7 @@ def figures_of(
     }
     penalty = result.penalty
     tags = {
-        tracking.RUN_TAG: report.selected,
+        RUN_TAG: report.selected,
         "overfit.seed": str(seed),
         "penalty.kind": str(penalty["kind"]),
         "penalty.strength": str(penalty["strength"]),
@@ -101,18 +103,18 @@ def save_classifier(root: Path, keras_file: Path, input_example: Any, folder: Pa
         inputs=Schema([ColSpec("double", name) for name in FEATURES]),
         outputs=Schema([ColSpec("float", "probability")]),
     )
-    with tracking.quiet("mlflow"):  # its INFO line on checking the input example
+    with quiet("mlflow"):  # its INFO line on checking the input example
         mlflow.pyfunc.save_model(
             str(folder),
             python_model=str(root / layout.CLASSIFIER_CODE),
             artifacts={"keras_model": str(keras_file)},
             signature=signature,
             input_example=pd.DataFrame(input_example, columns=list(FEATURES)),
-            pip_requirements=tracking.pins("mlflow", "keras", tracking.tensorflow_distribution()),
+            pip_requirements=pins("mlflow", "keras", tensorflow_distribution()),
         )
 
 
-def configuration_models(mlflow: Any, runs: tracking.SweepRuns) -> dict[str, str]:
+def configuration_models(mlflow: Any, runs: SweepRuns) -> dict[str, str]:
     """Each configuration's logged model id (its Keras flavor, named after the configuration,
     logged by its child run), from one search rather than a call per run."""
     by_run = {run.info.run_id: name for name, run in runs.children.items()}
@@ -134,7 +136,7 @@ def publish_evaluation(
     root: Path,
     mlflow: Any,
     report: Evaluation,
-    runs: tracking.SweepRuns,
+    runs: SweepRuns,
     config: Config,
     commit: str,
 ) -> None:
@@ -146,26 +148,27 @@ def publish_evaluation(
     for name, run in runs.children.items():
         run_id = run.info.run_id
         metrics = evaluation_metrics(report.configs[name])
-        tracking.log_values(mlflow, run_id, metrics=metrics, model_id=models.get(name))
+        log_values(mlflow, run_id, metrics=metrics, model_id=models.get(name))
         mlflow.log_inputs(run_id, datasets=fresh)
     mlflow.log_inputs(runs.parent, datasets=fresh)
     tags = selection_tags(report, runs, config.select.folds)
-    tracking.log_values(mlflow, runs.parent, tags=tags)
+    log_values(mlflow, runs.parent, tags=tags)
     for path in [*sorted((root / layout.FIGURES_DIR).glob("*.png")), root / layout.SUMMARY]:
         mlflow.log_artifact(runs.parent, str(path), "reports")
 
 
 def evaluation_metrics(summary: ConfigSummary) -> dict[str, float]:
-    """What evaluate measured of a configuration, as its child run's metrics: every measure's
-    mean and spread (fresh accuracy, losses, weight statistics, cross-validation)."""
+    """What evaluate measured of a configuration and training did not log, as its child run's
+    metrics: each measure's mean and spread (fresh points, weight statistics)."""
     return {
         f"{name}_{stat}": round(getattr(spread, stat), 6)
         for name, spread in summary.measures.items()
+        if name not in LOGGED_BY_TRAINING
         for stat in ("mean", "std")
     }
 
 
-def selection_tags(report: Evaluation, runs: tracking.SweepRuns, folds: int) -> dict[str, str]:
+def selection_tags(report: Evaluation, runs: SweepRuns, folds: int) -> dict[str, str]:
     """The parent run's record of the choice: which run, by which rule."""
     return {
         "overfit.selected_run": report.selected,
@@ -182,8 +185,8 @@ def register(root: Path) -> tuple[ModelRecord, Any, bool]:
     config = load_params(root)
     report, sweep = read_evaluation(root), read_sweep(root)
     fields, tags = figures_of(root, config, report)
-    mlflow = tracking.existing_store(root, config.tracking)
-    runs = tracking.find_sweep(mlflow, config.tracking.experiment, sweep)
+    mlflow = existing_store(root, config.tracking)
+    runs = find_sweep(mlflow, config.tracking.experiment, sweep)
     origin = lineage.git_tags(root) | lineage.data_tags(root)
     publish_evaluation(root, mlflow, report, runs, config, origin["git.commit"])
     name = config.registry.name
@@ -193,7 +196,7 @@ def register(root: Path) -> tuple[ModelRecord, Any, bool]:
     record = ModelRecord(name=name, **fields, model_sha256=digest)
     card = model_card(config, report, record, origin)
     tags |= origin | {CONTENT_TAG: digest}
-    version = tracking.registered_version(mlflow, name, (CONTENT_TAG, digest))
+    version = registered_version(mlflow, name, (CONTENT_TAG, digest))
     new = version is None
     if version is None:
         child = runs.children[fields["run"]].info.run_id
@@ -201,11 +204,11 @@ def register(root: Path) -> tuple[ModelRecord, Any, bool]:
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch) / "classifier"
             save_classifier(root, keras_file, train.x[:3], folder)
-            model_id = tracking.log_model_folder(
+            model_id = log_model_folder(
                 mlflow, runs.experiment, child, CLASSIFIER_MODEL, folder, {CONTENT_TAG: digest}
             )
-        version = tracking.new_version(mlflow, name, model_id, child, tags)
-    tracking.describe_version(mlflow, name, version.version, card)
+        version = new_version(mlflow, name, model_id, child, tags)
+    describe_version(mlflow, name, version.version, card)
     mlflow.set_registered_model_alias(name, CANDIDATE, version.version)
     write_model_record(root, record)
     return record, version, new
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         raise SystemExit(2)
     record, version, new = run_stage(
-        lambda: register(project_root()), (ArtifactError, tracking.StoreError, KeyError)
+        lambda: register(project_root()), (ArtifactError, StoreError, KeyError)
     )
     print("logged the evaluation to the sweep's MLflow runs, the figures and summary to its parent")
     made = "registered" if new else "already registered:"

@@ -6,16 +6,15 @@ arguments it is a Hydra multirun over params.yaml:
 
     python -m overfit.stages.train --multirun penalty.kind=l2 penalty.strength=1e-3,1e-2
 
-Every job's configuration is composed and checked before anything runs. With the default
-launcher (`basic`) every job's models then train together, stacked in one compiled call, and
-each job is saved and logged in this process; with a Hydra launcher plugin (joblib, submitit)
-each job trains its own seeds in its own process.
+The stage reads top to bottom as the sweep runs (sweep/): plan the sweep (every job composed
+and checked before anything runs), train it stacked, then for each job save its files and
+log its run, under one parent MLflow run. With a Hydra launcher plugin (joblib, submitit)
+each job trains, saves and logs itself in its own process instead (sweep/launcher.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from overfit import layout, runtime, tracking
+from overfit import layout, runtime
 from overfit.artifacts import (
     JobResult,
     SweepRecord,
@@ -33,40 +32,26 @@ from overfit.artifacts import (
     write_sweep,
     write_text,
 )
-from overfit.config import (
-    ComposedJob,
-    ConfigError,
-    compose_jobs,
-    exit_on_config_error,
-    expand_presets,
-    parse_params,
-    project_root,
-    read_params,
-)
+from overfit.config import ConfigError, exit_on_config_error, project_root, read_params
 from overfit.core.data import DataError, load_train_test
 from overfit.core.remedies import run_name
 from overfit.core.selection import check_folds
 from overfit.core.summary import results_table
-from overfit.sweep.job import (
-    Phases,
-    Trained,
-    TrainingDiverged,
-    compile_ahead,
-    hydra_task,
-    run_job,
-    save_job,
-    train_together,
-    training_data,
-    write_job_config,
+from overfit.sweep import launcher, stacked
+from overfit.sweep.files import publish, save_job, write_job_config
+from overfit.sweep.job_run import log_job_run, training_data
+from overfit.sweep.phases import Phases
+from overfit.sweep.plan import Plan, plan_sweep, uses_hydra_launcher
+from overfit.tracking.lineage import run_tags
+from overfit.tracking.runs import (
+    SWEEP_TAG,
+    fail_orphaned_runs,
+    flatten,
+    kill_own_runs,
+    log_values,
+    tracked_run,
 )
-from overfit.sweep.plan import (
-    check_families,
-    check_unique_names,
-    job_overrides,
-    launcher_overrides,
-    sweep_overrides,
-    uses_hydra_launcher,
-)
+from overfit.tracking.store import Store, StoreError, check_reachable, open_store, tracking_uri
 
 # The settings a sweep's families vary: the parent run logs only those every job shares.
 PER_JOB = (
@@ -78,24 +63,6 @@ PER_JOB = (
 
 # Module import is the process's start, near enough: the stage's time is measured from here.
 PROCESS_STARTED = time.perf_counter()
-
-
-def plan(
-    root: Path, config_dir: Path, params_text: str, args: Sequence[str]
-) -> tuple[list[ComposedJob], list[list[str]], str]:
-    """The sweep's jobs, composed from the copy of params.yaml in `config_dir` (whose text is
-    `params_text`) and checked; the multiruns' overrides; the sweep's name."""
-    params = parse_params(params_text, root / layout.PARAMS)
-    # By hand: the user's Hydra overrides; as the DVC stage: params.yaml's sweep and launcher.
-    if args:
-        multiruns = [expand_presets(root, args)]
-    else:
-        check_families(params)
-        launcher = launcher_overrides(params.launcher)
-        multiruns = [[*launcher, *m] for m in sweep_overrides(params.sweep)]
-    jobs = compose_jobs(config_dir, [job for m in multiruns for job in job_overrides(m)])
-    check_unique_names([job.config for job in jobs])
-    return jobs, multiruns, "by-hand" if args else params.sweep.name
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -133,54 +100,47 @@ def train(root: Path, args: Sequence[str]) -> None:
         try:
             params_text = read_params(root)
             (config_dir / layout.PARAMS.name).write_text(params_text, encoding="utf-8")
-            jobs, multiruns, sweep_name = plan(root, config_dir, params_text, args)
-            uri = tracking.tracking_uri(root, jobs[0].config.tracking)
+            plan = plan_sweep(root, config_dir, params_text, args)
+            uri = tracking_uri(root, plan.jobs[0].config.tracking)
         except ConfigError as error:
             exit_on_config_error(error)
     runtime.checkpoint()
     try:
-        for data in {job.config.data for job in jobs}:  # bad data stops the sweep before any run
+        for data in {config.data for config in plan.configs}:  # bad data: no run starts
             load_train_test(root, data)
-        tracking.check_reachable(uri)
+        check_reachable(uri)
     except (DataError, ConnectionError) as error:
         fail(error)
     try:  # folds that cannot hold out every class, too
-        for data, select in {(job.config.data, job.config.select) for job in jobs}:
+        for data, select in {(config.data, config.select) for config in plan.configs}:
             check_folds(load_train_test(root, data)[0].y, select)
     except ConfigError as error:
         exit_on_config_error(error)
     runtime.checkpoint()
     phases = Phases()
-    if not uses_hydra_launcher(multiruns[0]):
+    if not uses_hydra_launcher(plan.multiruns[0]):
         with phases.timed("import"):  # TensorFlow and Keras; XLA then compiles meanwhile
-            compile_ahead(root, [job.config for job in jobs])
+            stacked.compile_ahead(root, plan.configs)
     try:
-        run_sweep(root, jobs, multiruns, sweep_name, params_text, phases)
-    except (tracking.StoreError, TrainingDiverged) as error:
+        run_sweep(root, plan, params_text, phases)
+    except (StoreError, stacked.TrainingDiverged, launcher.LaunchFailed) as error:
         fail(error)
 
 
-def run_sweep(
-    root: Path,
-    jobs: list[ComposedJob],
-    multiruns: list[list[str]],
-    sweep_name: str,
-    params_text: str,
-    phases: Phases,
-) -> None:
+def run_sweep(root: Path, plan: Plan, params_text: str, phases: Phases) -> None:
     """One parent MLflow run around the jobs; the sweep's table and record at the end.
     `phases` collects where the stage's time goes."""
     # A sweep that does not finish leaves no record: DVC then runs this stage again.
     (root / layout.SWEEP_RECORD).unlink(missing_ok=True)
-    store = tracking.open_store(root, jobs[0].config.tracking)
-    for orphan in tracking.fail_orphaned_runs(store.client, store.experiment_id):
+    store = open_store(root, plan.jobs[0].config.tracking)
+    for orphan in fail_orphaned_runs(store.client, store.experiment_id):
         print(f"marked run {orphan} FAILED: the process that ran it is gone")
     finished = False
     try:
-        run_under_parent(root, jobs, multiruns, sweep_name, store, params_text, phases)
+        run_under_parent(root, plan, store, params_text, phases)
         finished = True
     except (runtime.Interrupted, KeyboardInterrupt):
-        tracking.kill_own_runs(store.client, store.experiment_id)
+        kill_own_runs(store.client, store.experiment_id)
         raise
     finally:
         if not finished:  # the record is written last thing before the parent run ends
@@ -191,138 +151,105 @@ def run_sweep(
 
 
 def run_under_parent(
-    root: Path,
-    jobs: list[ComposedJob],
-    multiruns: list[list[str]],
-    sweep_name: str,
-    store: tracking.Store,
-    params_text: str,
-    phases: Phases,
+    root: Path, plan: Plan, store: Store, params_text: str, phases: Phases
 ) -> None:
-    configs = [job.config for job in jobs]
-    names = [run_name(c) for c in configs]
-    tags = tracking.run_tags(root)
+    configs, tags = plan.configs, run_tags(root)
     seeds = "/".join(map(str, sorted({len(c.train.seeds) for c in configs})))
     epochs = "/".join(map(str, sorted({c.train.epochs for c in configs})))
     started = time.perf_counter()
-    # The settings every job shares, so sweeps can be compared with each other.
-    later = ("penalty", "gate", "registry")  # per job, or the settings of later stages
-    shared = {k: v for k, v in configs[0].to_dict().items() if k not in later}
-    params = tracking.flatten(shared)
-    for key in ("tracking.parent_run_id", *PER_JOB):
-        params.pop(key, None)
-    params.pop("select.metric", None)  # the evaluate stage's; the plot stage tags the run with it
-    parent_tags = {"overfit.sweep": sweep_name, "overfit.stage": "train", **tags}
-    with tracking.tracked_run(
-        store.client, store.experiment_id, f"sweep-{sweep_name}", parent_tags
+    parent_tags = {"overfit.sweep": plan.name, "overfit.stage": "train", **tags}
+    with tracked_run(
+        store.client, store.experiment_id, f"sweep-{plan.name}", parent_tags
     ) as parent:
-        tracking.log_values(store.client, parent, params=params)
+        log_values(store.client, parent, params=shared_params(plan))
         commit = tags.get("git.commit", "unknown")
         store.client.log_inputs(parent, datasets=training_data(root, configs[0], commit))
         print(
-            f"sweep {sweep_name}: {len(names)} configurations x {seeds} seeds, {epochs} epochs; "
-            f"MLflow parent run {parent}",
+            f"sweep {plan.name}: {len(configs)} configurations x {seeds} seeds, {epochs} "
+            f"epochs; MLflow parent run {parent}",
             flush=True,
         )
         runtime.checkpoint()
-        if uses_hydra_launcher(multiruns[0]):
-            for name in names:  # an interrupted run's leftovers
-                shutil.rmtree(layout.partial_run_dir(root, name), ignore_errors=True)
-            # The jobs' processes compose from the sweep's copy of params.yaml too.
-            write_text(root / layout.PARAMS_SNAPSHOT, params_text)
-            for overrides in multiruns:
-                launch_hydra(root, [*overrides, f"++tracking.parent_run_id={parent}"])
-            results = [read_result(layout.run_dir(root, name)) for name in names]
+        if uses_hydra_launcher(plan.multiruns[0]):
+            results = run_launched(root, plan, parent, params_text)
         else:
-            results = run_stacked(root, jobs, store, parent, tags, phases)
+            results = run_stacked(root, plan, store, parent, tags, phases)
         table = results_table(results)
         store.client.log_text(parent, table, layout.SWEEP_TABLE_ARTIFACT)
-        record = SweepRecord(
-            name=sweep_name,
-            results={r.run: result_digest(r) for r in results},
-        )
+        record = SweepRecord(name=plan.name, results={r.run: result_digest(r) for r in results})
         # Where the stage's time went (read by benchmarks/), and what the sweep trained: the
         # tag by which the later stages find this run from reports/sweep.json.
         timings = {f"seconds_{phase}": value for phase, value in phases.items()}
         timings["seconds_process"] = round(time.perf_counter() - PROCESS_STARTED, 3)
-        tracking.log_values(
-            store.client, parent, metrics=timings, tags={tracking.SWEEP_TAG: record.digest()}
-        )
+        log_values(store.client, parent, metrics=timings, tags={SWEEP_TAG: record.digest()})
         runtime.checkpoint()
         write_sweep(root, record)
     print(f"\n{table}\n{len(results)} configurations in {time.perf_counter() - started:.1f} s")
 
 
+def shared_params(plan: Plan) -> dict[str, object]:
+    """The settings every job shares, so sweeps can be compared with each other."""
+    later = ("penalty", "gate", "registry")  # per job, or the settings of later stages
+    shared = {k: v for k, v in plan.configs[0].to_dict().items() if k not in later}
+    params = flatten(shared)
+    for key in ("tracking.parent_run_id", *PER_JOB):
+        params.pop(key, None)
+    params.pop("select.metric", None)  # the evaluate stage's; the plot stage tags the run with it
+    return params
+
+
 def run_stacked(
     root: Path,
-    jobs: list[ComposedJob],
-    store: tracking.Store,
+    plan: Plan,
+    store: Store,
     parent: str,
     tags: dict[str, str],
     phases: Phases,
 ) -> list[JobResult]:
-    """Every job's models trained together in this process, each job's files saved as soon as
-    its models are trained (while the others train on), then each job logged."""
-    configs = [job.config for job in jobs]
+    """Every job's models trained together in this process; each job's files saved as soon
+    as its models are trained (while the others train on); then each job's run logged and
+    its folder published."""
+    configs = plan.configs
     work_dirs = [layout.partial_run_dir(root, run_name(config)) for config in configs]
-    saved: dict[int, Phases] = {}
     train_rows = {c.data: load_train_test(root, c.data)[0] for c in configs}  # read once
-
-    def start_folder(i: int) -> None:
-        shutil.rmtree(work_dirs[i], ignore_errors=True)  # an interrupted run's leftovers
-        write_job_config(work_dirs[i], jobs[i].yaml, jobs[i].overrides)
-
-    def save(i: int, trained: Trained) -> None:
-        if trained.divergence(configs[i].train.seeds) is None:  # a diverged job saves nothing
-            start_folder(i)
-            saved[i] = Phases()
-            save_job(work_dirs[i], configs[i], trained, saved[i], train_rows[configs[i].data])
-
+    trained: dict[int, stacked.Trained] = {}
+    results: dict[int, JobResult] = {}
+    per_job = [Phases() for _ in configs]
     try:
-        trained = train_together(root, configs, phases, ready=save)
-        count = sum(len(t.models) for t in trained)
+        for i, job in stacked.train_together(root, configs, phases):
+            trained[i] = job
+            shutil.rmtree(work_dirs[i], ignore_errors=True)  # an interrupted run's leftovers
+            write_job_config(work_dirs[i], plan.jobs[i].yaml, plan.jobs[i].overrides)
+            if job.divergence(configs[i].train.seeds) is None:  # a diverged job saves nothing
+                results[i] = save_job(
+                    work_dirs[i], configs[i], job, train_rows[configs[i].data], per_job[i]
+                )
+        count = sum(len(t.models) for t in trained.values())
         print(f"trained {count} models stacked in {phases['train']:.1f} s", flush=True)
         # A job whose loss became NaN fails first, before any other job is logged.
-        order = sorted(
-            range(len(jobs)), key=lambda i: trained[i].divergence(configs[i].train.seeds) is None
-        )
-        results = []
-        for i in order:
-            tracking_config = dataclasses.replace(jobs[i].config.tracking, parent_run_id=parent)
-            config = dataclasses.replace(jobs[i].config, tracking=tracking_config)
-            if i not in saved:
-                start_folder(i)
-            result, job_phases = run_job(
-                root, config, store, tags, work_dirs[i], trained[i], saved.get(i)
-            )
-            results.append(result)
-            phases.add(job_phases)
-        return results
+        for i in sorted(range(len(configs)), key=lambda i: i in results):
+            log_job_run(
+                root, store, parent, tags, configs[i], trained[i], results.get(i),
+                work_dirs[i], per_job[i],
+            )  # fmt: skip
+            publish(work_dirs[i], layout.run_dir(root, run_name(configs[i])))
+            phases.add(per_job[i])
+        return [results[i] for i in sorted(results)]
     finally:  # the folders of jobs not published (the sweep stopped or failed)
         for work_dir in work_dirs:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def launch_hydra(root: Path, overrides: list[str]) -> None:
-    """The jobs as a Hydra multirun, each job in models/.partial/<run>/ (the launcher decides
-    where jobs run)."""
-    import hydra
-
-    settings = [
-        f"hydra.sweep.dir={root / layout.MODELS_DIR}",
-        f"hydra.sweep.subdir={layout.PARTIAL_DIR.name}/${{run_name:}}",
-        "hydra.job.chdir=False",
-    ]
-    snapshot = root / layout.PARAMS_SNAPSHOT
-    task = hydra.main(
-        config_path=str(snapshot.parent), config_name=snapshot.stem, version_base=None
-    )(hydra_task)
-    saved = sys.argv
-    sys.argv = [saved[0], "--multirun", *settings, *overrides]
-    try:
-        task()
-    finally:
-        sys.argv = saved
+def run_launched(root: Path, plan: Plan, parent: str, params_text: str) -> list[JobResult]:
+    """Every job through the Hydra launcher, in other processes; their results."""
+    names = [run_name(config) for config in plan.configs]
+    for name in names:  # an interrupted run's leftovers
+        shutil.rmtree(layout.partial_run_dir(root, name), ignore_errors=True)
+    # The jobs' processes compose from the sweep's copy of params.yaml too.
+    write_text(root / layout.PARAMS_SNAPSHOT, params_text)
+    for overrides in plan.multiruns:
+        launcher.launch(root, [*overrides, f"++tracking.parent_run_id={parent}"])
+    return [read_result(layout.run_dir(root, name)) for name in names]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Planning a sweep, pure: the sweep as Hydra multiruns, one override list per job.
+"""The sweep's first step: plan it as Hydra multiruns, one override list per job, each job
+composed and checked before anything runs.
 
 The train stage's sweep is params.yaml's `sweep` section, one multirun per family: `kinds` x
 `strengths` (plus one unregularized run), `dropout_rates`, `patiences`, and `constraints`
@@ -7,11 +8,23 @@ The train stage's sweep is params.yaml's `sweep` section, one multirun per famil
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from overfit.config import Config, ConfigError, LauncherConfig, SweepConfig, parse_overrides
+from overfit import layout
+from overfit.config import (
+    ComposedJob,
+    Config,
+    ConfigError,
+    LauncherConfig,
+    SweepConfig,
+    compose_jobs,
+    expand_presets,
+    parse_overrides,
+    parse_params,
+)
 from overfit.core.remedies import run_name
 
 
@@ -57,18 +70,18 @@ def sweep_overrides(sweep: SweepConfig) -> list[list[str]]:
 
 
 def job_overrides(overrides: Sequence[str]) -> list[list[str]]:
-    """Expand sweep syntax (`a=1,2`, `range(...)`) into one override list per job, in the
-    order Hydra's basic sweeper gives (the product of the sweeps, left to right)."""
-    per_key: dict[str, list[str]] = {}
-    for override in parse_overrides(overrides):
-        key = override.get_key_element()
-        if not override.is_sweep_override():
-            per_key[key] = [f"{key}={override.get_value_element_as_str()}"]
-        elif override.is_discrete_sweep():
-            per_key[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
-        else:
-            raise ConfigError(f"{override.input_line}: only lists and ranges can be swept here")
-    return [list(job) for job in itertools.product(*per_key.values())]
+    """Expand sweep syntax (`a=1,2`, `range(...)`) into one override list per job, by Hydra's
+    basic sweeper (the product of the sweeps, left to right), as `--multirun` would."""
+    from hydra.core.plugins import Plugins
+    from hydra.errors import HydraException
+    from hydra.plugins.sweeper import Sweeper
+
+    [basic] = [s for s in Plugins.instance().discover(Sweeper) if s.__name__ == "BasicSweeper"]
+    try:
+        [jobs] = basic.split_arguments(parse_overrides(overrides), None)
+    except HydraException as error:
+        raise ConfigError(f"{' '.join(overrides)}: {error}") from None
+    return jobs
 
 
 def check_unique_names(configs: Sequence[Config]) -> list[str]:
@@ -120,3 +133,32 @@ def stack_groups(configs: Sequence[Any]) -> dict[tuple[Any, ...], list[int]]:
         shape = (config.data, config.model.hidden_units)
         groups.setdefault(shape, []).append(index)
     return groups
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A sweep, planned and checked: its jobs, the multiruns they came from, its name."""
+
+    jobs: list[ComposedJob]
+    multiruns: list[list[str]]
+    name: str
+
+    @property
+    def configs(self) -> list[Config]:
+        return [job.config for job in self.jobs]
+
+
+def plan_sweep(root: Path, config_dir: Path, params_text: str, args: Sequence[str]) -> Plan:
+    """The sweep's jobs, composed from the copy of params.yaml in `config_dir` (whose text is
+    `params_text`) and checked. By hand (`args`): the user's Hydra overrides; as the DVC stage:
+    params.yaml's `sweep` and `launcher`."""
+    params = parse_params(params_text, root / layout.PARAMS)
+    if args:
+        multiruns = [expand_presets(root, args)]
+    else:
+        check_families(params)
+        launcher = launcher_overrides(params.launcher)
+        multiruns = [[*launcher, *m] for m in sweep_overrides(params.sweep)]
+    jobs = compose_jobs(config_dir, [job for m in multiruns for job in job_overrides(m)])
+    check_unique_names([job.config for job in jobs])
+    return Plan(jobs, multiruns, "by-hand" if args else params.sweep.name)

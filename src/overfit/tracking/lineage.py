@@ -1,5 +1,6 @@
-"""Where a run's inputs came from, as MLflow records it: the commit and whether the work tree
-had other changes, the data's md5 from dvc.lock, and the data files as MLflow datasets.
+"""Where a run came from, as MLflow records it: the process that made it, the commit and
+whether the work tree had other changes, the data's md5 from dvc.lock, and the data files as
+MLflow datasets.
 
 Identity is the store's; this module only reads git, dvc.yaml, dvc.lock and the data files.
 """
@@ -7,6 +8,7 @@ Identity is the store's; this module only reads git, dvc.yaml, dvc.lock and the 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import warnings
 from collections.abc import Mapping
@@ -23,6 +25,21 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # The data each stage reads, by the context MLflow's datasets name it with.
 TRAINING, TEST, FRESH = "training", "test", "fresh"
 DATA_FILES = {TRAINING: layout.TRAIN_CSV, TEST: layout.TEST_CSV, FRESH: layout.FRESH_CSV}
+
+
+# Which process owns a run, so that a later start can tell that it died.
+PID_TAG = "overfit.pid"
+HOST_TAG = "overfit.host"
+
+
+def run_tags(root: Path) -> dict[str, str]:
+    """What every run of this process is tagged with: its owner, the commit, the data."""
+    return process_tags() | git_tags(root) | data_tags(root)
+
+
+def process_tags() -> dict[str, str]:
+    """This process and its host, as the tags of the runs it owns."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: os.uname().nodename}
 
 
 def _stages(path: Path) -> dict[str, Any]:

@@ -1,0 +1,170 @@
+"""One stack: models and folds side by side in one compiled call of the training loop, read
+from their Keras models and written back; what each trained, as a `History`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from overfit.core.keras_state import ModelStart, write_back
+from overfit.core.loop import (
+    METRICS,
+    MONITORS,
+    U32,
+    Remedies,
+    Rows,
+    inverse_keep,
+    mask_key,
+    train_loop,
+)
+from overfit.runtime import tensorflow_quiet
+
+with tensorflow_quiet():
+    import keras
+    import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class History:
+    """Per-epoch float32 curves, named as in `model.fit(...).history`, and final metrics.
+
+    `loss`/`accuracy` are measured before each epoch's update (as fit logs them);
+    `val_loss`/`val_accuracy` after it. Both losses include the weight penalty.
+    `final` holds the four metrics of the trained weights, as Python floats.
+    """
+
+    history: dict[str, np.ndarray]
+    final: dict[str, float]
+    # Epochs trained (fewer than asked when early stopping stopped the model), and with early
+    # stopping the epoch (1-based) of the best monitored value.
+    epochs: int = 0
+    best_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """Keras' `EarlyStopping(monitor, patience, min_delta, restore_best_weights)` for one
+    model (mode "auto": val_loss falls, val_accuracy rises; no baseline, no warm-up): it
+    watches the model's validation rows after every epoch."""
+
+    monitor: str = "val_loss"
+    patience: int = 20
+    min_delta: float = 0.0
+    restore_best_weights: bool = False
+
+    def __post_init__(self) -> None:
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {', '.join(MONITORS)}, not {self.monitor!r}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be at least 1, not {self.patience}")
+
+
+def _stack(arrays_per_model: list[list[np.ndarray]]) -> tuple[tf.Tensor, ...]:
+    """Keras weights per model -> (W1 [K,2,H], B1 [K,H], W2 [K,H], B2 [K])."""
+    w1, b1, w2, b2 = (np.stack(a) for a in zip(*arrays_per_model, strict=True))
+    return tuple(tf.constant(a) for a in (w1, b1, w2[..., 0], b2[..., 0]))
+
+
+def _unstack(params: tuple[tf.Tensor, ...], k: int) -> list[np.ndarray]:
+    """Model k's slice of stacked tensors, in Keras' weight shapes."""
+    w1, b1, w2, b2 = (p[k] for p in params)
+    return [w1, b1, w2[:, np.newaxis], b2[np.newaxis]]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One place in a stack: where the model starts, the rows it fits and is validated on
+    (masks over the stage's x_fit and x_val), and the Keras model to write back (None: a fold)."""
+
+    start: ModelStart
+    fit: np.ndarray
+    val: np.ndarray
+    model: keras.Model | None
+    epochs: int
+    stopping: Stopping | None = None
+    stream: int = 0
+
+    @property
+    def cost(self) -> tuple[int, ...]:
+        """Sort key putting slots that may end early, and slots alike, in the same stacks.
+        Early stopping and dropout come first: the early-stopping stacks may end early and
+        others may wait on them, and the dropout variant then compiles beside the plain one
+        instead of after it."""
+        return (self.stopping is None, self.start.dropout[0] == 0, self.epochs)
+
+
+def _rows(masks: list[np.ndarray]) -> Rows:
+    mask = np.stack(masks).astype(np.float32)
+    count = mask.sum(axis=1)
+    # 1/count in float64 rounded once to float32: the constant `1 / n` is for the full batch.
+    return Rows(*(tf.constant(a) for a in (mask, count, (1.0 / count).astype(np.float32))))
+
+
+def _remedies(slots: list[Slot]) -> Remedies:
+    stops = [slot.stopping for slot in slots]
+    sign = {"val_loss": 1.0, "val_accuracy": -1.0}  # Keras negates min_delta for a falling value
+    return Remedies(
+        tf.constant([s.start.dropout[0] for s in slots], tf.float32),
+        tf.constant([inverse_keep(s.start.dropout[0]) for s in slots], tf.float32),
+        tf.constant([mask_key(s.start.dropout[1], s.stream) for s in slots], U32),
+        tf.constant([s.start.constraint[0] for s in slots], tf.int32),
+        tf.constant([s.start.constraint[1] for s in slots], tf.float32),
+        tf.constant([MONITORS[s.monitor] if s else 0 for s in stops], tf.int32),
+        tf.constant([s.patience if s else 1 for s in stops], tf.int32),
+        tf.constant([sign[s.monitor] * abs(s.min_delta) if s else 0.0 for s in stops], tf.float64),
+        tf.constant([bool(s and s.restore_best_weights) for s in stops], tf.bool),
+        tf.constant([slot.epochs for slot in slots], tf.int32),
+    )
+
+
+def train_one_stack(slots: list[Slot], data: list[tf.Tensor], pad_to: int) -> list[History]:
+    """Train slots in one compiled call (padded to `pad_to`) and write their models back."""
+    padded = slots + [slots[-1]] * (pad_to - len(slots))  # the copies' results are dropped
+    starts = [slot.start for slot in padded]
+    # A strength beyond float32 becomes inf: the loss it makes is reported as diverged.
+    with np.errstate(over="ignore"):
+        pens = np.array([s.penalties for s in starts], np.float32)
+    fit, val = _rows([s.fit for s in padded]), _rows([s.val for s in padded])
+    epochs = max(slot.epochs for slot in padded)
+    # Dropout's masks cost a third more per epoch: a stack without dropout compiles without
+    # them. Constraints and early stopping cost nothing measurable, and one variant fewer
+    # saves a compilation (~3 s).
+    dropout = any(s.dropout[0] > 0 for s in starts)
+    # Keras Adam keeps one momentum and one velocity per trainable variable, in weight order.
+    params, m, v, curves, final, ran, best = train_loop(
+        _stack([s.weights for s in starts]),
+        _stack([s.momentums for s in starts]),
+        _stack([s.velocities for s in starts]),
+        tf.constant([s.iterations for s in starts], tf.int32),
+        tf.constant(pens[..., 0]),
+        tf.constant(pens[..., 1]),
+        tf.constant([s.learning_rate for s in starts], tf.float32),
+        data[0],
+        data[1],
+        fit,
+        data[2],
+        data[3],
+        val,
+        tf.constant(epochs, tf.int32),
+        _remedies(padded),
+        dropout,
+    )
+    params, m, v = ([x.numpy() for x in group] for group in (params, m, v))
+    ran, best = ran.numpy(), best.numpy()
+    # Turn hit counts into accuracies with float32 division, as Keras' Mean metric does.
+    ones = np.ones_like(fit.count.numpy())
+    sizes = np.stack([ones, fit.count.numpy(), ones, val.count.numpy()])
+    curves = curves.numpy() / sizes[np.newaxis]
+    final = final.numpy() / np.concatenate([sizes, ones[np.newaxis]])
+    results = []
+    for k, slot in enumerate(slots):
+        history = {name: curves[: ran[k], i, k] for i, name in enumerate(METRICS)}
+        last = {name: float(final[i, k]) for i, name in enumerate(METRICS)}
+        last["val_crossentropy"] = float(final[len(METRICS), k])
+        best_epoch = int(best[k]) + 1 if slot.stopping else None
+        results.append(History(history, last, int(ran[k]), best_epoch))
+        if slot.model is None:
+            continue
+        write_back(slot.model, _unstack(params, k), _unstack(m, k), _unstack(v, k), int(ran[k]))
+    return results
