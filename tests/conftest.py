@@ -32,6 +32,8 @@ FAMILIES = [
 ]
 # The penalties alone, for tests about something else.
 PENALTIES_ONLY = ["sweep.dropout_rates=[]", "sweep.patiences=[]", "sweep.constraints=[]"]
+# The unregularized baseline and L2 at 1e-3, for tests that need a sweep to run, not to compare.
+TWO_CONFIGURATIONS = [*PENALTIES_ONLY, "sweep.kinds=[l2]", "sweep.strengths=[1.0e-3]"]
 SHRUNK = [
     "train.epochs=60",
     "train.seeds=[1,2]",

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from .test_reliability import runs_by_status, start, wait_for
+from .conftest import SHRUNK, TWO_CONFIGURATIONS, wait_for
+from .test_reliability import runs_by_status, start
 
 
 def test_two_queued_experiments_share_one_store(tmp_path: Path, shrunk_pipeline) -> None:
@@ -35,17 +36,18 @@ def test_two_queued_experiments_share_one_store(tmp_path: Path, shrunk_pipeline)
             ).fetchone()[0]
         return ended == 2
 
+    statuses: list[str] = []
+
     def queue_done() -> bool:
-        status = run("dvc", "queue", "status").stdout
-        return "Queued" not in status and "Running" not in status
+        statuses.append(run("dvc", "queue", "status").stdout)
+        return "Queued" not in statuses[-1] and "Running" not in statuses[-1]
 
     try:
         wait_for(sweeps_ended, 400, "both queued experiments' sweeps", interval=0.5)
         wait_for(queue_done, 120, "DVC to collect both experiments", interval=1)
     finally:
         run("dvc", "queue", "stop", "--kill", check=False)
-    status = run("dvc", "queue", "status").stdout
-    assert status.count("Success") == 2, status
+    assert statuses[-1].count("Success") == 2, statuses[-1]
 
     with sqlite3.connect(root / "mlflow.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -70,22 +72,27 @@ def test_one_pipeline_per_project_folder(tmp_path: Path, shrunk_pipeline) -> Non
     """A second train, or a second `dvc repro`, stops at once; the first is unaffected."""
     root = tmp_path / "project"
     run = shrunk_pipeline.copy_to(root)
+    # The first only has to hold the lock: a sweep of two configurations.
+    run(sys.executable, "-m", "overfit.commands.params", *SHRUNK, *TWO_CONFIGURATIONS)
     first = start(root, "dvc", "repro", "--force", "--single-item", "train")
     lock = root / ".overfit.lock"
-    wait_for(lambda: lock.is_file() and lock.read_text().strip(), 60, "the lock's holder")
-    holder = lock.read_text().strip()
-
-    started = time.monotonic()
-    second = run(sys.executable, "-m", "overfit.stages.train", check=False)
-    assert time.monotonic() - started < 15
-    assert second.returncode == 1
-    assert second.stderr.splitlines() == [
-        f"error: another pipeline process (pid {holder}) is running in {root}; "
-        "wait for it to end, or stop it"
-    ]
-    # DVC's own lock stops a second `dvc repro` before it touches the first one's outputs.
-    again = run("dvc", "repro", check=False)
-    assert again.returncode != 0 and "lock" in again.stderr.lower(), again.stderr
+    try:
+        wait_for(lambda: lock.is_file() and lock.read_text().strip(), 60, "the lock's holder")
+        holder = lock.read_text().strip()
+        # The first is paused while the others try: it holds its locks whatever their speed.
+        os.killpg(first.pid, signal.SIGSTOP)
+        # A second that waited for the lock instead of stopping would hang: the timeouts.
+        second = run(sys.executable, "-m", "overfit.stages.train", check=False, timeout=120)
+        assert second.returncode == 1
+        assert second.stderr.splitlines() == [
+            f"error: another pipeline process (pid {holder}) is running in {root}; "
+            "wait for it to end, or stop it"
+        ]
+        # DVC's own lock stops a second `dvc repro` before it touches the first one's outputs.
+        again = run("dvc", "repro", check=False, timeout=120)
+        assert again.returncode != 0 and "lock" in again.stderr.lower(), again.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
 
     output, _ = first.communicate(timeout=180)
     assert first.returncode == 0, output

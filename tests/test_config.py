@@ -291,6 +291,6 @@ def test_choosing_on_cross_validation_needs_folds() -> None:
 
 def test_nested_settings_can_be_overridden() -> None:
     """`dvc exp run -S train.early_stopping.patience=50` composes as any other key."""
-    text = compose_params(Path.cwd(), ["train.early_stopping.patience=50", "model.dropout=0.3"])
+    text = compose_params(ROOT, ["train.early_stopping.patience=50", "model.dropout=0.3"])
     config = parse_config(yaml.safe_load(text))
     assert (config.train.early_stopping.patience, config.model.dropout) == (50, 0.3)

@@ -792,18 +792,30 @@ def gate_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run]:
     return root, run
 
 
+def gate_command(argv: list[str]) -> None:
+    """The gate's entry point as `python -m overfit.commands.gate` runs it."""
+    from overfit.commands.gate import main
+
+    raise SystemExit(main(argv))
+
+
 @pytest.mark.parametrize("case", list(TAMPERED))
-def test_the_gate_refuses_tampered_working_tree_reports(gate_repo, case: str) -> None:
-    root, run = gate_repo
+def test_the_gate_refuses_tampered_working_tree_reports(
+    gate_repo, entry, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Refused before any comparison: the command in this process (the same refusals through
+    a subprocess: test_the_gate_refuses_tampered_base_reports)."""
+    root, _ = gate_repo
     files, message = TAMPERED[case]
     write_reports(root, files)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
 
-    result = gate(root, run, "--base", "main")
+    status, out, err = entry(gate_command, root, "--base", "main")
 
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert one_error_line(result).startswith(
-        "error: " + message.format(where="in the working tree")
-    )
+    assert status == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: " + message.format(where="in the working tree"))
     assert "**Could not compare** (exit 2)" in gate_report(root)
 
 
@@ -821,14 +833,16 @@ def test_the_gate_refuses_tampered_base_reports(repo, case: str) -> None:
 
 def test_an_edited_configuration_that_hurts_the_model_fails(shrunk_pipeline, tmp_path) -> None:
     """The real thing: the pipeline rerun with a worse setting, gated against its own base."""
-    from .conftest import SHRUNK
+    from .conftest import SHRUNK, TWO_CONFIGURATIONS
 
     root = tmp_path / "project"
     run = shrunk_pipeline.copy_to(root)
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "base: the shrunk pipeline and its metrics")
     # A learning rate 100 times too small: after 60 epochs the network has barely moved.
-    run(sys.executable, "-m", "overfit.commands.params", *SHRUNK, "model.learning_rate=1.0e-5")
+    # Two configurations are enough to choose from (the others are reported missing).
+    params = [*SHRUNK, *TWO_CONFIGURATIONS, "model.learning_rate=1.0e-5"]
+    run(sys.executable, "-m", "overfit.commands.params", *params)
     run("dvc", "repro", "evaluate")  # what the gate reads; the figures are not needed
     result = run(sys.executable, "-m", "overfit.commands.gate", "--base", "HEAD", check=False)
     assert result.returncode == 1, result.stdout + result.stderr

@@ -8,17 +8,23 @@ from pathlib import Path
 
 import pytest
 
-# Jobs of the shared shrunk sweep: two for joblib's two workers, side by side; one for
-# submitit, whose local executor takes the path a SLURM cluster takes.
+from .conftest import SHRUNK, TWO_CONFIGURATIONS
+
+# Jobs of the shared shrunk sweep. Two for joblib's two workers, side by side, by hand on
+# Hydra's command line. One for submitit, whose local executor takes the path a SLURM cluster
+# takes, chosen as `dvc exp run -S launcher=...` chooses a launcher: params.yaml's `launcher`
+# (the preset: one thread per job), the train stage run with no arguments.
+# launcher: (params.yaml's settings, or None to keep them; the train stage's arguments; jobs)
 LAUNCHERS = {
     "joblib": (
-        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "launcher.threads=1"],
-        ["penalty=l1,l2", "penalty.strength=1e-3"],
+        None,
+        ["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "launcher.threads=1"]
+        + ["penalty=l1,l2", "penalty.strength=1e-3"],
         ["l1_1e-03", "l2_1e-03"],
     ),
     "submitit_local": (
-        ["hydra/launcher=submitit_local", "launcher.threads=1"],
-        ["penalty=l2", "penalty.strength=1e-3"],
+        [*SHRUNK, *TWO_CONFIGURATIONS, "sweep.baseline=false", "launcher=submitit_local"],
+        [],
         ["l2_1e-03"],
     ),
 }
@@ -54,8 +60,10 @@ def test_other_launchers_train_exactly_what_the_default_does(
     sequential = shrunk_pipeline.root
     root = tmp_path / "project"
     run = shrunk_pipeline.copy_to(root)
-    settings, jobs, names = LAUNCHERS[launcher]
-    result = run(sys.executable, "-m", "overfit.stages.train", "--multirun", *settings, *jobs)
+    params, args, names = LAUNCHERS[launcher]
+    if params is not None:
+        run(sys.executable, "-m", "overfit.commands.params", *params)
+    result = run(sys.executable, "-m", "overfit.stages.train", *args)
     if launcher == "joblib":
         assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     else:

@@ -108,7 +108,7 @@ COVERED: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "curl -s http://127.0.0.1:5002/invocations -H 'Content-Type: application/json' -d "
     '\'{"dataframe_split": {"columns": ["x1", "x2"], "data": [[0.0, 1.0], [1.0, -0.5]]}}\'': (
-        "tests/test_serve.py::test_it_says_where_it_serves_and_how_to_call_it",
+        "tests/test_serve.py::test_the_printed_curl_command_gets_predictions",
         ("curl", "-s", "-H", "-d"),
     ),
     "make predict IN=data/split/test.csv OUT=predictions.json": (

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -212,6 +213,26 @@ def test_served_probabilities_are_the_evaluate_stages(served, weights) -> None:
     assert x.shape == (70, 2)
     got = served.predict(x)
     assert got.shape == (70,)
+    np.testing.assert_allclose(got, probabilities(weights, x), rtol=0, atol=1e-6)
+
+
+def test_the_printed_curl_command_gets_predictions(served, weights) -> None:
+    """The request `try:` shows (README's), sent as curl would send it: one probability of
+    class 1 per row, the model's."""
+    line = served.log.read_text().splitlines()[1]
+    command = shlex.split(line.removeprefix("try: "))
+    assert command[:2] == ["curl", "-s"] and command[3::2] == ["-H", "-d"], command
+    url, header, body = command[2::2]
+    name, _, value = header.partition(": ")
+    request = urllib.request.Request(url, data=body.encode(), headers={name: value})
+    with urllib.request.urlopen(request, timeout=60) as response:  # POST: it has a body
+        assert response.status == 200
+        answer = json.loads(response.read())
+    rows = json.loads(body)["dataframe_split"]
+    assert rows["columns"] == ["x1", "x2"] and len(rows["data"]) == 2
+    assert list(answer) == ["predictions"] and len(answer["predictions"]) == 2
+    got = np.asarray(answer["predictions"], dtype=np.float64)
+    x = np.asarray(rows["data"], dtype=np.float64)
     np.testing.assert_allclose(got, probabilities(weights, x), rtol=0, atol=1e-6)
 
 

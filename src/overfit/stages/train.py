@@ -194,7 +194,8 @@ def shared_params(plan: Plan) -> dict[str, object]:
     params = flatten(shared)
     for key in ("tracking.parent_run_id", *PER_JOB):
         params.pop(key, None)
-    params.pop("select.metric", None)  # the evaluate stage's; the plot stage tags the run with it
+    # The evaluate stage's setting; the register stage tags the run with it.
+    params.pop("select.metric", None)
     return params
 
 
