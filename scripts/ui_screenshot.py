@@ -57,6 +57,8 @@ CHROMIUM_ARGS = [
 ]
 # What a reader compares across the sweep: the selection's estimate (cross-validation), then
 # the accuracies on the test, fresh and training data, and the train-test gap.
+# How long a version page may take to draw its source model link (a version may have none).
+SOURCE_MODEL_WAIT_MS = 15_000
 METRIC_COLUMNS = ("cv_acc_mean", "test_acc_mean", "fresh_acc_mean", "train_acc_mean", "gap_mean")
 # Default columns kept, by name, and their widths: the run's name ("max_norm_0p25" under its
 # parent), its first dataset ("moons-train (302...", "+2" for the others) and its logged models
@@ -306,6 +308,8 @@ def capture_version(base_url: str, name: str, version: str, out: Path) -> Versio
 
 
 def _read_version_page(page: Any, name: str, version: str) -> VersionPage:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     missing = page.get_by_text("Page Not Found", exact=True)
     heading = page.get_by_role("heading", name=f"Version {version}", exact=True)
     heading.or_(missing).first.wait_for()
@@ -314,7 +318,11 @@ def _read_version_page(page: Any, name: str, version: str) -> VersionPage:
     # The source run's name comes from a request of its own; the description with the version.
     run = page.get_by_test_id("descriptions-item").filter(has_text="Source Run").locator("a")
     run.first.wait_for()
+    # The source model's link comes from a request of its own too; a version registered from a
+    # run's files has none, so its absence is only known once the wait runs out.
     model = page.get_by_test_id("source-model-link")
+    with contextlib.suppress(PlaywrightTimeout):
+        model.first.wait_for(timeout=SOURCE_MODEL_WAIT_MS)
     card = page.get_by_test_id("note-editor-preview-content")
     return VersionPage(
         run.first.inner_text().strip(),
