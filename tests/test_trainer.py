@@ -8,7 +8,7 @@ import pytest
 from sklearn.datasets import make_moons
 
 from overfit.core.model import build_model
-from overfit.core.trainer import Fold, train_one, train_stacked, train_with_folds
+from overfit.core.trainer import Fold, Layout, train_one, train_stacked, train_with_folds
 
 
 def keras_scores(model, x, y) -> dict[str, float]:
@@ -99,16 +99,29 @@ def test_stacked_equals_alone_and_saves(moons, tmp_path):
         assert on_test["accuracy"] == pytest.approx(result.final["val_accuracy"])
 
 
-def test_result_independent_of_stack_size(moons):
-    """The same model trained among 1, 3 and 9 models: identical weights every time."""
+def test_result_independent_of_stack_size_and_layout(moons):
+    """The same model trained among 1, 3 and 9 models, and alone in a stack padded to 4 of a
+    loop compiled for twice its epochs with the training rows among the validation rows (as a
+    second pass reuses the first pass's loop): identical weights and curves every time."""
     x_tr, y_tr, x_te, y_te = moons
-    finals = []
+
+    def model(seed: int) -> keras.Model:
+        return build_model(500, "l1", 1e-4, "hidden", 0.001, seed=seed)
+
+    finals, curves = [], []
     for size in (1, 3, 9):
-        models = [build_model(500, "l1", 1e-4, "hidden", 0.001, seed=s) for s in range(1, size + 1)]
-        train_stacked(models, x_tr, y_tr, x_te, y_te, 300)
+        models = [model(s) for s in range(1, size + 1)]
+        curves.append(train_stacked(models, x_tr, y_tr, x_te, y_te, 300)[0].history)
         finals.append(models[0].get_weights())
-    for weights in finals[1:]:
+    alone = model(1)
+    layout = Layout(stack_size=4, max_epochs=600, with_training_rows=True)
+    [history], _ = train_with_folds([alone], [], x_tr, y_tr, x_te, y_te, 300, layout=layout)
+    finals.append(alone.get_weights())
+    curves.append(history.history)
+    for weights, curve in zip(finals[1:], curves[1:], strict=True):
         assert max_diff(weights, finals[0]) == 0.0
+        for name, values in curve.items():
+            np.testing.assert_array_equal(values, curves[0][name])
 
 
 def test_same_inputs_give_identical_results(moons):
@@ -214,7 +227,9 @@ def test_each_stack_reports_its_models_and_folds_as_it_finishes(moons):
     folds = [Fold(i, HELD_OUT, epochs=5) for i in range(5)] + [Fold(0, ~HELD_OUT, epochs=5)]
     epochs = [5, 5, 0, 5, 5]
     handed: tuple[dict, dict] = ({}, {})
-    for stack in train_stack_by_stack(models, folds, x_tr, y_tr, x_te, y_te, epochs, stack_size=4):
+    for stack in train_stack_by_stack(
+        models, folds, x_tr, y_tr, x_te, y_te, epochs, layout=Layout(stack_size=4)
+    ):
         for seen, new in zip(handed, (stack.models, stack.folds), strict=True):
             assert not set(seen) & set(new)
             seen.update(new)
@@ -224,7 +239,7 @@ def test_each_stack_reports_its_models_and_folds_as_it_finishes(moons):
     assert sorted(handed[1]) == list(range(6))
     again = [build_model(8, "none", 0.0, "hidden", 0.001, seed) for seed in range(1, 6)]
     histories, fold_histories = train_with_folds(
-        again, folds, x_tr, y_tr, x_te, y_te, epochs, stack_size=4
+        again, folds, x_tr, y_tr, x_te, y_te, epochs, layout=Layout(stack_size=4)
     )
     for i, history in handed[0].items():
         assert np.array_equal(history.history["loss"], histories[i].history["loss"])

@@ -118,15 +118,17 @@ def _remedies(slots: list[Slot]) -> Remedies:
     )
 
 
-def train_one_stack(slots: list[Slot], data: list[tf.Tensor], pad_to: int) -> list[History]:
-    """Train slots in one compiled call (padded to `pad_to`) and write their models back."""
+def train_one_stack(
+    slots: list[Slot], data: list[tf.Tensor], pad_to: int, max_epochs: int
+) -> list[History]:
+    """Train slots in one compiled call (padded to `pad_to` models, compiled for `max_epochs`
+    epochs) and write their models back."""
     padded = slots + [slots[-1]] * (pad_to - len(slots))  # the copies' results are dropped
     starts = [slot.start for slot in padded]
     # A strength beyond float32 becomes inf: the loss it makes is reported as diverged.
     with np.errstate(over="ignore"):
         pens = np.array([s.penalties for s in starts], np.float32)
     fit, val = _rows([s.fit for s in padded]), _rows([s.val for s in padded])
-    epochs = max(slot.epochs for slot in padded)
     # Dropout's masks cost a third more per epoch: a stack without dropout compiles without
     # them. Constraints and early stopping cost nothing measurable, and one variant fewer
     # saves a compilation (~3 s).
@@ -146,7 +148,7 @@ def train_one_stack(slots: list[Slot], data: list[tf.Tensor], pad_to: int) -> li
         data[2],
         data[3],
         val,
-        tf.constant(epochs, tf.int32),
+        tf.constant(max_epochs, tf.int32),
         _remedies(padded),
         dropout,
     )

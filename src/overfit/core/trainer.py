@@ -44,6 +44,20 @@ MAX_GROUP = 16
 
 
 @dataclass(frozen=True)
+class Layout:
+    """How a call lays out its compiled loop: `stack_size` models per stack (None: as the
+    call's model count gives), a loop compiled for `max_epochs` epochs (None: the most any
+    model trains; each model still stops at its own count) and validation rows that include
+    the training rows (as a call with folds lays them out) or not. XLA compiles the loop once
+    per shape and epoch bound (~3 s): a call given the layout an earlier call reports
+    (`FinishedStack.layout`) reuses that call's compiled loop."""
+
+    stack_size: int | None = None
+    max_epochs: int | None = None
+    with_training_rows: bool = False
+
+
+@dataclass(frozen=True)
 class Fold:
     """A cross-validation model: it starts from the initial state of `models[start]`, fits the
     training rows outside `held_out` (a boolean mask over them) and is validated on the rows
@@ -111,8 +125,7 @@ def train_with_folds(
     epochs: int | Sequence[int],
     checkpoint: Callable[[], None] | None = None,
     stopping: Sequence[Stopping | None] | None = None,
-    stack_size: int | None = None,
-    with_training_rows: bool = False,
+    layout: Layout = Layout(),
 ) -> tuple[list[History], list[History]]:
     """`train_stacked` for `models`, with cross-validation models trained in the same stacks.
 
@@ -125,17 +138,14 @@ def train_with_folds(
     their held-out rows; `final["val_crossentropy"]` is that loss without the penalty). A fold
     trains as many epochs as the model it starts from may, unless it says otherwise. A model
     given 0 epochs is not trained (its folds still start from it); its history is empty.
-    `stack_size` pads every stack to that many models, and `with_training_rows` lays out the
-    validation rows as a call with folds does even without folds (the models' results are the
-    same), so that this call reuses the loop an earlier call compiled for that shape (each
-    new shape, or number of epochs, costs a compilation, ~3 s).
+    `layout` can make this call reuse the loop an earlier call compiled; a model's results
+    are the same whatever the layout.
     """
     untrained = History({name: np.zeros(0, np.float32) for name in METRICS}, {})
     model_histories, fold_histories = [untrained] * len(models), [untrained] * len(folds)
     for stack in train_stack_by_stack(
-        models, folds, x_train, y_train, x_test, y_test, epochs, checkpoint, stopping,
-        stack_size, with_training_rows,
-    ):  # fmt: skip
+        models, folds, x_train, y_train, x_test, y_test, epochs, checkpoint, stopping, layout
+    ):
         for i, history in stack.models.items():
             model_histories[i] = history
         for i, history in stack.folds.items():
@@ -146,10 +156,11 @@ def train_with_folds(
 @dataclass(frozen=True)
 class FinishedStack:
     """The histories of the models and folds one stack trained, by index (a model's weights
-    are written back by then)."""
+    are written back by then), and the layout of the loop it ran."""
 
     models: dict[int, History]
     folds: dict[int, History]
+    layout: Layout
 
 
 def train_stack_by_stack(
@@ -162,32 +173,35 @@ def train_stack_by_stack(
     epochs: int | Sequence[int],
     checkpoint: Callable[[], None] | None = None,
     stopping: Sequence[Stopping | None] | None = None,
-    stack_size: int | None = None,
-    with_training_rows: bool = False,
+    layout: Layout = Layout(),
 ) -> Iterator[FinishedStack]:
     """`train_with_folds`, yielding each stack as it finishes, so that the caller can use its
     models while the other stacks train. A model's folds are stacked next to it, so that a
     model and its folds tend to finish together. Models given 0 epochs are in no stack."""
     # Idempotent; makes repeated runs bit-identical.
     tf.config.experimental.enable_op_determinism()
+    with_training_rows = bool(folds) or layout.with_training_rows
     slots, data = _slots(
         models, folds, x_train, y_train, x_test, y_test, epochs, stopping, with_training_rows
     )
     trained = [i for i, slot in enumerate(slots) if slot.epochs > 0]
     if not trained:  # no folds either: a fold trains at least one epoch
         return
-    size, workers = _stacking(len(trained), stack_size)
+    size, workers = _stacking(len(trained), layout.stack_size)
+    max_epochs = max([slots[i].epochs for i in trained] + [layout.max_epochs or 0])
+    ran = Layout(size, max_epochs, with_training_rows)
     # Slots that may stop early share stacks, so a stack whose models all stopped ends early.
     owner = list(range(len(models))) + [fold.start for fold in folds]
     order = sorted(trained, key=lambda i: (slots[i].cost, owner[i], i))
     stacks = [order[a : a + size] for a in range(0, len(order), size)]
     groups = [[slots[i] for i in stack] for stack in stacks]
     n = len(models)
-    for group, histories in _run_groups(groups, data, size, workers, checkpoint or (lambda: None)):
+    for group, histories in _run_groups(groups, data, ran, workers, checkpoint or (lambda: None)):
         by_slot = dict(zip(stacks[group], histories, strict=True))
         yield FinishedStack(
             {i: h for i, h in by_slot.items() if i < n},
             {i - n: h for i, h in by_slot.items() if i >= n},
+            ran,
         )
 
 
@@ -212,7 +226,7 @@ def _slots(
     y_train, y_test = np.ravel(y_train), np.ravel(y_test)
     starts = [read_start(model) for model in models]
     every_train_row = np.ones(len(x_train), bool)
-    if folds or with_training_rows:
+    if with_training_rows:
         x_val, y_val = np.concatenate([x_test, x_train]), np.concatenate([y_test, y_train])
         test_rows = np.concatenate([np.ones(len(x_test), bool), ~every_train_row])
     else:  # validation on the test rows alone: no row that no model uses
@@ -287,7 +301,7 @@ def compile_ahead(
 def _run_groups(
     groups: list[list[Slot]],
     data: list[tf.Tensor],
-    size: int,
+    layout: Layout,
     workers: int,
     check: Callable[[], None],
 ) -> Iterator[tuple[int, list[History]]]:
@@ -295,11 +309,14 @@ def _run_groups(
     `check` is called about every 0.1 s meanwhile."""
     if len(groups) == 1:
         check()
-        yield 0, train_one_stack(groups[0], data, size)
+        yield 0, train_one_stack(groups[0], data, layout.stack_size, layout.max_epochs)
         check()
         return
     pool = ThreadPoolExecutor(workers)
-    futures = {pool.submit(train_one_stack, group, data, size): i for i, group in enumerate(groups)}
+    futures = {
+        pool.submit(train_one_stack, group, data, layout.stack_size, layout.max_epochs): i
+        for i, group in enumerate(groups)
+    }
     try:
         pending = set(futures)
         while pending:

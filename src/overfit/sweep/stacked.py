@@ -147,7 +147,14 @@ def compile_ahead(root: Path, configs: Sequence[Config]) -> None:
         epochs = max(c.train.epochs for c in jobs)
         for dropout in sorted({c.model.dropout > 0 for c in jobs}):
             shape = (count, hidden_units, len(train), len(test), folds, epochs, dropout)
-            threading.Thread(target=compile_loop, args=shape, daemon=True).start()
+            thread = threading.Thread(target=compile_loop, args=shape, daemon=True)
+            thread.start()
+            _compiling.append(thread)
+
+
+# The compilations compile_ahead started. Training waits for them: a call that arrives while
+# its loop is still being traced traces and compiles it a second time (~3 s of CPU each).
+_compiling: list[threading.Thread] = []
 
 
 def train_together(
@@ -161,6 +168,9 @@ def train_together(
             (members, *load_train_test(root, data), [build_models(configs[i]) for i in members])
             for (data, _), members in stack_groups(configs).items()
         ]
+    with phases.timed("train"):  # compiling the loops is part of training
+        while _compiling:
+            _compiling.pop().join()
     for members, train, test, models in groups:
         jobs = _train_group([configs[i] for i in members], models, train, test)
         while True:
@@ -206,7 +216,9 @@ def _train_group(
             order = sorted(waiting)
             waiting.clear()
             jobs = [progress.trained(j) for j in order]
-            finals = _train_final_models(jobs, [configs[j] for j in order], train, test)
+            finals = _train_final_models(
+                jobs, [configs[j] for j in order], train, test, stack.layout
+            )
             yield from zip(order, finals, strict=True)
 
 
@@ -264,11 +276,13 @@ class _Progress:
 
 
 def _train_final_models(
-    jobs: list[Trained], configs: Sequence[Config], train: Points, test: Points
+    jobs: list[Trained], configs: Sequence[Config], train: Points, test: Points, layout: Any
 ) -> list[Trained]:
     """Early stopping on cv, second pass: each job's models train, on every training row, for
-    the epochs its folds chose (`cv_epochs`)."""
-    from overfit.core.trainer import MAX_GROUP, train_with_folds
+    the epochs its folds chose (`cv_epochs`), in stacks laid out as the first pass's
+    (`layout`), so that they reuse its compiled loop whatever those epochs are: padding a
+    stack costs less than compiling another (~3 s)."""
+    from overfit.core.trainer import train_with_folds
 
     models, epochs, counts = [], [], []
     for job, config in zip(jobs, configs, strict=True):
@@ -277,13 +291,9 @@ def _train_final_models(
         models += job.models
         epochs += [counts[-1]] * len(job.models)
     runtime.checkpoint()
-    # More than half a stack: one full stack, laid out as the first pass's stacks, so that it
-    # reuses their compiled loop when it trains as many epochs.
-    full = MAX_GROUP if len(models) > MAX_GROUP // 2 else None
     histories, _ = train_with_folds(
-        models, [], train.x, train.y, test.x, test.y, epochs, runtime.checkpoint,
-        stack_size=full, with_training_rows=True,
-    )  # fmt: skip
+        models, [], train.x, train.y, test.x, test.y, epochs, runtime.checkpoint, layout=layout
+    )
     by_model = iter(histories)
     return [
         dataclasses.replace(job, histories=[next(by_model) for _ in job.models], final_epochs=n)
