@@ -5,6 +5,8 @@ SQLite MLflow store with registered versions and their tags; no training."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +163,48 @@ def test_good_figures_are_compared_by_the_gates_rules(store, entry) -> None:
     promoted = f"version {versions['good']} is the champion (over {versions['worse']})"
     assert out.splitlines()[-1] == promoted
     assert aliases(client)["champion"] == versions["good"]
+
+
+def test_a_move_while_another_holds_the_registry_stops_at_once(store, entry) -> None:
+    """Promotion and rollback take `.overfit-registry.lock`: while another process holds it
+    (here a child process holding its flock), each exits 1 at once in one line naming the
+    holder, and nothing moves; once it is free, the move is made."""
+    root, client, versions = store
+    point(client, candidate=versions["good"], champion=versions["worse"], previous=None)
+    before = aliases(client)
+    lock = root / ".overfit-registry.lock"
+    lock.touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for argv in ([], ["--rollback"]):
+            status, out, err = entry(promote_main, root, *argv)
+            assert status == 1, out + err
+            assert one_error_line(err) == (
+                f"error: another promotion or rollback (pid {holder.pid}) is running in "
+                f"{root}; wait for it to end, or stop it"
+            )
+            assert aliases(client) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    status, out, err = entry(promote_main, root)
+    assert status == 0, out + err
+    assert aliases(client) == {
+        "candidate": versions["good"], "champion": versions["good"], "previous": versions["worse"]
+    }  # fmt: skip
+
+
+# Holds a file's flock, as a running promotion does, and writes its pid in it.
+HOLD_LOCK = """
+import fcntl, os, sys, time
+with open(sys.argv[1], "a+") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\\n")
+    handle.flush()
+    print("held", flush=True)
+    time.sleep(600)
+"""

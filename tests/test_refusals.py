@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from overfit.commands import params as config_entry
+from overfit.commands.promote import main as promote_main
 from overfit.stages import prepare, train
 
 from .conftest import PENALTIES_ONLY
@@ -82,6 +83,26 @@ def test_an_unreachable_server_is_named_without_its_secret(
     assert lines[0].startswith("error: cannot reach the MLflow tracking server at http")
     assert "127.0.0.1:1" in lines[0]
     assert SECRET not in out + err
+    assert not (root / "mlflow.db").exists() and not (root / "models").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "promote"])
+def test_a_malformed_server_uri_is_one_line_without_any_of_it(
+    project, entry, monkeypatch, command: str
+) -> None:
+    """A password holding a '/' splits the URI elsewhere than meant: whatever part of it a
+    parser would take for a host or a port, none of it is printed; exit 2 before any work."""
+    root, _ = project
+    with_data(root, entry, "tracking=server")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:abc/def{SECRET}@127.0.0.1:1")
+    status, out, err = entry(train.main if command == "train" else promote_main, root)
+    assert status == 2, out + err
+    assert err.strip() == (
+        "error: tracking.uri_env: MLFLOW_TRACKING_URI is not a well-formed URI "
+        "(scheme://[user:password@]host[:port][/path], a port from 0 to 65535; a '/', '#', '?' "
+        "or '@' in a user or password must be percent-encoded)"
+    )
+    assert "abc" not in out + err and SECRET not in out + err
     assert not (root / "mlflow.db").exists() and not (root / "models").exists()
 
 

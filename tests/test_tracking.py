@@ -69,6 +69,20 @@ def test_redact_drops_every_place_a_secret_can_hide(uri: str, shown: str) -> Non
     assert store.redact(uri) == shown
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://alice:abc/defSECRET@127.0.0.1:1",  # a '/' in the password ends the host part
+        "http://alice:pa#ssSECRET@127.0.0.1:1",  # a '#' starts a fragment
+        "http://alice:SECRET@127.0.0.1:99999",  # a port out of range
+        "http://alice:SECRET@",  # no host
+    ],
+)
+def test_a_malformed_uri_is_shown_as_its_scheme_alone(uri: str) -> None:
+    assert not store.well_formed(uri)
+    assert store.redact(uri) == "http://(a malformed URI)"
+
+
 def test_an_upper_case_scheme_is_still_checked(tmp_path) -> None:
     with pytest.raises(ConnectionError) as caught:
         store.check_reachable("HTTP://user:secret@127.0.0.1:1/?token=secret", timeout=1)

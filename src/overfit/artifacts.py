@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -288,6 +289,15 @@ class SweepRecord(Schema):
     def digest(self) -> str:
         """The SHA-256 of what the sweep trained: its configurations and their results."""
         return hashlib.sha256(_json_bytes(dict(sorted(self.results.items())))).hexdigest()
+
+
+def clear_models(root: Path) -> None:
+    """Remove what an earlier sweep left in models/. DVC leaves the train stage's outputs in
+    place (`persist`), so that it never deletes them under a sweep still running: the stage
+    clears them itself, once it holds the project lock."""
+    models = root / layout.MODELS_DIR
+    if models.is_dir():
+        shutil.rmtree(models)
 
 
 def write_sweep(root: Path, record: SweepRecord) -> None:

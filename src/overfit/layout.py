@@ -25,6 +25,8 @@ TEST_CSV = SPLIT_DIR / "test.csv"
 
 # Held by a pipeline process while it runs: one pipeline per project folder at a time.
 PIPELINE_LOCK = Path(".overfit.lock")
+# Held by a promotion or a rollback: one registry move at a time from this folder.
+REGISTRY_LOCK = Path(".overfit-registry.lock")
 
 # Stage train: one folder per configuration, plus the sweep's record. The record is kept out of
 # DVC's cache (see dvc.yaml), so DVC never restores the stage from its run cache: a train stage

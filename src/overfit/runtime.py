@@ -151,23 +151,24 @@ def run_stage(work: Callable[[], T], failures: tuple[type[Exception], ...]) -> T
 
 
 class FolderBusy(RuntimeError):
-    """Another pipeline process holds the project folder; the message names its pid."""
+    """Another process holds the project folder's lock; the message names its pid."""
 
 
 @contextlib.contextmanager
-def project_lock(lock_file: Path) -> Iterator[None]:
-    """Hold the project folder for this process: a second pipeline in the same folder stops at
-    once. The lock dies with its process (flock), so a lock left by a killed process is taken
-    over by the next one; the file only says whose it was."""
+def project_lock(lock_file: Path, holder: str = "pipeline process") -> Iterator[None]:
+    """Hold the project folder for this process: a second pipeline (or `holder`: what else
+    takes this lock) in the same folder stops at once. The lock dies with its process (flock),
+    so a lock left by a killed process is taken over by the next one; the file only says whose
+    it was."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            pid = handle.read().strip() or "unknown"
             raise FolderBusy(
-                f"another pipeline process (pid {holder}) is running in {lock_file.parent}; "
+                f"another {holder} (pid {pid}) is running in {lock_file.parent}; "
                 "wait for it to end, or stop it"
             ) from None
         handle.seek(0)

@@ -12,7 +12,9 @@ the ones the register stage recorded on each version's tags, read as the report 
 reads (a missing, non-numeric or out-of-range figure is refused, never skipped). The first
 candidate becomes champion. The champion it replaces keeps alias `previous`; every move is
 written on the versions it touches (when, from which commit). Exit 0: moved (or nothing to
-move); 1: refused, the failed rules printed; 2: nothing to promote (no such model, version or
+move); 1: refused, the failed rules printed, or another move holds the registry lock of this
+folder (`.overfit-registry.lock`: one move at a time, the second stops at once), or the
+aliases were moved meanwhile from elsewhere; 2: nothing to promote (no such model, version or
 alias) or a version's figures unreadable, nothing changed.
 """
 
@@ -24,6 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from overfit import layout, runtime
 from overfit.artifacts import ArtifactError
 from overfit.config import (
     ConfigError,
@@ -45,6 +48,11 @@ SIDES = ("the champion", "the candidate")
 class PromotionError(RuntimeError):
     """Nothing to promote or roll back, or a version's figures cannot be read; the message
     says what."""
+
+
+class MovedMeanwhile(RuntimeError):
+    """The aliases are not where this move set them: another move, from another folder, ran
+    at the same time."""
 
 
 def pick_of(name: str, version: Any) -> Pick:
@@ -101,6 +109,18 @@ def record_move(mlflow: Any, name: str, version: Any, event: str, commit: str) -
     mlflow.set_model_version_tag(name, version.version, "overfit.moved_from_commit", commit)
 
 
+def check_aliases(mlflow: Any, name: str, expected: dict[str, str | None]) -> None:
+    """MovedMeanwhile unless each alias points where this move set it (None: unset)."""
+    found = {k: str(v) for k, v in mlflow.get_registered_model(name).aliases.items()}
+    wrong = {alias: found.get(alias) for alias, version in expected.items()}
+    if wrong != expected:
+        now = ", ".join(f"{alias} {v or 'unset'}" for alias, v in wrong.items())
+        raise MovedMeanwhile(
+            f"{name} moved meanwhile (a promotion or rollback elsewhere): {now}; check its "
+            "versions' overfit.history tags before moving it again"
+        )
+
+
 def promote(
     mlflow: Any, name: str, version: str | None, gate: GateConfig, commit: str
 ) -> tuple[str, list[Rule]]:
@@ -120,6 +140,10 @@ def promote(
     mlflow.set_registered_model_alias(name, CHAMPION, candidate.version)
     replaced = "first champion" if champion is None else f"over {champion.version}"
     record_move(mlflow, name, candidate, f"champion ({replaced})", commit)
+    moved = {CHAMPION: str(candidate.version)}
+    check_aliases(
+        mlflow, name, moved if champion is None else moved | {PREVIOUS: str(champion.version)}
+    )
     return f"version {candidate.version} is the champion ({replaced})", rules
 
 
@@ -133,6 +157,7 @@ def rollback(mlflow: Any, name: str, commit: str) -> str:
     mlflow.delete_registered_model_alias(name, PREVIOUS)
     record_move(mlflow, name, champion, f"rolled back (champion again: {previous.version})", commit)
     record_move(mlflow, name, previous, f"champion (rolled back from {champion.version})", commit)
+    check_aliases(mlflow, name, {CHAMPION: str(previous.version), PREVIOUS: None})
     return f"version {previous.version} is the champion again (rolled back from {champion.version})"
 
 
@@ -156,13 +181,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     commit = lineage.git_tags(root).get("git.commit", "unknown")
     try:
         mlflow = existing_store(root, config.tracking)
-        if args.rollback:
-            print(rollback(mlflow, name, commit))
-            return
-        outcome, rules = promote(mlflow, name, args.version, config.gate, commit)
+        # One move at a time: a move reads the aliases, then sets them and the history.
+        with runtime.project_lock(root / layout.REGISTRY_LOCK, "promotion or rollback"):
+            if args.rollback:
+                print(rollback(mlflow, name, commit))
+                return
+            outcome, rules = promote(mlflow, name, args.version, config.gate, commit)
+    except ConfigError as error:  # the tracking settings: a server URI unset or malformed
+        exit_on_config_error(error)
     except (PromotionError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (runtime.FolderBusy, MovedMeanwhile) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     for rule in rules:
         print(rule_line(rule))
     print(outcome)

@@ -117,6 +117,15 @@ def read_params(root: Path) -> str:
         raise ConfigError(f"{path}: not found; run `make params`") from None
 
 
+def params_changed(root: Path, read: str) -> bool:
+    """Whether params.yaml now says something else than `read` (its text when the stage
+    read it); layout and comments aside."""
+    try:
+        return yaml.safe_load(read_params(root)) != yaml.safe_load(read)
+    except (ConfigError, yaml.YAMLError):
+        return True
+
+
 def load_params(root: Path | None = None) -> Config:
     """Read and check params.yaml (safe YAML loader)."""
     root = root or project_root()

@@ -27,12 +27,19 @@ from overfit import layout, runtime
 from overfit.artifacts import (
     JobResult,
     SweepRecord,
+    clear_models,
     read_result,
     result_digest,
     write_sweep,
     write_text,
 )
-from overfit.config import ConfigError, exit_on_config_error, project_root, read_params
+from overfit.config import (
+    ConfigError,
+    exit_on_config_error,
+    params_changed,
+    project_root,
+    read_params,
+)
 from overfit.core.data import DataError, load_train_test
 from overfit.core.remedies import run_name
 from overfit.core.selection import check_folds
@@ -63,6 +70,10 @@ PER_JOB = (
 
 # Module import is the process's start, near enough: the stage's time is measured from here.
 PROCESS_STARTED = time.perf_counter()
+
+
+class ParamsChanged(RuntimeError):
+    """params.yaml no longer says what the sweep read."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -123,7 +134,7 @@ def train(root: Path, args: Sequence[str]) -> None:
             stacked.compile_ahead(root, plan.configs)
     try:
         run_sweep(root, plan, params_text, phases)
-    except (StoreError, stacked.TrainingDiverged, launcher.LaunchFailed) as error:
+    except (StoreError, stacked.TrainingDiverged, launcher.LaunchFailed, ParamsChanged) as error:
         fail(error)
 
 
@@ -135,6 +146,7 @@ def run_sweep(root: Path, plan: Plan, params_text: str, phases: Phases) -> None:
     store = open_store(root, plan.jobs[0].config.tracking)
     for orphan in fail_orphaned_runs(store.client, store.experiment_id):
         print(f"marked run {orphan} FAILED: the process that ran it is gone")
+    clear_models(root)
     finished = False
     try:
         run_under_parent(root, plan, store, params_text, phases)
@@ -183,6 +195,15 @@ def run_under_parent(
         timings["seconds_process"] = round(time.perf_counter() - PROCESS_STARTED, 3)
         log_values(store.client, parent, metrics=timings, tags={SWEEP_TAG: record.digest()})
         runtime.checkpoint()
+        # DVC records params.yaml as it finds it when the stage ends: it must still say what
+        # the sweep trained with. (A rewrite after this check and before DVC reads the file,
+        # a second or so, still goes unseen.)
+        if params_changed(root, params_text):
+            raise ParamsChanged(
+                f"{root / layout.PARAMS} changed while the sweep trained; its models follow "
+                "the params read at the start, so DVC must not record the new ones: run "
+                "`dvc repro` again"
+            )
         write_sweep(root, record)
     print(f"\n{table}\n{len(results)} configurations in {time.perf_counter() - started:.1f} s")
 

@@ -53,7 +53,25 @@ def tracking_uri(root: Path, tracking: TrackingConfig) -> str:
             f"tracking.uri_env: environment variable {tracking.uri_env} is not set "
             "(tracking=server needs the server's URI there)"
         )
+    if not well_formed(uri):  # said without any of it: a malformed URI may split a password
+        raise ConfigError(
+            f"tracking.uri_env: {tracking.uri_env} is not a well-formed URI "
+            "(scheme://[user:password@]host[:port][/path], a port from 0 to 65535; a '/', '#', "
+            "'?' or '@' in a user or password must be percent-encoded)"
+        )
     return uri
+
+
+def well_formed(uri: str) -> bool:
+    """Whether `uri` has a scheme, a host (but for file-like schemes) and a numeric port, if
+    any, in range."""
+    parts = urlsplit(uri)
+    try:
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        return False
+    local = parts.scheme.lower() in ("file", "sqlite")
+    return bool(parts.scheme) and (local or bool(parts.hostname))
 
 
 def artifact_location(root: Path, tracking: TrackingConfig) -> str | None:
@@ -68,6 +86,8 @@ def redact(uri: str) -> str:
     """The URI without user:password, query string or fragment (any may hold a secret), fit
     for messages, logs and records."""
     parts = urlsplit(uri)
+    if not well_formed(uri):  # its parts cannot be told apart: nothing of it is safe to show
+        return f"{parts.scheme}://(a malformed URI)"
     if parts.username is None and parts.password is None and not parts.query + parts.fragment:
         return uri
     return urlunsplit((parts.scheme, _host_and_port(parts), parts.path, "", ""))
