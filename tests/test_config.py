@@ -47,7 +47,7 @@ def raw_params() -> dict:
         ("penalty", "strength", "abc", "penalty.strength: must be a number"),
         ("data", "n_train", 100, "data.n_train: must be an integer below data.n_samples"),
         ("data", "n_train", 1, "data.n_train: must be an integer >= 2"),
-        ("data", "noise", -0.2, "data.noise: must be a number >= 0"),
+        ("data", "noise", -0.2, "data.noise: must be a number from 0 to 10, got -0.2"),
         ("data", "name", "squares", "data.name: must be one of moons, circles, got 'squares'"),
         ("data", "factor", 1.5, "data.factor: must be a number > 0 and < 1, got 1.5"),
         ("data", "factor", 0, "data.factor: must be a number > 0 and < 1, got 0.0"),
@@ -234,6 +234,17 @@ def test_the_stage_entry_runs_as_a_program(project: tuple[Path, object]) -> None
         ("hydra/launcher=nosuch", "error: hydra/launcher=nosuch: In 'hydra/config': Could not"),
         ("train.epochs=[1", "error: bad override 'train.epochs=[1': "),
         ("optimizer.name=sgd", "error: optimizer.name: unknown key; allowed here: data, model"),
+        # What the train stage refuses, make params refuses too: a setting across jobs ...
+        (
+            "train.early_stopping.watch=test",
+            "error: sweep.patiences: must be empty when train.early_stopping.watch is cv or test",
+        ),
+        # ... and folds against the training rows the data settings draw (14 of one class),
+        ("select.folds=15", "error: select.folds: must be at most 14 (the training rows'"),
+        # a deleted setting (DVC would fail on the params it tracks), and noise that would
+        # overflow the generator.
+        ("~registry.name", "error: ~registry.name: every setting is required, none can be"),
+        ("data.noise=1e308", "error: data.noise: must be a number from 0 to 10, got 1e+308"),
     ],
 )
 def test_make_params_refuses_a_bad_override(

@@ -1,11 +1,13 @@
 """`python -m overfit.commands.params [override ...]` (make params): compose conf/ with the
-overrides into params.yaml, checked before it is written."""
+overrides into params.yaml, checked before it is written as the train stage checks it: every job
+of the sweep composed and checked, and the cross-validation folds against the training rows the
+data settings draw."""
 
 from __future__ import annotations
 
 import sys
-
-import yaml
+import tempfile
+from pathlib import Path
 
 from overfit import layout
 from overfit.artifacts import write_text
@@ -13,16 +15,27 @@ from overfit.config import (
     ConfigError,
     compose_params,
     exit_on_config_error,
-    parse_config,
     project_root,
 )
+from overfit.core.data import drawn_split
+from overfit.core.selection import check_folds
+from overfit.sweep.plan import plan_sweep
+
+
+def check_as_train(root: Path, text: str) -> None:
+    """The checks the train stage makes before it trains; ConfigError at the first that fails."""
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / layout.PARAMS.name).write_text(text, encoding="utf-8")
+        plan = plan_sweep(root, Path(folder), text, [])
+    for data, select in {(config.data, config.select) for config in plan.configs}:
+        check_folds(drawn_split(data)[0].y, select)
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         root = project_root()
         text = compose_params(root, argv if argv is not None else sys.argv[1:])
-        parse_config(yaml.safe_load(text))
+        check_as_train(root, text)
     except ConfigError as error:
         exit_on_config_error(error)
     write_text(root / layout.PARAMS, text)

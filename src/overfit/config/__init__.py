@@ -195,8 +195,12 @@ def check_override_keys(overrides: Sequence[Any], root: Path | None = None) -> N
     """
     for override in overrides:
         key = override.key_or_group
-        if key.startswith("hydra") or override.is_delete():
+        if key.startswith("hydra"):
             continue
+        if override.is_delete():  # DVC's params and every stage read each one
+            raise ConfigError(
+                f"~{key}: every setting is required, none can be deleted; set a value instead"
+            )
         schema: Any = Config
         for part in key.split("."):  # nested sections: train.early_stopping.patience
             if not dataclasses.is_dataclass(schema):

@@ -103,7 +103,9 @@ Seed = Annotated[StrictInt, between(0, SEED_MAX)]
 class DataConfig:
     name: Literal["moons", "circles"] = "moons"
     n_samples: Annotated[StrictInt, between(3, MAX_SAMPLES)] = 100
-    noise: NonNegative = 0.2
+    # Beyond 10 the points are noise alone (the shapes span about 3 units); far beyond, the
+    # generator's Gaussian noise overflows to infinity.
+    noise: Annotated[Number, rule(lambda x: 0 <= x <= 10, "a number from 0 to 10")] = 0.2
     random_state: Seed = 1
     n_train: Annotated[StrictInt, rule(lambda n: n >= 2, "an integer >= 2")] = 30
     fresh_samples: Annotated[StrictInt, between(1, MAX_FRESH_SAMPLES)] = 10000

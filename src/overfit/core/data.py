@@ -72,6 +72,13 @@ def split_points(points: Points, n_train: int) -> tuple[Points, Points]:
     return points.head(n_train), points.tail(n_train)
 
 
+def drawn_split(data: DataConfig) -> tuple[Points, Points]:
+    """The training and test rows the data settings draw, as the generate and split stages
+    write them."""
+    points = make_points(data.name, data.n_samples, data.noise, data.random_state, data.factor)
+    return split_points(points, data.n_train)
+
+
 def to_csv_text(points: Points) -> str:
     lines = [",".join(HEADER)]
     # repr keeps every bit of a float64, so a reader gets back exactly what was generated.
