@@ -66,14 +66,21 @@ def write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file.
 
     The file gets the mode any new file gets here (0644 under umask 022), not mkstemp's 0600.
+    A failure (a read-only folder, a full disk) is an OSError naming `path`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -296,8 +303,13 @@ def clear_models(root: Path) -> None:
     place (`persist`), so that it never deletes them under a sweep still running: the stage
     clears them itself, once it holds the project lock."""
     models = root / layout.MODELS_DIR
-    if models.is_dir():
-        shutil.rmtree(models)
+    if not models.is_dir():
+        return
+    for entry in models.iterdir():  # models/ itself stays: it may be a mount or a link
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def write_sweep(root: Path, record: SweepRecord) -> None:

@@ -14,7 +14,8 @@ of one line: the file, the key, what is allowed and what was found.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -303,12 +304,27 @@ def write_arrays(root: Path, arrays: Mapping[str, np.ndarray]) -> None:
     write_bytes(root / layout.EVALUATION, buffer.getvalue())
 
 
-def read_arrays(root: Path) -> Mapping[str, np.ndarray]:
-    """evaluation.npz, with pickling off: nothing read from disk is unpickled."""
+def read_arrays(root: Path, runs: Iterable[str]) -> dict[str, np.ndarray]:
+    """evaluation.npz, with pickling off (nothing read from disk is unpickled), checked: the
+    grid, and each run's probabilities and hidden kernels, all finite numbers. Anything else
+    is an ArtifactError naming the file and what is wrong."""
     path = root / layout.EVALUATION
+    again = "rerun the evaluate stage (dvc repro -f evaluate)"
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; run the evaluate stage first")
-    return np.load(path, allow_pickle=False)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise ArtifactError(
+            f"{path}: not an archive of numeric arrays (pickled data is never loaded); {again}"
+        ) from None
+    for name in ["grid", *(f"{kind}/{run}" for run in runs for kind in ("proba", "kernels"))]:
+        if name not in arrays:
+            raise ArtifactError(f"{path}: no array {name!r}; {again}")
+        if arrays[name].dtype.kind not in "fiu" or not np.isfinite(arrays[name]).all():
+            raise ArtifactError(f"{path}: array {name!r} must hold finite numbers; {again}")
+    return arrays
 
 
 # --- the tables behind the DVC plots ---------------------------------------------------------

@@ -148,6 +148,27 @@ def run_stage(work: Callable[[], T], failures: tuple[type[Exception], ...]) -> T
     except failures as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    except OSError as error:  # a folder read-only, a full disk, a folder where a file goes
+        print(f"error: {os_failure(error)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def os_failure(error: OSError) -> str:
+    """A failed file operation as one line: the path (paths) and the OS's reason."""
+    paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{paths}: {reason}" if paths else reason
+
+
+@contextlib.contextmanager
+def located(path: Path) -> Iterator[None]:
+    """An OSError inside the block that names no file is raised again naming `path`."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None
 
 
 class FolderBusy(RuntimeError):

@@ -38,7 +38,7 @@ from overfit.config import (
 from overfit.core.rules import Pick, Rule, drop_rules, version_pick
 from overfit.tracking import lineage
 from overfit.tracking.registry import version_by_alias
-from overfit.tracking.store import StoreError, existing_store
+from overfit.tracking.store import StoreError, existing_store, store_failures, tracking_uri
 
 CANDIDATE, CHAMPION, PREVIOUS = "candidate", "champion", "previous"
 HISTORY_TAG = "overfit.history"
@@ -182,7 +182,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         mlflow = existing_store(root, config.tracking)
         # One move at a time: a move reads the aliases, then sets them and the history.
-        with runtime.project_lock(root / layout.REGISTRY_LOCK, "promotion or rollback"):
+        with (
+            runtime.project_lock(root / layout.REGISTRY_LOCK, "promotion or rollback"),
+            store_failures(tracking_uri(root, config.tracking)),
+        ):
             if args.rollback:
                 print(rollback(mlflow, name, commit))
                 return

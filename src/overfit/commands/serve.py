@@ -81,7 +81,7 @@ def resolve(root: Path, alias: str) -> Target:
     uri = tracking_uri(root, config.tracking)
     step = NEXT_STEP.get(alias, f"set alias {alias!r} on a version of {name}")
     try:
-        client = existing_store(root, config.tracking)
+        client = existing_store(root, config.tracking, writes=False)
     except StoreError as error:
         raise ServeError(f"{error}: {step}") from None
     try:

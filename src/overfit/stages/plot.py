@@ -22,7 +22,7 @@ def plot(root: Path) -> list[Path]:
     config = load_params(root)
     report = read_evaluation(root)
     configs = report.configs
-    arrays = read_arrays(root)
+    arrays = read_arrays(root, configs)
     train, test = load_train_test(root, config.data)
 
     drawn = {}

@@ -45,7 +45,13 @@ from overfit.tracking import lineage
 from overfit.tracking.model_format import log_model_folder, pins, tensorflow_distribution
 from overfit.tracking.registry import describe_version, new_version, registered_version
 from overfit.tracking.runs import RUN_TAG, SweepRuns, find_sweep, log_values
-from overfit.tracking.store import StoreError, existing_store, quiet
+from overfit.tracking.store import (
+    StoreError,
+    existing_store,
+    quiet,
+    store_failures,
+    tracking_uri,
+)
 
 CANDIDATE = "candidate"
 CONTENT_TAG = "overfit.model_sha256"
@@ -185,33 +191,34 @@ def register(root: Path) -> tuple[ModelRecord, Any, bool]:
     config = load_params(root)
     report, sweep = read_evaluation(root), read_sweep(root)
     fields, tags = figures_of(root, config, report)
-    mlflow = existing_store(root, config.tracking)
-    runs = find_sweep(mlflow, config.tracking.experiment, sweep)
-    origin = lineage.git_tags(root) | lineage.data_tags(root)
-    publish_evaluation(root, mlflow, report, runs, config, origin["git.commit"])
-    name = config.registry.name
-    keras_file = layout.model_file(layout.run_dir(root, fields["run"]), fields["seed"])
-    # What the registered model is made of: a new model file or new model code is a new version.
-    digest = file_digest(keras_file, root / layout.CLASSIFIER_CODE)
-    record = ModelRecord(name=name, **fields, model_sha256=digest)
-    card = model_card(config, report, record, origin)
-    tags |= origin | {CONTENT_TAG: digest}
-    version = registered_version(mlflow, name, (CONTENT_TAG, digest))
-    new = version is None
-    if version is None:
-        child = runs.children[fields["run"]].info.run_id
-        train = load_train_test(root, config.data)[0]
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch) / "classifier"
-            save_classifier(root, keras_file, train.x[:3], folder)
-            model_id = log_model_folder(
-                mlflow, runs.experiment, child, CLASSIFIER_MODEL, folder, {CONTENT_TAG: digest}
-            )
-        version = new_version(mlflow, name, model_id, child, tags)
-    describe_version(mlflow, name, version.version, card)
-    mlflow.set_registered_model_alias(name, CANDIDATE, version.version)
-    write_model_record(root, record)
-    return record, version, new
+    with store_failures(tracking_uri(root, config.tracking)):
+        mlflow = existing_store(root, config.tracking)
+        runs = find_sweep(mlflow, config.tracking.experiment, sweep)
+        origin = lineage.git_tags(root) | lineage.data_tags(root)
+        publish_evaluation(root, mlflow, report, runs, config, origin["git.commit"])
+        name = config.registry.name
+        keras_file = layout.model_file(layout.run_dir(root, fields["run"]), fields["seed"])
+        # What the registered model is made of: a new model file or new model code is a new version.
+        digest = file_digest(keras_file, root / layout.CLASSIFIER_CODE)
+        record = ModelRecord(name=name, **fields, model_sha256=digest)
+        card = model_card(config, report, record, origin)
+        tags |= origin | {CONTENT_TAG: digest}
+        version = registered_version(mlflow, name, (CONTENT_TAG, digest))
+        new = version is None
+        if version is None:
+            child = runs.children[fields["run"]].info.run_id
+            train = load_train_test(root, config.data)[0]
+            with tempfile.TemporaryDirectory() as scratch:
+                folder = Path(scratch) / "classifier"
+                save_classifier(root, keras_file, train.x[:3], folder)
+                model_id = log_model_folder(
+                    mlflow, runs.experiment, child, CLASSIFIER_MODEL, folder, {CONTENT_TAG: digest}
+                )
+            version = new_version(mlflow, name, model_id, child, tags)
+        describe_version(mlflow, name, version.version, card)
+        mlflow.set_registered_model_alias(name, CANDIDATE, version.version)
+        write_model_record(root, record)
+        return record, version, new
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,7 +58,15 @@ from overfit.tracking.runs import (
     log_values,
     tracked_run,
 )
-from overfit.tracking.store import Store, StoreError, check_reachable, open_store, tracking_uri
+from overfit.tracking.store import (
+    Store,
+    StoreError,
+    check_reachable,
+    ensure_store,
+    open_store,
+    store_failures,
+    tracking_uri,
+)
 
 # The settings a sweep's families vary: the parent run logs only those every job shares.
 PER_JOB = (
@@ -97,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(stop.exit_status) from None
 
 
-def fail(error: BaseException) -> NoReturn:
+def fail(error: BaseException | str) -> NoReturn:
     print(f"error: {error}", file=sys.stderr)
     raise SystemExit(1) from None
 
@@ -120,7 +128,8 @@ def train(root: Path, args: Sequence[str]) -> None:
         for data in {config.data for config in plan.configs}:  # bad data: no run starts
             load_train_test(root, data)
         check_reachable(uri)
-    except (DataError, ConnectionError) as error:
+        ensure_store(uri)  # a SQLite store made, or checked writable, before XLA starts
+    except (DataError, ConnectionError, StoreError) as error:
         fail(error)
     try:  # folds that cannot hold out every class, too
         for data, select in {(config.data, config.select) for config in plan.configs}:
@@ -133,17 +142,22 @@ def train(root: Path, args: Sequence[str]) -> None:
         with phases.timed("import"):  # TensorFlow and Keras; XLA then compiles meanwhile
             stacked.compile_ahead(root, plan.configs)
     try:
-        run_sweep(root, plan, params_text, phases)
+        with store_failures(uri):
+            run_sweep(root, plan, params_text, phases)
     except (StoreError, stacked.TrainingDiverged, launcher.LaunchFailed, ParamsChanged) as error:
         fail(error)
+    except OSError as error:  # a folder read-only, a full disk, a folder where a file goes
+        fail(runtime.os_failure(error))
+    finally:
+        stacked.finish_compiling()
 
 
 def run_sweep(root: Path, plan: Plan, params_text: str, phases: Phases) -> None:
     """One parent MLflow run around the jobs; the sweep's table and record at the end.
     `phases` collects where the stage's time goes."""
+    store = open_store(root, plan.jobs[0].config.tracking)  # a store it cannot use: no change
     # A sweep that does not finish leaves no record: DVC then runs this stage again.
     (root / layout.SWEEP_RECORD).unlink(missing_ok=True)
-    store = open_store(root, plan.jobs[0].config.tracking)
     for orphan in fail_orphaned_runs(store.client, store.experiment_id):
         print(f"marked run {orphan} FAILED: the process that ran it is gone")
     clear_models(root)

@@ -43,7 +43,9 @@ def save_job(
     """A trained job's files in `work_dir` (its configuration already there); its result."""
     from overfit.core.model import save_reproducibly  # Keras: imported once there is work
 
-    with phases.timed("save"):
+    # Keras and MLflow write through file objects: an error of theirs (a full disk) names no
+    # file, so it is given the folder being written.
+    with phases.timed("save"), runtime.located(work_dir):
         for seed, model in zip(config.train.seeds, trained.models, strict=True):
             save_reproducibly(model, layout.model_file(work_dir, seed))
         write_history(work_dir, config.train.seeds, [named_curves(h) for h in trained.histories])

@@ -157,6 +157,13 @@ def compile_ahead(root: Path, configs: Sequence[Config]) -> None:
 _compiling: list[threading.Thread] = []
 
 
+def finish_compiling() -> None:
+    """Wait for the compilations compile_ahead started. A process must, before it exits: the
+    interpreter stops a thread that is still inside XLA at exit, and C++ then aborts it."""
+    while _compiling:
+        _compiling.pop().join()
+
+
 def train_together(
     root: Path, configs: Sequence[Config], phases: Phases
 ) -> Iterator[tuple[int, Trained]]:
@@ -169,8 +176,7 @@ def train_together(
             for (data, _), members in stack_groups(configs).items()
         ]
     with phases.timed("train"):  # compiling the loops is part of training
-        while _compiling:
-            _compiling.pop().join()
+        finish_compiling()
     for members, train, test, models in groups:
         jobs = _train_group([configs[i] for i in members], models, train, test)
         while True:

@@ -201,9 +201,10 @@ def open_store(root: Path, tracking: TrackingConfig) -> Store:
     return Store(mlflow, exp_id, uri)
 
 
-def existing_store(root: Path, tracking: TrackingConfig) -> Any:
+def existing_store(root: Path, tracking: TrackingConfig, writes: bool = True) -> Any:
     """A client of the configured store, which must exist already (nothing is created);
-    StoreError if it is missing, not an MLflow store, or unreachable."""
+    StoreError if it is missing, not an MLflow store, unreachable, or (`writes`) a SQLite
+    store this process cannot write."""
     uri = tracking_uri(root, tracking)
     if uri.startswith(SQLITE):
         database = layout.mlflow_db(root)
@@ -212,11 +213,52 @@ def existing_store(root: Path, tracking: TrackingConfig) -> Any:
             raise StoreError(f"no MLflow store at {database}")
         check_sqlite_store(database)
         use_wal(database)
+        if writes:
+            check_writable(database)
     try:
         check_reachable(uri)
     except ConnectionError as error:
         raise StoreError(str(error).splitlines()[0]) from None
     return client(uri)
+
+
+def check_writable(database: Path) -> None:
+    """Refuse at once a SQLite store this process cannot write (the file or its folder
+    read-only): MLflow would fail at its first write, with a run half-logged."""
+    try:
+        with contextlib.closing(sqlite3.connect(database, 60, isolation_level=None)) as db:
+            # A write rolled back: SQLite opens a file it cannot write read-only, and only a
+            # write says so.
+            db.execute("BEGIN IMMEDIATE")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            try:
+                db.execute(f"PRAGMA user_version = {int(version)}")
+            finally:
+                db.execute("ROLLBACK")
+    except sqlite3.Error as error:
+        raise StoreError(f"{database}: cannot write to the MLflow store ({error})") from None
+
+
+def store_failure(uri: str, error: BaseException) -> StoreError:
+    """A failure of MLflow while it used the store (a full disk, a file made read-only, a
+    server gone), as one line: the store and the innermost cause, such as SQLite's message."""
+    cause: BaseException = error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    where = uri.removeprefix(SQLITE) if uri.startswith(SQLITE) else redact(uri)
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+    return StoreError(f"{where}: the MLflow store failed ({reason})")
+
+
+@contextlib.contextmanager
+def store_failures(uri: str) -> Iterator[None]:
+    """MLflow's failures inside the block, as one StoreError line (`store_failure`)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        raise store_failure(uri, error) from None
 
 
 def _unusable(uri: str, error: BaseException) -> str:
@@ -265,11 +307,13 @@ def ensure_store(uri: str) -> None:
     if _exists(database):
         check_sqlite_store(database)
         use_wal(database)
+        check_writable(database)
         return
     with store_lock(uri):
         if not _exists(database):
             _create_store(database)
         use_wal(database)
+    check_writable(database)
 
 
 def _create_store(database: Path) -> None:
