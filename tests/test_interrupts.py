@@ -230,3 +230,33 @@ def test_the_tiny_sweep_finishes_without_a_signal(project: Path) -> None:
     record = json.loads((project / "reports/sweep.json").read_text(encoding="utf-8"))
     assert set(record["results"]) == {"none", "l2_1e-03"}
     assert not runtime.records_signals()
+
+
+class Printing:
+    """The print of the sweep's last line: its parent run has ended FINISHED."""
+
+    def __call__(self, *args, **kwargs) -> bool:
+        return any("configurations in" in str(a) for a in args)
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=[s.name for s in SIGNALS])
+def test_a_signal_after_the_sweep_ended_still_exits_128_plus_its_number(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys, signum: int
+) -> None:
+    """Past the last safe point nothing stops: the runs stay FINISHED and the record written,
+    yet the exit status says the signal came."""
+    import builtins
+
+    sent = signal_at(monkeypatch, builtins, "print", Printing(), signum)
+    started_ms = int(time.time() * 1000) - 1
+    with pytest.raises(SystemExit) as stopped:
+        train.main([])
+    assert sent, "the stage never printed its last line"
+    assert stopped.value.code == 128 + signum
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: interrupted by {signal.Signals(signum).name} after the sweep ended; "
+        "its runs and files are complete"
+    )
+    assert {s for _, s, _, _ in runs(project, started_ms)} == {"FINISHED"}
+    assert (project / "reports/sweep.json").is_file()
+    assert not runtime.records_signals()

@@ -60,9 +60,11 @@ class Interrupted(BaseException):
     """Ctrl-C or SIGTERM reached a safe point. A BaseException, as KeyboardInterrupt is, so
     that no `except Exception` swallows it."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, after_the_work: bool = False) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
+        # It came once the work was done, after the last safe point: nothing was stopped.
+        self.after_the_work = after_the_work
 
     @property
     def exit_status(self) -> int:
@@ -76,15 +78,20 @@ def _record(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def signals_recorded() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM are recorded for `checkpoint`, not raised."""
+    """Within the block, SIGINT and SIGTERM are recorded for `checkpoint`, not raised. One
+    that came after the block's last safe point is raised as it ends (Interrupted, with
+    `after_the_work`): the process still exits 128 + its number."""
     previous = {signum: signal.signal(signum, _record) for signum in HANDLED}
     _received.clear()
     try:
         yield
+        late = received()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _received.clear()
+    if late is not None:
+        raise Interrupted(late, after_the_work=True)
 
 
 def records_signals() -> bool:

@@ -101,7 +101,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     except runtime.FolderBusy as error:
         fail(error)
     except runtime.Interrupted as stop:
-        print(f"error: {stop}; the sweep's MLflow runs are marked KILLED", file=sys.stderr)
+        if stop.after_the_work:
+            print(
+                f"error: {stop} after the sweep ended; its runs and files are complete",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: {stop}; the sweep's MLflow runs are marked KILLED", file=sys.stderr)
         raise SystemExit(stop.exit_status) from None
 
 
