@@ -32,6 +32,7 @@ import pytest
 
 from overfit import layout
 from overfit.commands.serve import NEXT_STEP
+from overfit.commands.serve import main as serve_main
 from overfit.core.metrics import probabilities
 from overfit.reports import ModelRecord, read_model_record
 from overfit.tracking.registry import registered_version
@@ -304,6 +305,46 @@ def test_predict_without_its_input_file_exits_2(served) -> None:
     done = serve_cli(served.root, "predict", "no-such.csv", "out.json")
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == "error: no-such.csv: no such file (a CSV with columns x1, x2)\n"
+
+
+GOOD_CSV = "x1,x2\n0.5,0.25\n1.0,-0.5\n"
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "out", "message"),
+    [
+        (GOOD_CSV, "in.csv", "in.csv: the input itself; name another file for the predictions"),
+        (GOOD_CSV, "./in.csv", "in.csv: the input itself; name another file for the predictions"),
+        (GOOD_CSV, "folder", "folder: a folder; name the JSON file to write"),
+        ("x1,x2\n0.5,0.25\n1.0,abc\n", "out.json", "line 3: x2 must be a finite number, got 'abc'"),
+        ("x1,x2\nnan,0.25\n", "out.json", "line 2: x1 must be a finite number, got 'nan'"),
+        ("x1,x2\n0.5\n", "out.json", "line 2: x2 must be a finite number, got ''"),
+        ("x2,x3\n0.5,1\n", "out.json", "no column x1 in its header line"),
+    ],
+    ids=["out is in", "out is in, another way", "out a folder", "a word", "NaN", "short", "x1?"],
+)
+def test_predict_refuses_in_one_line_and_writes_nothing(
+    tmp_path: Path, entry, csv_text: str, out: str, message: str
+) -> None:
+    """Checked before any model is loaded (this project has no store at all)."""
+    for name in (layout.PARAMS, layout.DVC_YAML):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    (tmp_path / "in.csv").write_text(csv_text, encoding="utf-8")
+    (tmp_path / "folder").mkdir()
+    status, stdout, err = entry(serve_main, tmp_path, "predict", "in.csv", out)
+    assert (status, stdout) == (2, "")
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert (tmp_path / "in.csv").read_text(encoding="utf-8") == csv_text
+    assert not (tmp_path / "out.json").exists() and not any((tmp_path / "folder").iterdir())
+
+
+def test_predict_reads_a_header_behind_a_byte_order_mark(tmp_path: Path, entry) -> None:
+    """Spreadsheets write one: the header is read (the next refusal is the missing store)."""
+    for name in (layout.PARAMS, layout.DVC_YAML):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    (tmp_path / "in.csv").write_text("\ufeff" + GOOD_CSV, encoding="utf-8")
+    status, _, err = entry(serve_main, tmp_path, "predict", "in.csv", "out.json")
+    assert status == 2 and err.startswith("error: no MLflow store at "), err
 
 
 def test_a_busy_port_is_refused_before_loading_the_model(served) -> None:

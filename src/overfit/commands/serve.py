@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import socket
 import subprocess
@@ -157,34 +158,68 @@ def serve(root: Path, alias: str, port: int | None) -> NoReturn:
 
 
 def check_input(path: Path) -> None:
-    """A readable CSV whose header names x1 and x2, or one line saying what is wrong."""
+    """A readable CSV (a byte-order mark allowed) whose header names x1 and x2, each row with
+    finite numbers there; or one line naming the file, the line and what is wrong."""
+    if path.is_dir():
+        raise ServeError(f"{path}: a folder, not a CSV with columns x1, x2")
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle), [])
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = csv.reader(handle)
+            header = next(rows, [])
+            missing = [name for name in FEATURES if name not in header]
+            if missing:
+                raise ServeError(f"{path}: no column {', '.join(missing)} in its header line")
+            columns = [header.index(name) for name in FEATURES]
+            for line, row in enumerate(rows, start=2):
+                for name, column in zip(FEATURES, columns, strict=True):
+                    value = row[column] if column < len(row) else ""
+                    if not _finite(value):
+                        raise ServeError(
+                            f"{path}, line {line}: {name} must be a finite number, got {value!r}"
+                        )
     except FileNotFoundError:
         raise ServeError(f"{path}: no such file (a CSV with columns x1, x2)") from None
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise ServeError(f"{path}: cannot read it ({error})") from None
-    missing = [name for name in FEATURES if name not in header]
-    if missing:
-        raise ServeError(f"{path}: no column {', '.join(missing)} in its header line")
+
+
+def _finite(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def check_output(source: Path, out: Path) -> None:
+    """The JSON file to write: neither the input nor a folder."""
+    if out.is_dir():
+        raise ServeError(f"{out}: a folder; name the JSON file to write")
+    if out.resolve() == source.resolve():
+        raise ServeError(f"{out}: the input itself; name another file for the predictions")
 
 
 def predict(root: Path, alias: str, source: Path, out: Path) -> int:
-    """`mlflow models predict` on a CSV; its exit status."""
+    """`mlflow models predict` on a CSV; its exit status. The predictions are written to a
+    file beside `out` and renamed into place when whole."""
     check_input(source)
+    check_output(source, out)
     target = resolve(root, alias)
     out.parent.mkdir(parents=True, exist_ok=True)
+    draft = out.with_name(f".{out.name}.draft")
     command = [
         str(mlflow_cli()),
         *("models", "predict", "-m", target.model_uri, "--env-manager", "local"),
-        *("-i", str(source), "-o", str(out), "-t", "csv"),
+        *("-i", str(source), "-o", str(draft), "-t", "csv"),
     ]
     print(f"predicting {source} with {target.model_uri} (version {target.version})", flush=True)
-    status = subprocess.run(command, env=mlflow_env(target.store_uri)).returncode
-    if status == 0:
-        rows = len(json.loads(out.read_text(encoding="utf-8"))["predictions"])
-        print(f"wrote {out}: {rows} class-1 probabilities (JSON, key 'predictions')")
+    try:
+        status = subprocess.run(command, env=mlflow_env(target.store_uri)).returncode
+        if status == 0:
+            rows = len(json.loads(draft.read_text(encoding="utf-8"))["predictions"])
+            os.replace(draft, out)
+            print(f"wrote {out}: {rows} class-1 probabilities (JSON, key 'predictions')")
+    finally:
+        draft.unlink(missing_ok=True)
     return status
 
 

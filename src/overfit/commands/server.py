@@ -162,7 +162,7 @@ def _as_pg_user() -> list[str]:
 
 
 def _give_to_pg_user(path: Path) -> None:
-    if os.geteuid() == 0:
+    if _as_pg_user():  # root: PostgreSQL runs as its own user, which must exist
         shutil.chown(path, PG_OS_USER, PG_OS_USER)
 
 
