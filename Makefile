@@ -16,7 +16,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup venv run test params lint ui gate bench server server-stop promote serve predict screenshot lock clean
+.PHONY: setup venv run test params lint ui gate bench server server-stop promote prune serve predict screenshot lock clean
 
 setup: $(INSTALLED)
 
@@ -69,6 +69,12 @@ server-stop: setup
 # (python -m overfit.commands.promote --rollback: the champion back to the version it replaced).
 promote: setup
 	$(BIN)/python -m overfit.commands.promote
+
+# Old sweeps out of the tracking store (runs, logged models, artifacts), keeping the KEEP newest,
+# the one reports/sweep.json records and every registered version's: make prune KEEP=5
+KEEP ?= 5
+prune: setup
+	$(BIN)/python -m overfit.commands.prune --keep $(KEEP)
 
 # The champion (registry.name@champion) as a REST API on 127.0.0.1:<registry.port>, by
 # `mlflow models serve`: POST {"dataframe_split": {"columns": ["x1", "x2"], "data": [[...]]}}.

@@ -98,6 +98,10 @@ COVERED: dict[str, tuple[str, tuple[str, ...]]] = {
         "tests/test_registry.py::test_register_promote_roll_back_and_refuse",
         ("overfit.commands.promote.main",),
     ),
+    "make prune KEEP=5": (
+        "tests/test_prune.py::test_prune_keeps_the_newest_the_recorded_and_the_registered",
+        ("overfit.commands.prune.main", "--keep"),
+    ),
     "python -m overfit.commands.promote --rollback": (
         "tests/test_registry.py::test_register_promote_roll_back_and_refuse",
         ("overfit.commands.promote.main", "--rollback"),

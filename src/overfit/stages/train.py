@@ -51,6 +51,7 @@ from overfit.sweep.phases import Phases
 from overfit.sweep.plan import Plan, plan_sweep, uses_hydra_launcher
 from overfit.tracking.lineage import run_tags
 from overfit.tracking.runs import (
+    STAGE_TAG,
     SWEEP_TAG,
     fail_orphaned_runs,
     flatten,
@@ -189,7 +190,7 @@ def run_under_parent(
     seeds = "/".join(map(str, sorted({len(c.train.seeds) for c in configs})))
     epochs = "/".join(map(str, sorted({c.train.epochs for c in configs})))
     started = time.perf_counter()
-    parent_tags = {"overfit.sweep": plan.name, "overfit.stage": "train", **tags}
+    parent_tags = {"overfit.sweep": plan.name, STAGE_TAG: "train", **tags}
     with tracked_run(
         store.client, store.experiment_id, f"sweep-{plan.name}", parent_tags
     ) as parent:

@@ -20,6 +20,8 @@ from overfit.tracking.store import StoreError
 # How later stages find a sweep's runs from reports/sweep.json, which holds no run id: the
 # parent run's tag is the record's digest, each child run's the SHA-256 of its result.json.
 SWEEP_TAG = "overfit.sweep_sha256"
+# The stage that made a run: a sweep's parent run says "train".
+STAGE_TAG = "overfit.stage"
 RESULT_TAG = "overfit.result_sha256"
 RUN_TAG = "overfit.run"
 PARENT_TAG = "mlflow.parentRunId"
