@@ -135,14 +135,17 @@ def train(root: Path, args: Sequence[str]) -> None:
         for data in {config.data for config in plan.configs}:  # bad data: no run starts
             load_train_test(root, data)
         check_reachable(uri)
-        ensure_store(uri)  # a SQLite store made, or checked writable, before XLA starts
-    except (DataError, ConnectionError, StoreError) as error:
+    except (DataError, ConnectionError) as error:
         fail(error)
     try:  # folds that cannot hold out every class, too
         for data, select in {(config.data, config.select) for config in plan.configs}:
             check_folds(load_train_test(root, data)[0].y, select)
     except ConfigError as error:
         exit_on_config_error(error)
+    try:
+        ensure_store(uri)  # a SQLite store made, or checked writable, before XLA starts
+    except StoreError as error:
+        fail(error)
     runtime.checkpoint()
     phases = Phases()
     if not uses_hydra_launcher(plan.multiruns[0]):
