@@ -248,6 +248,14 @@ BAD_REQUESTS = {
     "malformed JSON": (b'{"dataframe_split": {', "Ensure that input is a valid JSON formatted"),
     # JSON null: MLflow's schema lets it through as NaN; the model refuses it.
     "a null": (split_body(["x1", "x2"], [[None, 1.0]]), "x1 and x2 must be finite numbers"),
+    # The guard's, before MLflow reads them: MLflow would take true for 1.0, answer 500 to a
+    # JSON bomb (RecursionError), and hold any body in memory.
+    "booleans": (split_body(["x1", "x2"], [[True, False]]), "x1 and x2 must be numbers, not"),
+    "nested JSON": (b"[" * 100_000 + b"]" * 100_000, "JSON nested more than 8 levels deep"),
+    "too large": (
+        split_body(["x1", "x2"], [[0.5, 0.25]] * 100_000),
+        "bytes; at most 1,048,576 (registry.max_request_kb)",
+    ),
 }
 
 

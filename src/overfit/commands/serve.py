@@ -3,13 +3,15 @@
     python -m overfit.commands.serve [--alias champion] [--port N]          # (make serve) REST API
     python -m overfit.commands.serve predict IN.csv OUT.json [--alias ...]  # (make predict) batch
 
-`serve` runs `mlflow models serve` on `models:/<registry.name>@<alias>` at 127.0.0.1, port
-`registry.port` (params.yaml); `predict` runs `mlflow models predict` on a CSV with columns x1,
-x2 (other columns, such as `label`, are ignored by MLflow with a warning) and writes
-{"predictions": [...]}, the class-1 probability per row. Both run the venv's `mlflow` with the
-project's tracking store as tracking and registry URI, and with the local environment (the
-venv has everything the model needs). Before starting, a missing store, registered model or
-alias is one line `error: ...` and exit status 2.
+`serve` runs `mlflow models serve` on `models:/<registry.name>@<alias>` on a private port,
+behind a guard (overfit.guard) at 127.0.0.1, port `registry.port` (params.yaml), which refuses
+oversized bodies (`registry.max_request_kb`), JSON nested too deep and booleans before MLflow
+reads them. `predict` runs `mlflow models predict` on a CSV with columns x1, x2 (other columns,
+such as `label`, are ignored by MLflow with a warning) and writes {"predictions": [...]}, the
+class-1 probability per row. Both run the venv's `mlflow` with the project's tracking store as
+tracking and registry URI, and with the local environment (the venv has everything the model
+needs). Before starting, a missing store, registered model or alias is one line `error: ...`
+and exit status 2.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import csv
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from overfit import guard
 from overfit.config import ConfigError, load_params, project_root
 from overfit.core.data import FEATURES
 from overfit.tracking.store import (
@@ -146,15 +151,40 @@ def serve_command(target: Target, port: int) -> list[str]:
 
 
 def serve(root: Path, alias: str, port: int | None) -> NoReturn:
-    """Become `mlflow models serve` (exec): Ctrl-C and signals reach MLflow directly."""
-    port = port or load_params(root).registry.port
+    """The guard (overfit.guard) on `port`, in front of `mlflow models serve` on a private port,
+    until Ctrl-C or SIGTERM (exit 130 or 143) or MLflow's server ends (its exit status). Until
+    MLflow's server is up, the guard answers 502."""
+    registry = load_params(root).registry
+    port = port or registry.port
     target = resolve(root, alias)
     require_free(port)
-    command = serve_command(target, port)
+    backend = free_port()
+    stopped: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: stopped.append(signum))
+    guard.start(HOST, port, backend, registry.max_request_kb * 1024)
     url = f"http://{HOST}:{port}/invocations"
     print(f"serving {target.model_uri} (version {target.version}) at {url}", flush=True)
     print(f"try: {curl_example(url)}", flush=True)
-    os.execve(command[0], command, mlflow_env(target.store_uri))
+    process = subprocess.Popen(serve_command(target, backend), env=mlflow_env(target.store_uri))
+    try:
+        while process.poll() is None and not stopped:
+            time.sleep(0.2)
+        raise SystemExit(128 + stopped[0] if stopped else process.returncode)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for MLflow's server behind the guard."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
 
 
 def check_input(path: Path) -> None:

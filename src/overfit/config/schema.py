@@ -293,6 +293,8 @@ class RegistryConfig:
         ),
     ] = "overfit-moons"
     port: Annotated[StrictInt, between(1024, 65535)] = 5002
+    # The largest request body `make serve` accepts (about 40 bytes a row of x1, x2).
+    max_request_kb: Annotated[StrictInt, between(1, 1048576)] = 1024
 
 
 @dataclass(frozen=True, config=SECTION)
