@@ -6,7 +6,6 @@ data settings draw."""
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 from overfit import layout
@@ -24,9 +23,7 @@ from overfit.sweep.plan import plan_sweep
 
 def check_as_train(root: Path, text: str) -> None:
     """The checks the train stage makes before it trains; ConfigError at the first that fails."""
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / layout.PARAMS.name).write_text(text, encoding="utf-8")
-        plan = plan_sweep(root, Path(folder), text, [])
+    plan = plan_sweep(root, text, [])
     for data, select in {(config.data, config.select) for config in plan.configs}:
         check_folds(drawn_split(data)[0].y, select)
 

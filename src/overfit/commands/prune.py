@@ -31,29 +31,24 @@ from overfit.tracking.store import (
 )
 
 
-def sweeps(mlflow: Any, experiment_id: str) -> list[Any]:
-    """The experiment's sweeps (their parent runs), newest first; deleted ones too (a prune
-    that stopped half-way, or the UI's delete), so that they are removed for good."""
+def sweeps(mlflow: Any, experiment_id: str) -> tuple[list[Any], dict[str, list[Any]]]:
+    """The experiment's sweeps (their parent runs), newest first, and each one's child runs
+    by parent id, in one search; deleted runs too (a prune that stopped half-way, or the UI's
+    delete), so that they are removed for good."""
     from mlflow.entities import ViewType
 
-    return mlflow.search_runs(
+    runs = mlflow.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{STAGE_TAG}` = 'train'",
         run_view_type=ViewType.ALL,
         order_by=["attributes.start_time DESC"],
         max_results=50000,
     )
-
-
-def children(mlflow: Any, experiment_id: str, parent: str) -> list[Any]:
-    from mlflow.entities import ViewType
-
-    return mlflow.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent}'",
-        run_view_type=ViewType.ALL,
-        max_results=50000,
-    )
+    parents = [run for run in runs if run.data.tags.get(STAGE_TAG) == "train"]
+    children: dict[str, list[Any]] = {}
+    for run in runs:
+        if PARENT_TAG in run.data.tags:
+            children.setdefault(run.data.tags[PARENT_TAG], []).append(run)
+    return parents, children
 
 
 def recorded_digest(root: Path) -> str | None:
@@ -65,7 +60,11 @@ def recorded_digest(root: Path) -> str | None:
 
 
 def keep_reasons(
-    mlflow: Any, experiment_id: str, parents: list[Any], keep: int, recorded: str | None
+    mlflow: Any,
+    parents: list[Any],
+    children: dict[str, list[Any]],
+    keep: int,
+    recorded: str | None,
 ) -> dict[str, str]:
     """The sweeps kept, by parent run id, each with why."""
     registered = {v.run_id for v in mlflow.search_model_versions(max_results=200000)}
@@ -78,7 +77,7 @@ def keep_reasons(
             reasons[run_id] = "recorded in reports/sweep.json"
         elif parent.info.status == "RUNNING":
             reasons[run_id] = "still running"
-        elif registered & {c.info.run_id for c in children(mlflow, experiment_id, run_id)}:
+        elif registered & {c.info.run_id for c in children.get(run_id, [])}:
             reasons[run_id] = "holds a registered model version's run"
     return reasons
 
@@ -93,10 +92,10 @@ def prune(root: Path, keep: int) -> str:
         if experiment is None:
             return f"no experiment {config.tracking.experiment!r} in the store: nothing to prune"
         exp_id = experiment.experiment_id
-        parents = sweeps(mlflow, exp_id)
-        kept = keep_reasons(mlflow, exp_id, parents, keep, recorded_digest(root))
+        parents, children = sweeps(mlflow, exp_id)
+        kept = keep_reasons(mlflow, parents, children, keep, recorded_digest(root))
         doomed = [p for p in parents if p.info.run_id not in kept]
-        runs = [c for p in doomed for c in children(mlflow, exp_id, p.info.run_id)] + doomed
+        runs = [c for p in doomed for c in children.get(p.info.run_id, [])] + doomed
         run_ids = [run.info.run_id for run in runs]
         models = []
         for start in range(0, len(run_ids), 100):  # a filter of a bounded length

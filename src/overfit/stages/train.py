@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,17 +118,14 @@ def fail(error: BaseException | str) -> NoReturn:
 
 def train(root: Path, args: Sequence[str]) -> None:
     """Plan and check the sweep, then run it; every refusal is one line."""
-    with tempfile.TemporaryDirectory() as snapshot:
-        # params.yaml is read once: every job is composed from this copy, so a params.yaml
+    try:
+        # params.yaml is read once: every job is composed from this text, so a params.yaml
         # rewritten meanwhile (make params, dvc exp run) cannot mix two sweeps.
-        config_dir = Path(snapshot)
-        try:
-            params_text = read_params(root)
-            (config_dir / layout.PARAMS.name).write_text(params_text, encoding="utf-8")
-            plan = plan_sweep(root, config_dir, params_text, args)
-            uri = tracking_uri(root, plan.jobs[0].config.tracking)
-        except ConfigError as error:
-            exit_on_config_error(error)
+        params_text = read_params(root)
+        plan = plan_sweep(root, params_text, args)
+        uri = tracking_uri(root, plan.jobs[0].config.tracking)
+    except ConfigError as error:
+        exit_on_config_error(error)
     runtime.checkpoint()
     try:
         for data in {config.data for config in plan.configs}:  # bad data: no run starts

@@ -8,6 +8,7 @@ The train stage's sweep is params.yaml's `sweep` section, one multirun per famil
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,10 +149,10 @@ class Plan:
         return [job.config for job in self.jobs]
 
 
-def plan_sweep(root: Path, config_dir: Path, params_text: str, args: Sequence[str]) -> Plan:
-    """The sweep's jobs, composed from the copy of params.yaml in `config_dir` (whose text is
-    `params_text`) and checked. By hand (`args`): the user's Hydra overrides; as the DVC stage:
-    params.yaml's `sweep` and `launcher`."""
+def plan_sweep(root: Path, params_text: str, args: Sequence[str]) -> Plan:
+    """The sweep's jobs, composed from `params_text` (params.yaml as read once: a params.yaml
+    rewritten meanwhile cannot mix two sweeps) and checked. By hand (`args`): the user's Hydra
+    overrides; as the DVC stage: params.yaml's `sweep` and `launcher`."""
     params = parse_params(params_text, root / layout.PARAMS)
     if args:
         multiruns = [expand_presets(root, args)]
@@ -159,6 +160,9 @@ def plan_sweep(root: Path, config_dir: Path, params_text: str, args: Sequence[st
         check_families(params)
         launcher = launcher_overrides(params.launcher)
         multiruns = [[*launcher, *m] for m in sweep_overrides(params.sweep)]
-    jobs = compose_jobs(config_dir, [job for m in multiruns for job in job_overrides(m)])
+    with tempfile.TemporaryDirectory() as snapshot:  # Hydra composes from a folder
+        config_dir = Path(snapshot)
+        (config_dir / layout.PARAMS.name).write_text(params_text, encoding="utf-8")
+        jobs = compose_jobs(config_dir, [job for m in multiruns for job in job_overrides(m)])
     check_unique_names([job.config for job in jobs])
     return Plan(jobs, multiruns, "by-hand" if args else params.sweep.name)

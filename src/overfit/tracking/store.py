@@ -306,13 +306,11 @@ def ensure_store(uri: str) -> None:
     database = Path(uri.removeprefix(SQLITE))
     if _exists(database):
         check_sqlite_store(database)
-        use_wal(database)
-        check_writable(database)
-        return
-    with store_lock(uri):
-        if not _exists(database):
-            _create_store(database)
-        use_wal(database)
+    else:
+        with store_lock(uri):
+            if not _exists(database):
+                _create_store(database)
+    use_wal(database)
     check_writable(database)
 
 
