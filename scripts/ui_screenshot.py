@@ -544,9 +544,18 @@ def _dataset_filter(page: Any) -> dict[str, str]:
 
 
 def _check_store(store_uri: str) -> None:
+    from overfit.tracking.store import StoreError, follow_move
+
+    if not store_uri.startswith("sqlite:///"):
+        return
+    database = Path(store_uri[len("sqlite:///") :])
     # MLflow would create an empty store where there is none.
-    if store_uri.startswith("sqlite:///") and not Path(store_uri[len("sqlite:///") :]).is_file():
+    if not database.is_file():
         raise UIError(f"{store_uri}: no such store; run the pipeline first (make run)")
+    try:  # a moved project's store: its artifacts are beside it, not in the old folder
+        follow_move(database)
+    except StoreError as error:
+        raise UIError(str(error)) from None
 
 
 def _sweep(store_uri: str) -> tuple[str, str]:

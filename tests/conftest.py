@@ -275,11 +275,13 @@ def shrunk_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
 
     def copy_with_store(dest: Path) -> Run:
         """A copy with the pipeline's store (its sweep, its registered model), copied by
-        SQLite's backup. The store's runs keep their artifacts in the original's mlartifacts/:
-        a copy that logs new runs adds folders there, never changes one."""
+        SQLite's backup, and its artifacts, which the copy's store is made to name (as the
+        first command run in the copy would)."""
         import sqlite3
 
-        store = shutil.ignore_patterns("mlflow.db*", "mlartifacts")
+        from overfit.tracking.store import follow_move
+
+        store = shutil.ignore_patterns("mlflow.db*")
         with exclusive(lock):
             shutil.copytree(root, dest, symlinks=True, ignore=store)
         with (
@@ -287,6 +289,7 @@ def shrunk_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
             contextlib.closing(sqlite3.connect(dest / "mlflow.db")) as copy,
         ):
             original.backup(copy)
+        follow_move(dest / "mlflow.db")
         return make_runner(dest)
 
     return Pipeline(root, run, text, copy_to, copy_with_store)

@@ -3,9 +3,8 @@
 serve` process answering HTTP, its probabilities against the evaluate stage's, its answers to
 bad requests, `mlflow models predict` through the wrapper, and the refusals before starting.
 
-The tests work on a copy of the shared pipeline's files and store (the shared store is not
-written): the copy's store still names the shared pipeline's mlartifacts/ by absolute path,
-which MLflow only reads here.
+The tests work on a copy of the shared pipeline's files, store and artifacts (the shared store
+is not written).
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ def free_port() -> int:
 def copy_with_store(source: Path, dest: Path) -> Path:
     """The pipeline's files, and its store copied by SQLite's backup: a consistent copy even
     while another test reads the shared store."""
-    skip = shutil.ignore_patterns("mlflow.db*", layout.MLFLOW_ARTIFACTS, ".dvc", ".git")
+    skip = shutil.ignore_patterns("mlflow.db*", ".dvc", ".git")
     shutil.copytree(source, dest, symlinks=True, ignore=skip)
     with (
         contextlib.closing(sqlite3.connect(source / layout.MLFLOW_DB)) as original,
@@ -113,6 +112,7 @@ class Served:
     version: str
     base: str
     log: Path
+    moved_from: Path
 
     @property
     def invocations(self) -> str:
@@ -151,16 +151,28 @@ def stop_group(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def served(shrunk_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """`python -m overfit.commands.serve` on a free port, with alias champion on the registered
-    version,
-    in a copy of the shared pipeline; started once for the module."""
+    """`python -m overfit.commands.serve` on a free port, in a copy of the shared pipeline
+    whose registered version `make promote` made the champion, then moved to another folder
+    (its store records artifact locations by absolute path); started once for the module."""
     from mlflow.tracking import MlflowClient
 
-    root = copy_with_store(shrunk_pipeline.root, tmp_path_factory.mktemp("serve") / "project")
+    folder = tmp_path_factory.mktemp("serve")
+    first, root = folder / "first", folder / "project"
+    copy_with_store(shrunk_pipeline.root, first)
+    promoted = subprocess.run(
+        [sys.executable, "-m", "overfit.commands.promote"],
+        cwd=first,
+        env=env_for(first),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    os.rename(first, root)
     record = read_model_record(root)
     client = MlflowClient(tracking_uri=store_uri(root), registry_uri=store_uri(root))
     version = registered_version(client, record.name, ("overfit.model_sha256", record.model_sha256))
-    client.set_registered_model_alias(record.name, CHAMPION, version.version)
+    assert client.get_registered_model(record.name).aliases[CHAMPION] == version.version
     port = free_port()
     log = root.parent / "serve.log"
     with open(log, "wb") as out:
@@ -179,13 +191,31 @@ def served(shrunk_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             assert process.poll() is None, f"the server exited:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"no /ping in {START_TIMEOUT}s:\n{log.read_text()}"
             time.sleep(0.2)
-        yield Served(root, record, str(version.version), base, log)
+        yield Served(root, record, str(version.version), base, log, first)
     finally:
         stop_group(process)
 
 
-def test_it_says_where_it_serves_and_how_to_call_it(served) -> None:
+def test_a_project_moved_after_a_run_serves_from_its_new_folder(served) -> None:
+    """The store's records follow the project: the model is read from the new folder, and
+    the old one is not recreated."""
     lines = served.log.read_text().splitlines()
+    database, artifacts = served.root / layout.MLFLOW_DB, served.root / layout.MLFLOW_ARTIFACTS
+    assert lines[0] == (
+        f"{database}: the project was moved or copied from {served.moved_from}; the store's "
+        f"artifact locations now name {artifacts}"
+    )
+    assert served.predict(points_of(served.root)).shape == (70,)
+    assert not served.moved_from.exists()
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        [(location,)] = db.execute(
+            "SELECT storage_location FROM model_versions WHERE version = ?", (served.version,)
+        ).fetchall()
+    assert location.startswith(f"{artifacts.as_uri()}/models/")
+
+
+def test_it_says_where_it_serves_and_how_to_call_it(served) -> None:
+    lines = served.log.read_text().splitlines()[1:]  # after the move's line (the test above)
     url = f"{served.base}/invocations"
     assert lines[0] == (
         f"serving models:/{served.record.name}@{CHAMPION} (version {served.version}) at {url}"
@@ -220,7 +250,7 @@ def test_served_probabilities_are_the_evaluate_stages(served, weights) -> None:
 def test_the_printed_curl_command_gets_predictions(served, weights) -> None:
     """The request `try:` shows (README's), sent as curl would send it: one probability of
     class 1 per row, the model's."""
-    line = served.log.read_text().splitlines()[1]
+    [line] = [x for x in served.log.read_text().splitlines() if x.startswith("try: ")]
     command = shlex.split(line.removeprefix("try: "))
     assert command[:2] == ["curl", "-s"] and command[3::2] == ["-H", "-d"], command
     url, header, body = command[2::2]
@@ -293,7 +323,8 @@ def test_batch_predict_writes_the_served_probabilities(served) -> None:
 def test_without_a_champion_it_says_so_in_one_line_and_exits_2(shrunk_pipeline, tmp_path) -> None:
     root = copy_with_store(shrunk_pipeline.root, tmp_path / "project")
     done = serve_cli(root, "--port", str(free_port()))
-    assert done.returncode == 2 and done.stdout == ""
+    assert done.returncode == 2 and "moved or copied from" in done.stdout  # its only line
+    assert done.stdout.count("\n") == 1, done.stdout
     assert done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: registered model 'overfit-moons' has no alias 'champion'")
     assert "make promote" in done.stderr

@@ -9,12 +9,14 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from overfit import layout
+from overfit.config import TrackingConfig
 from overfit.tracking import runs, store
 
 from .conftest import wait_for
@@ -287,3 +289,151 @@ def test_values_beyond_one_batch_are_all_logged(tmp_path) -> None:
     assert logged.params == {k: str(v) for k, v in params.items()}
     assert logged.metrics == metrics
     assert {k: v for k, v in logged.tags.items() if not k.startswith("mlflow.")} == tags
+
+
+def artifact_locations(database: Path) -> list[str]:
+    """Every artifact location the store records, but the Default experiment's (MLflow's own,
+    never logged to)."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return [
+            location
+            for table, column in store.ARTIFACT_COLUMNS
+            for (location,) in db.execute(f"SELECT {column} FROM {table}")
+            if location.startswith("file:")
+        ]
+
+
+@pytest.fixture
+def current_uri_restored() -> Iterator[None]:
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+def logged_project(root: Path) -> tuple[str, str]:
+    """A project folder whose store holds a run with a file, and a registered version of a
+    logged model: (run id, the model's id)."""
+    import mlflow
+
+    root.mkdir()
+    # The registry finds a models:/ source through MLflow's current tracking URI (put back
+    # by the fixture `current_uri_restored`).
+    mlflow.set_tracking_uri(f"sqlite:///{root / layout.MLFLOW_DB}")
+    opened = store.open_store(root, TrackingConfig())
+    client = opened.client
+    run = client.create_run(opened.experiment_id).info.run_id
+    card = root.parent / "card.md"
+    card.write_text("logged before the move")
+    client.log_artifact(run, str(card))
+    model = client.create_logged_model(opened.experiment_id, name="m", source_run_id=run)
+    files = root.parent / "model"
+    files.mkdir()
+    (files / "MLmodel").write_text("flavors: {}\n")
+    client.log_model_artifacts(model.model_id, str(files))
+    client.create_registered_model("m")
+    client.create_model_version("m", f"models:/{model.model_id}", run, model_id=model.model_id)
+    client.set_terminated(run)
+    return run, model.model_id
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_project_reads_and_writes_its_own_artifacts(
+    tmp_path, capsys, current_uri_restored, how: str
+) -> None:
+    """MLflow records artifact locations as absolute paths: opened in its new folder, the
+    store's records follow the project there, so nothing is read from or written to the old
+    folder (which a move leaves gone and a copy leaves as it was)."""
+    first, here = tmp_path / "first", tmp_path / how
+    run, model = logged_project(first)
+    recorded = artifact_locations(first / layout.MLFLOW_DB)
+    capsys.readouterr()  # what creating it printed
+    (shutil.copytree if how == "copied" else os.rename)(first, here)
+
+    opened = store.open_store(here, TrackingConfig())
+    assert capsys.readouterr().out == (
+        f"{here / layout.MLFLOW_DB}: the project was moved or copied from {first}; the store's "
+        f"artifact locations now name {here / layout.MLFLOW_ARTIFACTS}\n"
+    )
+    client = opened.client
+    later = client.create_run(opened.experiment_id).info.run_id
+    client.log_artifact(later, str(tmp_path / "card.md"))
+    client.set_terminated(later)
+
+    ours = (here / layout.MLFLOW_ARTIFACTS).as_uri()
+    assert len(artifact_locations(here / layout.MLFLOW_DB)) == len(recorded) + 1
+    assert all(u.startswith(ours) for u in artifact_locations(here / layout.MLFLOW_DB))
+    assert (here / layout.MLFLOW_ARTIFACTS / later / "artifacts" / "card.md").is_file()
+    download = tmp_path / "download"
+    download.mkdir()
+    card = Path(client.download_artifacts(run, "card.md", str(download)))
+    assert card.read_text() == "logged before the move"
+    assert client.get_model_version_download_uri("m", "1").startswith(f"{ours}/models/{model}")
+    if how == "moved":
+        assert not first.exists(), "MLflow recreated the old folder"
+    else:
+        assert artifact_locations(first / layout.MLFLOW_DB) == recorded
+        assert not (first / layout.MLFLOW_ARTIFACTS / later).exists()
+    store.open_store(here, TrackingConfig())  # once followed, nothing more to do
+    assert capsys.readouterr().out == ""
+
+
+def test_a_store_copied_without_its_artifacts_is_refused_in_one_line(
+    tmp_path, current_uri_restored
+) -> None:
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    logged_project(first)
+    copy.mkdir()
+    with (  # SQLite's backup: what the -wal file holds too
+        contextlib.closing(sqlite3.connect(first / layout.MLFLOW_DB)) as original,
+        contextlib.closing(sqlite3.connect(copy / layout.MLFLOW_DB)) as copied,
+    ):
+        original.backup(copied)
+    recorded = artifact_locations(copy / layout.MLFLOW_DB)
+
+    with pytest.raises(store.StoreError) as refused:
+        store.existing_store(copy, TrackingConfig())
+
+    assert str(refused.value) == (
+        f"{copy / layout.MLFLOW_DB}: its runs' artifacts are recorded under "
+        f"{first / layout.MLFLOW_ARTIFACTS}, and there is no mlartifacts/ beside it: move or "
+        "copy mlartifacts/ along with mlflow.db"
+    )
+    assert artifact_locations(copy / layout.MLFLOW_DB) == recorded
+
+
+def test_a_moved_store_of_an_unknown_schema_is_refused_unchanged(
+    tmp_path, current_uri_restored
+) -> None:
+    """The rewrite knows where one MLflow schema keeps artifact locations; another schema may
+    keep them elsewhere, so a move is refused rather than half-followed."""
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    logged_project(first)
+    os.rename(first, moved)
+    database = moved / layout.MLFLOW_DB
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.execute("UPDATE alembic_version SET version_num = 'f00df00df00d'")
+    recorded = artifact_locations(database)
+
+    with pytest.raises(store.StoreError) as refused:
+        store.existing_store(moved, TrackingConfig(), writes=False)
+
+    assert str(refused.value) == (
+        f"{database}: its artifacts are recorded under {first / layout.MLFLOW_ARTIFACTS}, and "
+        "its MLflow schema f00df00df00d is not one overfit updates: move the project back "
+        "there, or start a new store (move mlflow.db and mlartifacts/ aside)"
+    )
+    assert artifact_locations(database) == recorded
+
+
+def test_the_installed_mlflow_makes_a_schema_whose_artifact_columns_are_known(tmp_path) -> None:
+    """An MLflow upgrade with a new schema fails here: check ARTIFACT_COLUMNS against it, then
+    add its revision to KNOWN_SCHEMAS."""
+    database = tmp_path / layout.MLFLOW_DB
+    store.ensure_store(f"sqlite:///{database}")
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        (schema,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+        for table, column in store.ARTIFACT_COLUMNS:
+            assert column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    assert schema in store.KNOWN_SCHEMAS

@@ -215,6 +215,7 @@ def existing_store(root: Path, tracking: TrackingConfig, writes: bool = True) ->
         use_wal(database)
         if writes:
             check_writable(database)
+        follow_move(database)
     try:
         check_reachable(uri)
     except ConnectionError as error:
@@ -312,6 +313,7 @@ def ensure_store(uri: str) -> None:
                 _create_store(database)
     use_wal(database)
     check_writable(database)
+    follow_move(database)
 
 
 def _create_store(database: Path) -> None:
@@ -330,6 +332,101 @@ def _create_store(database: Path) -> None:
         raise StoreError(f"{database}: could not create the MLflow store: {error}") from None
     os.replace(draft, database)
     print(f"created the MLflow store {database}", flush=True)
+
+
+# --- a moved or copied project ------------------------------------------------------------------
+
+# The MLflow schemas (alembic revisions) whose artifact locations `follow_move` knows, and the
+# columns that hold them there: every absolute artifact path the store records.
+KNOWN_SCHEMAS = frozenset({"dc11669786a5"})
+ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+)
+
+
+def follow_move(database: Path) -> None:
+    """Keep a moved or copied project's store pointing at its own artifacts: mlartifacts/
+    beside mlflow.db.
+
+    MLflow records artifact locations as absolute paths, and no public API changes them (`mlflow
+    db move-resources` retargets a workspace's experiments only, not their runs, models or
+    versions): a moved project would go on writing into its old folder, recreated, and serve
+    from there. So the store's records under the old folder's mlartifacts/ are rewritten to this
+    one, in one transaction, for an MLflow schema known to hold them in ARTIFACT_COLUMNS; any
+    other schema, or artifacts left behind, is refused in one line.
+    """
+    here = (database.parent / layout.MLFLOW_ARTIFACTS).as_uri()
+    try:
+        with _connect(database) as db:  # a read: a store that has not moved is left alone
+            if not _moved_from(db, here):
+                return
+        with store_lock(f"{SQLITE}{database}"), _connect(database) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                moves = _moved_from(db, here)  # again, under the lock: another may have done it
+                for old in moves:
+                    _check_movable(db, database, old, here)
+                    for table, column in ARTIFACT_COLUMNS:
+                        db.execute(
+                            f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                            f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                            (here, len(old) + 1, old, len(old) + 1, f"{old}/"),
+                        )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+    except (sqlite3.Error, OSError) as error:
+        raise StoreError(f"{database}: cannot update the MLflow store ({error})") from None
+    for old in moves:
+        print(
+            f"{database}: the project was moved or copied from {Path(_path(old)).parent}; the "
+            f"store's artifact locations now name {_path(here)}",
+            flush=True,
+        )
+
+
+def _connect(database: Path) -> contextlib.closing[sqlite3.Connection]:
+    return contextlib.closing(sqlite3.connect(database, 60, isolation_level=None))
+
+
+def _path(uri: str) -> str:
+    return unquote(urlsplit(uri).path)
+
+
+def _moved_from(db: sqlite3.Connection, here: str) -> list[str]:
+    """The other projects' mlartifacts/ this store's experiments name (its old folders)."""
+    rows = db.execute("SELECT artifact_location FROM experiments").fetchall()
+    ours = {location for (location,) in rows if location.startswith("file://")}
+    return sorted(
+        location
+        for location in ours
+        if location != here and location.endswith(f"/{layout.MLFLOW_ARTIFACTS}")
+    )
+
+
+def _check_movable(db: sqlite3.Connection, database: Path, old: str, here: str) -> None:
+    """Refuse a schema whose columns are not known, and artifacts left in the old folder."""
+    (schema,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    if schema not in KNOWN_SCHEMAS:
+        raise StoreError(
+            f"{database}: its artifacts are recorded under {_path(old)}, and its MLflow schema "
+            f"{schema} is not one overfit updates: move the project back there, or start a new "
+            "store (move mlflow.db and mlartifacts/ aside)"
+        )
+    logged = db.execute(
+        "SELECT count(*) FROM runs WHERE substr(artifact_uri, 1, ?) = ?", (len(old) + 1, f"{old}/")
+    ).fetchone()[0]
+    if logged and not Path(_path(here)).is_dir():
+        raise StoreError(
+            f"{database}: its runs' artifacts are recorded under {_path(old)}, and there is no "
+            f"{layout.MLFLOW_ARTIFACTS}/ beside it: move or copy {layout.MLFLOW_ARTIFACTS}/ "
+            "along with mlflow.db"
+        )
 
 
 @contextlib.contextmanager
