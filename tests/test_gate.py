@@ -849,3 +849,67 @@ def test_an_edited_configuration_that_hurts_the_model_fails(shrunk_pipeline, tmp
     report = (root / "reports/gate.md").read_text()
     assert re.search(r"\| selected_test_accuracy \|[^\n]*\| \*\*FAIL\*\* \|", report), report
     assert "model.learning_rate" in report  # the params diff shows what changed
+
+
+def with_intervals(files: tuple[dict[str, Any], dict[str, Any]]) -> tuple[dict, dict]:
+    """The reports with each accuracy's 95% interval, as evaluate writes them."""
+    from overfit.core.uncertainty import proportion_interval
+
+    metrics, listing = json.loads(json.dumps(files))
+    points = {"test_acc": 70, "fresh_acc": 10_000, "cv_acc": 30}
+    for config in listing["configs"].values():
+        for measure, n in points.items():
+            if measure in config:
+                low, high = proportion_interval(config[measure]["mean"], n)
+                config[measure] |= {"low": round(low, 6), "high": round(high, 6)}
+    return metrics, listing
+
+
+def test_a_drop_within_its_noise_is_not_a_regression() -> None:
+    """Two test points of 70 are well inside the noise of two 70-point accuracies: with the
+    intervals on both sides the drop passes, and the report says by which rule."""
+    base = parsed(with_intervals(reports(BASE_RUNS)))
+    new = parsed(with_intervals(changed(TWO_POINTS_LOST)))
+    [test] = [r for r in check_rules(base, new, GateConfig()) if r.name == "selected_test_accuracy"]
+    assert test.passed
+    allowed = float(re.match(r"drop at most (\d\.\d{4}) \(noise", test.tolerance).group(1))
+    assert 0.08 < allowed < 0.12  # about six points of 70
+    assert test.tolerance.endswith("(noise: 95% interval of the drop; set 0.0143)")
+    # Without the intervals on one side, the set tolerance decides, as before.
+    old = parsed(reports(BASE_RUNS))
+    assert rule_results(old, new)["selected_test_accuracy"] is False
+
+
+def test_a_drop_beyond_its_noise_fails_and_the_set_tolerance_is_a_floor() -> None:
+    # Fresh accuracy on 10,000 points: its noise (about 0.008) is below the set 0.01, which
+    # stays the limit; a drop of 0.025 is beyond both.
+    base = parsed(with_intervals(reports(BASE_RUNS)))
+    worse = parsed(with_intervals(changed({"l1_1e-03": (1e-3, 0.966667, 66, 0.900, 0.95)})))
+    [fresh] = [
+        r for r in check_rules(base, worse, GateConfig()) if r.name == "selected_fresh_accuracy"
+    ]
+    assert not fresh.passed and fresh.tolerance == "drop at most 0.0100"
+    # Cross-validation on 30 held-out rows: a drop of two rows (0.067) is noise.
+    two_rows = parsed(with_intervals(changed({"l1_1e-03": (1e-3, 0.966667, 66, 0.925, 0.883333)})))
+    assert rule_results(base, two_rows)["selected_cv_accuracy"] is True
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        ({"test_acc_low": "0.8"}, "tags test_acc_low, test_acc_high must be two numbers in [0, 1]"),
+        ({"test_acc_low": "0.95", "test_acc_high": "0.99"}, "must be an interval around test_acc"),
+        ({"fresh_acc_low": "nan", "fresh_acc_high": "1"}, "tags fresh_acc_low, fresh_acc_high"),
+    ],
+)
+def test_a_versions_bad_interval_tags_are_refused_in_one_line(tags, message: str) -> None:
+    from overfit.core.rules import version_pick
+
+    good = {"overfit.run": "l1_1e-03", "overfit.selection_rule": "cv_acc: ..."}
+    good |= {"cv_acc": "0.95", "test_acc": "0.9", "fresh_acc": "0.92"}
+    assert version_pick(good, "version 1").intervals == {}
+    complete = good | {"test_acc_low": "0.8", "test_acc_high": "0.95"}
+    assert version_pick(complete, "version 1").intervals == {"test": (0.8, 0.95)}
+    with pytest.raises(ArtifactError) as refused:
+        version_pick(good | tags, "version 1")
+    assert message in str(refused.value) and "\n" not in str(refused.value)

@@ -51,6 +51,7 @@ QUEUED = {
         "registry": {"name": "overfit-circles"},
     },
     "dvc exp run -S data.noise=0.3": {"data": {"name": "moons", "noise": 0.3}},
+    "dvc exp run -S select.rule=one_se": {"select": {"rule": "one_se", "metric": "cv_acc"}},
     "dvc exp run -S sweep=article -S 'train.seeds=[1,2,3]'": {
         "sweep": {"name": "article", "kinds": ["l2"], "strengths": [1e-3]},
         "train": {"seeds": [1, 2, 3]},

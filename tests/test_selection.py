@@ -113,7 +113,9 @@ def test_ties_go_to_the_lower_loss_then_the_stronger_then_the_simpler_penalty():
 
 def test_the_rule_cannot_see_test_or_fresh_figures():
     fields = {f.name for f in dataclasses.fields(Candidate)}
-    assert fields == {"run", "kind", "strength", "cv_acc", "cv_loss"}
+    assert fields == {
+        "run", "kind", "strength", "cv_acc", "cv_loss", "cv_acc_se", "cv_loss_se", "hidden_l2"
+    }  # fmt: skip
     table = [c("l1_1e-03", "l1", 1e-3, 0.9, 0.2)]
     with pytest.raises(ValueError, match="cv_acc or cv_loss"):
         choose(table, "test_acc")

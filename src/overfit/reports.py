@@ -26,12 +26,14 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
 from overfit import layout
 from overfit.artifacts import read_json, read_record, write_bytes, write_json, write_text
 from overfit.config import SELECTION_METRICS
+from overfit.core.uncertainty import ALPHA
 from overfit.validation import (
     NON_NEGATIVE,
     Accuracy,
@@ -59,10 +61,51 @@ REQUIRED_MEASURES = ("train_acc", "test_acc", "fresh_acc")
 
 class Spread(Schema):
     """Mean and standard deviation over seeds (over folds for cv_acc and cv_loss); which
-    range the mean keeps depends on the measure (`figure_bounds`)."""
+    range the mean keeps depends on the measure (`figure_bounds`). An accuracy also has its
+    95% interval, `low` to `high` (core.uncertainty): over the points it is measured on (for
+    cv_acc, the held-out rows)."""
 
     mean: Finite
     std: Annotated[float, NON_NEGATIVE]
+    low: Accuracy | None = None
+    high: Accuracy | None = None
+
+    @model_validator(mode="after")
+    def _interval_around_mean(self) -> Spread:
+        if (self.low is None) != (self.high is None):
+            raise refused("both low and high, or neither", self.low or self.high, "low")
+        if self.low is not None and not self.low <= self.mean <= self.high:
+            allowed = f"an interval around the mean {self.mean}"
+            raise refused(allowed, [self.low, self.high], "low")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_missing_interval(self, handler: Any) -> dict[str, Any]:
+        content = handler(self)
+        return {k: v for k, v in content.items() if v is not None}
+
+
+class Paired(Schema):
+    """A configuration against the unregularized one on the same points: the points only it
+    gets right, those only the unregularized one gets right, exact McNemar's p, and p adjusted
+    over every configuration (Benjamini-Hochberg)."""
+
+    gained: Annotated[StrictInt, Field(ge=0)]
+    lost: Annotated[StrictInt, Field(ge=0)]
+    p: Accuracy
+    p_adjusted: Accuracy
+
+    @property
+    def distinguishable(self) -> bool:
+        return self.p_adjusted < ALPHA
+
+
+class Comparison(Schema):
+    """One configuration against the unregularized one: on the test rows, and on the fresh
+    sample."""
+
+    test: Paired
+    fresh: Paired
 
 
 class ConfigSummary(Schema):
@@ -153,9 +196,13 @@ class Evaluation(Schema):
     baseline_run: StrictStr | None = Field(alias="baseline")
     selected: StrictStr
     rule: SelectionRule
+    # Whether the rule took the simplest configuration within one standard error of the best.
+    one_se: bool = False
     cv_choice: StrictStr | None
     test_choice: StrictStr
     configs: dict[str, ConfigSummary]
+    # Each configuration against the baseline (none without a baseline).
+    versus_baseline: dict[str, Comparison] = {}
     headline: Headline | None = Field(exclude=True)
 
     @model_validator(mode="after")
@@ -171,6 +218,9 @@ class Evaluation(Schema):
         for key, run in named.items():
             if run is not None and run not in self.configs:
                 raise refused("the name of a configuration in configs", run, key)
+        for run in self.versus_baseline:
+            if run not in self.configs:
+                raise refused("the name of a configuration in configs", run, "versus_baseline")
         if self.baseline_run is not None and self.configs[self.baseline_run].kind != "none":
             allowed = "a configuration of kind none (the unregularized one)"
             raise refused(allowed, self.baseline_run, "baseline")
@@ -182,6 +232,7 @@ class Evaluation(Schema):
         """configs.json's content, configurations by name."""
         content = self.model_dump()
         content["configs"] = dict(sorted(content["configs"].items()))
+        content["versus_baseline"] = dict(sorted(content["versus_baseline"].items()))
         return content
 
 

@@ -24,14 +24,16 @@ def model_card(
         spread = report.configs[run].measures.get(key)
         over = "folds" if key.startswith("cv") else "seeds"
         if spread is None:
-            return f"| {name} | n/a |"
-        return f"| {name} | {spread.mean:.3f} ± {spread.std:.3f} (over {over}) |"
+            return f"| {name} | n/a | |"
+        interval = f" | {spread.low:.3f}-{spread.high:.3f}" if spread.low is not None else " |"
+        return f"| {name} | {spread.mean:.3f} ± {spread.std:.3f} (over {over}){interval} |"
 
-    rows = ["| figure | mean ± standard deviation |", "|---|---|"]
+    rule = describe(record.rule, config.select.folds, report.one_se)
+    rows = ["| figure | mean ± standard deviation | 95% interval |", "|---|---|---|"]
     rows += [figure("cross-validation accuracy", "cv_acc")] if "cv_acc" in chosen.measures else []
     rows += [figure(f"test accuracy ({n_test} points)", "test_acc")]
     rows += [figure(f"fresh accuracy ({data.fresh_samples} points)", "fresh_acc")]
-    rows += [f"| this seed's test accuracy | {record.seed_test:.3f} |"]
+    rows += [f"| this seed's test accuracy | {record.seed_test:.3f} | |"]
     if report.baseline_run is not None:
         rows += [figure("unregularized: test accuracy", "test_acc", report.baseline_run)]
         rows += [figure("unregularized: fresh accuracy", "fresh_acc", report.baseline_run)]
@@ -48,7 +50,7 @@ def model_card(
             f"{data.n_train} train and the other {n_test} test; {data.fresh_samples} fresh "
             "points from the same generator estimate real-world accuracy.",
             "",
-            f"**Chosen by** {record.rule}: {describe(record.rule, config.select.folds)}.",
+            f"**Chosen by** {record.rule}: {rule}.",
             "",
             *rows,
             "",

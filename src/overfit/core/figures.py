@@ -133,6 +133,20 @@ def strength_figure(
             style, label = SPLIT_STYLES[measure]
             ax.plot(x, [c.mean(measure) for _, c in mine], style, color=colour, label=label)
             ax.axhline(base.mean(measure), color="black", linestyle=style[1:], linewidth=0.8)
+        if all(c.measures["test_acc"].low is not None for _, c in mine):  # 70 points: wide
+            lows = [c.measures["test_acc"].low for _, c in mine]
+            highs = [c.measures["test_acc"].high for _, c in mine]
+            means = [c.mean("test_acc") for _, c in mine]
+            ax.errorbar(
+                x,
+                means,
+                yerr=[np.subtract(means, lows), np.subtract(highs, means)],
+                fmt="none",
+                ecolor=colour,
+                alpha=0.45,
+                capsize=3,
+                label="test: 95% interval",
+            )
         for name, c in mine:
             for chosen, marker, label in (
                 (selected, "*", "selected"),

@@ -9,7 +9,17 @@ import numpy as np
 
 from overfit.core.data import Points
 from overfit.core.selection import candidates, choose, choose_on_test, strength_of
-from overfit.reports import Baseline, ConfigSummary, Evaluation, Headline, Selected, Spread
+from overfit.core.uncertainty import adjusted, paired_test, proportion_interval
+from overfit.reports import (
+    Baseline,
+    Comparison,
+    ConfigSummary,
+    Evaluation,
+    Headline,
+    Paired,
+    Selected,
+    Spread,
+)
 
 # A hidden weight this small no longer moves the output: Adam keeps L1-penalized weights
 # jittering within about one learning rate (1e-3) of zero instead of landing exactly on it.
@@ -75,9 +85,15 @@ def weight_stats(hidden_kernel: np.ndarray) -> dict[str, float]:
     }
 
 
-def spread(values: Sequence[float]) -> Spread:
+def spread(values: Sequence[float], interval: tuple[float, float] | None = None) -> Spread:
+    """Mean and standard deviation of `values`, with the interval around the mean if given."""
     a = np.asarray(values, dtype=np.float64)
-    return Spread(mean=round(float(a.mean()), DECIMALS), std=round(float(a.std()), DECIMALS))
+    mean, std = round(float(a.mean()), DECIMALS), round(float(a.std()), DECIMALS)
+    if interval is None:
+        return Spread(mean=mean, std=std)
+    # Rounded outward, so the interval still holds the rounded mean.
+    low, high = (round(float(v), DECIMALS) for v in interval)
+    return Spread(mean=mean, std=std, low=min(low, mean), high=max(high, mean))
 
 
 def summarize_run(
@@ -86,14 +102,26 @@ def summarize_run(
     strength: float,
     per_fold: Sequence[Mapping[str, float]] = (),
     name: str = "a configuration",
+    points: Mapping[str, int] | None = None,
 ) -> ConfigSummary:
     """Mean and spread over seeds of every per-seed measure; over folds, of the held-out
-    accuracy and loss (cv_acc, cv_loss) when there was cross-validation. ArtifactError, naming
-    the configuration `name`, when a measure is out of its range (a NaN loss, ...)."""
-    names = per_seed[0].keys()
-    measures = {n: spread([s[n] for s in per_seed]) for n in names}
+    accuracy and loss (cv_acc, cv_loss) when there was cross-validation. An accuracy measured
+    on `points[measure]` points gets its 95% interval as a proportion of them (cv_acc: of the
+    held-out rows, every training row once). ArtifactError, naming the configuration `name`,
+    when a measure is out of its range (a NaN loss, ...)."""
+    points = points or {}
+    measures = {}
+    for measure in per_seed[0]:
+        values = [s[measure] for s in per_seed]
+        n = points.get(measure)
+        interval = proportion_interval(float(np.mean(values)), n) if n else None
+        measures[measure] = spread(values, interval)
     if per_fold:
-        measures["cv_acc"] = spread([f["acc"] for f in per_fold])
+        accuracies = [f["acc"] for f in per_fold]
+        # Every training row is held out once: the folds' mean is a proportion of those rows.
+        n = points.get("cv_acc")
+        interval = proportion_interval(float(np.mean(accuracies)), n) if n else None
+        measures["cv_acc"] = spread(accuracies, interval)
         measures["cv_loss"] = spread([f["loss"] for f in per_fold])
     return ConfigSummary.parse({"kind": kind, "strength": strength, **measures}, name)
 
@@ -109,10 +137,47 @@ def test_choice(configs: Mapping[str, ConfigSummary]) -> str:
     )
 
 
-def evaluation(configs: dict[str, ConfigSummary], rule: str) -> Evaluation:
+# The points a configuration is compared with the baseline on, paired.
+PAIRED_SPLITS = ("test", "fresh")
+
+
+def correctness(mean_probability: np.ndarray, points: Points) -> np.ndarray:
+    """Which points a configuration gets right, by its seeds' mean probability of class 1."""
+    return (np.ravel(mean_probability) > 0.5) == (np.ravel(points.y) > 0.5)
+
+
+def versus_baseline(
+    correct: Mapping[str, Mapping[str, np.ndarray]], baseline: str
+) -> dict[str, Comparison]:
+    """Every other configuration against `baseline`, paired on each split's points (exact
+    McNemar), the p-values adjusted over the configurations, split by split."""
+    others = sorted(n for n in correct if n != baseline)
+    tests = {
+        split: {n: paired_test(correct[n][split], correct[baseline][split]) for n in others}
+        for split in PAIRED_SPLITS
+    }
+    q = {split: adjusted({n: t.p for n, t in tests[split].items()}) for split in PAIRED_SPLITS}
+
+    def paired(split: str, name: str) -> Paired:
+        t = tests[split][name]
+        p, p_adjusted = (round(v, DECIMALS) for v in (t.p, q[split][name]))
+        return Paired(gained=t.gained, lost=t.lost, p=p, p_adjusted=p_adjusted)
+
+    return {n: Comparison(test=paired("test", n), fresh=paired("fresh", n)) for n in others}
+
+
+def evaluation(
+    configs: dict[str, ConfigSummary],
+    rule: str,
+    correct: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    one_se: bool = False,
+    folds: int = 0,
+) -> Evaluation:
     """Per-configuration summaries, the configuration `rule` selects (the unregularized one
-    is a candidate too), the test set's choice beside it, and, when there is an
-    unregularized run, the headline."""
+    is a candidate too; `one_se`: the simplest within one standard error of the best over
+    `folds` folds), the test set's choice beside it, and, when there is an unregularized run,
+    the headline and (given each configuration's per-point `correct`ness on the test and
+    fresh points) every configuration compared with it."""
     if not configs:
         raise EvaluationError("no configuration to evaluate")
     on_test = test_choice(configs)
@@ -123,7 +188,10 @@ def evaluation(configs: dict[str, ConfigSummary], rule: str) -> Evaluation:
             "train stage with select.folds >= 2"
         )
     # What cross-validation picks, beside the test set's pick even when the rule is test_acc.
-    on_cv = None if missing else choose(candidates(configs), rule.replace("test_acc", "cv_acc"))
+    on_cv = None
+    if not missing:
+        one_se = one_se and rule != "test_acc"
+        on_cv = choose(candidates(configs, folds), rule.replace("test_acc", "cv_acc"), one_se)
     chosen = on_test if rule == "test_acc" else on_cv
     baseline = next((n for n in sorted(configs) if configs[n].kind == "none"), None)
     headline = None
@@ -138,8 +206,11 @@ def evaluation(configs: dict[str, ConfigSummary], rule: str) -> Evaluation:
                 fresh=pick.mean("fresh_acc"),
             ),
         )
+    compared = versus_baseline(correct, baseline) if correct and baseline is not None else {}
     return Evaluation(
         configs=configs,
+        versus_baseline=compared,
+        one_se=one_se,
         baseline_run=baseline,
         headline=headline,
         rule=rule,

@@ -14,7 +14,7 @@ by the schemas below: its figures for the working tree's selected configuration 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ConfigDict, StrictStr
@@ -24,6 +24,7 @@ from overfit.artifacts import ArtifactError, loads
 from overfit.config import SELECTION_METRICS, GateConfig
 from overfit.core.remedies import TEST_WATCH_LABEL, watched_test
 from overfit.core.selection import OPTIMISTIC
+from overfit.core.uncertainty import drop_noise
 from overfit.reports import Baseline, ConfigSummary, Evaluation, Selected, parse_evaluation
 from overfit.validation import Accuracy, Schema, shown
 
@@ -45,10 +46,12 @@ class GateError(RuntimeError):
 @dataclass(frozen=True)
 class Pick:
     """A configuration's figures and how it was chosen: a selection rule, or None for a base
-    from before selection, whose figures for the same configuration stand in."""
+    from before selection, whose figures for the same configuration stand in. `intervals`: the
+    figures' 95% intervals, by Selected's keys (cv, test, fresh), where the revision has them."""
 
     figures: Selected
     rule: str | None
+    intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,14 @@ def metrics_of(evaluation: Evaluation, name: str) -> Metrics:
     if headline is None:
         raise GateError(f"{name}: no baseline entry (a sweep without its unregularized run?)")
     configs = {run: figures_of(run, config) for run, config in evaluation.configs.items()}
-    return Metrics(headline.baseline, Pick(headline.selected, evaluation.rule), configs)
+    chosen = evaluation.configs[headline.selected.run].measures
+    intervals = {
+        key: (chosen[measure].low, chosen[measure].high)
+        for key, measure in FIGURE_TAGS.items()
+        if measure in chosen and chosen[measure].low is not None
+    }
+    pick = Pick(headline.selected, evaluation.rule, intervals)  # type: ignore[arg-type]
+    return Metrics(headline.baseline, pick, configs)
 
 
 def figures_of(run: str, config: ConfigSummary) -> Selected:
@@ -203,7 +213,34 @@ def version_pick(tags: Mapping[str, str], name: str) -> Pick:
     if rule != "test_acc" and figures.cv is None:
         allowed = f"a number in [0, 1] (rule {rule} selects by cross-validation)"
         raise ArtifactError(f'{name}: tag cv_acc must be {allowed}, got ""')
-    return Pick(figures, rule)
+    return Pick(figures, rule, version_intervals(tags, figures, name))
+
+
+def version_intervals(
+    tags: Mapping[str, str], figures: Selected, name: str
+) -> dict[str, tuple[float, float]]:
+    """The 95% intervals a version's tags hold (`test_acc_low`, `test_acc_high`, ...; a version
+    registered before them has none): ArtifactError for one that is not two numbers in [0, 1]
+    around its figure."""
+    intervals = {}
+    for key, tag in FIGURE_TAGS.items():
+        ends = [tags.get(f"{tag}_{end}") for end in ("low", "high")]
+        value = getattr(figures, key)
+        if ends == [None, None] or value is None:
+            continue
+        numbers = [_number(end or "", "") for end in ends]
+        if not all(isinstance(v, float) and 0 <= v <= 1 for v in numbers):
+            got = shown(",".join(str(end) for end in ends))
+            allowed = "two numbers in [0, 1] (low, high)"
+            raise ArtifactError(f"{name}: tags {tag}_low, {tag}_high must be {allowed}, got {got}")
+        low, high = numbers
+        if not low <= value <= high:
+            allowed = f"an interval around {tag} {value}"
+            raise ArtifactError(
+                f"{name}: tags {tag}_low, {tag}_high must be {allowed}, got {low}, {high}"
+            )
+        intervals[key] = (low, high)
+    return intervals
 
 
 def _number(text: str, empty: Any) -> Any:
@@ -258,8 +295,10 @@ def drop_rules(
     sides: tuple[str, str] = ("the base", "the working tree"),
 ) -> list[Rule]:
     """The selected configuration's cross-validation, test and fresh accuracy each drop from
-    `old` to `now` by at most their tolerance; `skipped` says why a figure cannot be compared,
-    and `sides` names old and new in those reasons."""
+    `old` to `now` by at most their tolerance, or by at most the drop's noise when both sides
+    have the figure's 95% interval and the noise is larger: a drop is a regression only when
+    the lower 95% limit of the drop is above zero (`drop_noise`). `skipped` says why a figure
+    cannot be compared, and `sides` names old and new in those reasons."""
     tolerances = {
         "cv": gate.selected_cv_drop,
         "test": gate.selected_test_drop,
@@ -273,12 +312,17 @@ def drop_rules(
         for side, value in zip(reversed(sides), (after, before), strict=True):
             if not why and value is None:
                 why = f"{side} selected without cross-validation"
-        passed = why != "" or at_least(after, before - tolerance)
+        allowed, how = tolerance, ""
+        if not why and old is not None and figure in old.intervals and figure in now.intervals:
+            noise = drop_noise(before, old.intervals[figure], after, now.intervals[figure])
+            if noise > tolerance:
+                allowed, how = noise, f" (noise: 95% interval of the drop; set {tolerance:.4f})"
+        passed = why != "" or at_least(after, before - allowed)
         rule = Rule(
             f"selected_{figure}_accuracy",
             _shown(before, old),
             _shown(after, now),
-            f"drop at most {tolerance:.4f}",
+            f"drop at most {allowed:.4f}{how}",
             passed,
             why,
         )

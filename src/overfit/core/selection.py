@@ -82,6 +82,12 @@ class Candidate:
     strength: float
     cv_acc: float
     cv_loss: float
+    # The standard errors of the two means over the folds, and the size of the hidden
+    # weights (hidden_l2, measured on the model trained on the training rows): what the
+    # one-standard-error rule reads.
+    cv_acc_se: float = 0.0
+    cv_loss_se: float = 0.0
+    hidden_l2: float = 0.0
 
 
 def _tie_break(run: str, kind: str, strength: float, loss: float) -> tuple[Any, ...]:
@@ -111,11 +117,27 @@ def rank(candidates: Sequence[Candidate], metric: str) -> list[str]:
     return [c.run for tied in ranked for c in sorted(tied, key=tie_key)]
 
 
-def choose(candidates: Sequence[Candidate], metric: str) -> str:
-    """The run the rule picks: the first of `rank`."""
+def choose(candidates: Sequence[Candidate], metric: str, one_se: bool = False) -> str:
+    """The run the rule picks: the first of `rank`, or (`one_se`) the simplest within one
+    standard error of it (`within_one_se`)."""
     if not candidates:
         raise ValueError("no configuration to choose from")
-    return rank(candidates, metric)[0]
+    ranked = rank(candidates, metric)
+    return within_one_se(candidates, metric, ranked)[0] if one_se else ranked[0]
+
+
+def within_one_se(candidates: Sequence[Candidate], metric: str, ranked: Sequence[str]) -> list[str]:
+    """The one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman,
+    The Elements of Statistical Learning, 7.10): the configurations whose mean score is within
+    one standard error (over the folds) of the best one's, simplest first. Simplest means the
+    smallest hidden weights (hidden_l2), a size every remedy's models share, where penalty
+    strengths of different remedies are not comparable; ties keep `ranked`'s order."""
+    by_run = {c.run: c for c in candidates}
+    best = by_run[ranked[0]]
+    sign = -1.0 if metric == "cv_acc" else 1.0
+    bound = sign * getattr(best, metric) + getattr(best, f"{metric}_se") + TIE
+    pool = [run for run in ranked if sign * getattr(by_run[run], metric) <= bound]
+    return sorted(pool, key=lambda run: (by_run[run].hidden_l2, ranked.index(run)))
 
 
 def strength_of(config: ConfigSummary) -> float:
@@ -124,10 +146,26 @@ def strength_of(config: ConfigSummary) -> float:
     return Remedy(config.kind, config.strength).strength
 
 
-def candidates(configs: Mapping[str, ConfigSummary]) -> list[Candidate]:
-    """What the rule may see of each configuration: no test or fresh figure."""
+def candidates(configs: Mapping[str, ConfigSummary], folds: int = 0) -> list[Candidate]:
+    """What the rule may see of each configuration: no test or fresh figure. With the number
+    of `folds`, the standard errors of its cross-validation means too."""
+
+    def se(c: ConfigSummary, measure: str) -> float:
+        # The spread is the folds' standard deviation (n in the denominator): n - 1 for the
+        # sample's, over the square root of n for the mean's.
+        return c.measures[measure].std / math.sqrt(folds - 1) if folds > 1 else 0.0
+
     return [
-        Candidate(name, c.kind, strength_of(c), c.mean("cv_acc"), c.mean("cv_loss"))
+        Candidate(
+            name,
+            c.kind,
+            strength_of(c),
+            c.mean("cv_acc"),
+            c.mean("cv_loss"),
+            se(c, "cv_acc"),
+            se(c, "cv_loss"),
+            c.mean("hidden_l2") if "hidden_l2" in c.measures else 0.0,
+        )
         for name, c in configs.items()
     ]
 
@@ -145,9 +183,12 @@ def choose_on_test(
     return min(tied, key=lambda r: _tie_break(r, kinds[r], strengths[r], losses[r]))
 
 
-def describe(metric: str, folds_count: int) -> str:
+def describe(metric: str, folds_count: int, one_se: bool = False) -> str:
     """How a rule chose, as every report says it."""
     if metric == "test_acc":
         return f"highest test accuracy, {OPTIMISTIC}"
     best = "highest mean held-out accuracy" if metric == "cv_acc" else "lowest held-out loss"
-    return f"{best} in {folds_count}-fold cross-validation on the training rows"
+    text = f"{best} in {folds_count}-fold cross-validation on the training rows"
+    if one_se:
+        return f"smallest hidden weights within one standard error of the {text}"
+    return text

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from overfit.artifacts import JobResult
 from overfit.core.remedies import FAMILIES, TEST_WATCH_LABEL, watched_test
 from overfit.core.selection import TIE, candidates, describe, rank
-from overfit.reports import Evaluation
+from overfit.core.uncertainty import ALPHA
+from overfit.reports import Comparison, ConfigSummary, Evaluation
 
 
 def results_table(results: Sequence[JobResult]) -> str:
@@ -46,20 +47,25 @@ def summary_markdown(evaluation: Evaluation, folds: int) -> str:
 
     def cell(name: str, key: str) -> str:
         spread = configs[name].measures[key]
-        return f"{spread.mean:.3f} ± {spread.std:.3f}"
+        interval = f" [{spread.low:.3f}, {spread.high:.3f}]" if spread.low is not None else ""
+        return f"{spread.mean:.3f} ± {spread.std:.3f}{interval}"
 
     text = ["# Sweep summary", ""]
     if evaluation.baseline_run is not None:
         b = {k: configs[evaluation.baseline_run].mean(k) for k in ("train_acc", "test_acc")}
         b |= {k: configs[evaluation.baseline_run].mean(k) for k in ("fresh_acc", "gap")}
+        base = configs[evaluation.baseline_run]
         text += [
             f"Without a penalty the network overfits: train accuracy {b['train_acc']:.3f}, "
-            f"test {b['test_acc']:.3f} (a gap of {b['gap']:.3f}), "
-            f"and {b['fresh_acc']:.3f} on fresh points.",
+            f"test {figure(base, 'test_acc')} (a gap of {b['gap']:.3f}), "
+            f"and {figure(base, 'fresh_acc')} on fresh points. Intervals are 95%: over the "
+            "points measured on (Wilson; cross-validation: its held-out rows, every training row "
+            "once).",
             "",
         ]
     text += choice_section(evaluation, folds, has_cv)
     text += remedies_section(evaluation, has_cv)
+    text += noise_section(evaluation)
     if has_cv:  # in the order of the rule (cv_acc when the rule is test_acc)
         order = rank(candidates(configs), evaluation.rule.replace("test_acc", "cv_acc"))
     else:
@@ -80,14 +86,93 @@ def summary_markdown(evaluation: Evaluation, folds: int) -> str:
     text += [
         "## Every configuration",
         "",
-        f"Mean ± spread (standard deviation) over seeds (cv: over folds), {first} first; "
-        "gap = train - test.",
+        f"Mean ± spread (standard deviation) over seeds (cv: over folds), then the 95% "
+        f"interval; {first} first; gap = train - test.",
         "",
     ]
     return "\n".join(text + lines) + "\n"
 
 
 OPTIMISTIC_MARK = f" ({TEST_WATCH_LABEL})"
+
+
+def figure(config: ConfigSummary, measure: str) -> str:
+    """A mean with its 95% interval: `0.914 (0.825-0.960)`."""
+    spread = config.measures[measure]
+    if spread.low is None:
+        return f"{spread.mean:.3f}"
+    return f"{spread.mean:.3f} ({spread.low:.3f}-{spread.high:.3f})"
+
+
+def noise_section(evaluation: Evaluation) -> list[str]:
+    """Which configurations differ from no remedy by more than noise, on the test rows and on
+    the fresh points, from the paired tests evaluate ran."""
+    compared = evaluation.versus_baseline
+    if not compared:
+        return []
+    base = evaluation.configs[evaluation.baseline_run or ""]
+    sizes = {"test": "the test rows", "fresh": "the fresh points"}
+    text = [
+        "## Which differences are more than noise",
+        "",
+        f"Each configuration against no remedy ({evaluation.baseline_run}) on the same points: "
+        "an exact McNemar test on the points exactly one of the two gets right (each by its "
+        f"seeds' mean probability), its p-value adjusted over the {len(compared)} "
+        f"configurations (Benjamini-Hochberg). A difference is told from noise when the "
+        f"adjusted p is below {ALPHA}.",
+        "",
+    ]
+    for split, where in sizes.items():
+        better, worse, same = [], [], []
+        for name, comparison in compared.items():
+            paired = getattr(comparison, split)
+            group = same if not paired.distinguishable else better
+            if paired.distinguishable and paired.lost > paired.gained:
+                group = worse
+            group.append(name)
+        points = f"On {where} ({base.measures[f'{split}_acc'].mean:.3f} without a remedy): "
+        if not better and not worse:
+            widest = max(compared, key=lambda n: sum(_counts(compared[n], split)))
+            gained, lost = _counts(compared[widest], split)
+            text.append(
+                f"- {points}none of the {len(compared)} configurations differs from no remedy "
+                f"by more than noise; the widest disagreement, {widest}, is {gained} points "
+                f"gained and {lost} lost."
+            )
+            continue
+        parts = [
+            f"{len(group) or 'none'} {word}" + (f" ({', '.join(group)})" if group else "")
+            for group, word in (
+                (better, "do better"),
+                (worse, "do worse"),
+                (same, "cannot be told from it"),
+            )
+        ]
+        text.append(f"- {points}" + "; ".join(parts) + ".")
+    text.append(
+        "- These tests compare trained models on fixed points. Whether a remedy helps on "
+        "another draw of the training rows is another question, which one draw cannot answer."
+    )
+    table = [
+        "",
+        "| configuration | test: gained / lost | adjusted p | fresh: gained / lost | adjusted p |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in compared.items():
+        table.append(
+            f"| {name} | {c.test.gained} / {c.test.lost} | {_p(c.test.p_adjusted)} | "
+            f"{c.fresh.gained} / {c.fresh.lost} | {_p(c.fresh.p_adjusted)} |"
+        )
+    return text + table + [""]
+
+
+def _counts(comparison: Comparison, split: str) -> tuple[int, int]:
+    paired = getattr(comparison, split)
+    return paired.gained, paired.lost
+
+
+def _p(value: float) -> str:
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def family_picks(evaluation: Evaluation, has_cv: bool) -> dict[str, str]:
@@ -121,7 +206,10 @@ def remedies_section(evaluation: Evaluation, has_cv: bool) -> list[str]:
         rows = {"none": evaluation.baseline_run} | rows
     for family, name in rows.items():
         label = FAMILIES[family].label if family in FAMILIES else "no remedy"
-        figures = " | ".join(f"{configs[name].mean(m):.3f}" for m in measures)
+        figures = " | ".join(
+            figure(configs[name], m) if m != "gap" else f"{configs[name].mean(m):.3f}"
+            for m in measures
+        )
         mark = OPTIMISTIC_MARK if watched_test(name) else ""
         table.append(f"| {label} | {name}{mark} | {figures} |")
     best = []
@@ -134,15 +222,39 @@ def remedies_section(evaluation: Evaluation, has_cv: bool) -> list[str]:
             continue
         value = max(configs[picks[f]].mean(measure) for f in picks)
         tied = [FAMILIES[f].label for f in picks if configs[picks[f]].mean(measure) >= value - TIE]
+        top = configs[next(picks[f] for f in picks if FAMILIES[f].label == tied[0])]
+        low = top.measures[measure].low
+        near = [
+            FAMILIES[f].label
+            for f in picks
+            if low is not None
+            and FAMILIES[f].label not in tied
+            and configs[picks[f]].mean(measure) >= low
+        ]
         if len(tied) == 1:
             best.append(f"on {word}, {tied[0]} ({value:.3f})")
         else:
             best.append(f"on {word}, {len(tied)} remedies tie at {value:.3f} ({', '.join(tied)})")
+        if near:
+            best[-1] += f", with {len(near)} more inside its 95% interval ({', '.join(near)})"
     smallest = min(picks, key=lambda f: configs[picks[f]].mean("gap"))
     verdict = (
         f"Best remedy {'; '.join(best)}. The smallest train - test gap: "
         f"{FAMILIES[smallest].label} ({configs[picks[smallest]].mean('gap'):.3f})."
     )
+    compared = evaluation.versus_baseline
+    better = [
+        f
+        for f in picks
+        if picks[f] in compared
+        and compared[picks[f]].test.distinguishable
+        and compared[picks[f]].test.gained > compared[picks[f]].test.lost
+    ]
+    if compared and not better:
+        verdict += (
+            " On the test rows, no remedy's best does better than no remedy by more than noise "
+            "(next section): these are rankings of a few points, not findings."
+        )
     return [
         "## Which remedy closes the gap best",
         "",
@@ -161,13 +273,13 @@ def choice_section(evaluation: Evaluation, folds: int, has_cv: bool) -> list[str
     """Which configuration each rule picks, what each reports, and what it is really worth."""
     configs = evaluation.configs
     chosen, on_test = evaluation.selected, evaluation.test_choice
-    rule = describe(evaluation.rule, folds)
+    rule = describe(evaluation.rule, folds, evaluation.one_se)
     c = configs[chosen]
     text = [
         "## The choice",
         "",
-        f"Selected: **{chosen}**, by {rule}. Its test accuracy is {c.mean('test_acc'):.3f} and "
-        f"its accuracy on the fresh sample is {c.mean('fresh_acc'):.3f}.",
+        f"Selected: **{chosen}**, by {rule}. Its test accuracy is {figure(c, 'test_acc')} and "
+        f"its accuracy on the fresh sample is {figure(c, 'fresh_acc')}.",
         "",
     ]
     if not has_cv:
@@ -179,7 +291,10 @@ def choice_section(evaluation: Evaluation, folds: int, has_cv: bool) -> list[str
         ]
     honest = "cv_acc" if evaluation.rule == "test_acc" else evaluation.rule
     honest_pick = evaluation.cv_choice or chosen
-    rows = [(describe(honest, folds), honest_pick), (describe("test_acc", folds), on_test)]
+    rows = [(describe(honest, folds, evaluation.one_se), honest_pick)]
+    if evaluation.one_se:  # beside it, what the best score alone picks
+        rows.append((describe(honest, folds), rank(candidates(configs), honest)[0]))
+    rows.append((describe("test_acc", folds), on_test))
     table = [
         "| rule | picks | cv acc | test acc | fresh acc | test - fresh |",
         "|---|---|---|---|---|---|",
@@ -187,8 +302,8 @@ def choice_section(evaluation: Evaluation, folds: int, has_cv: bool) -> list[str
     for label, name in rows:
         n = configs[name]
         table.append(
-            f"| {label} | {name} | {n.mean('cv_acc'):.3f} | {n.mean('test_acc'):.3f} | "
-            f"{n.mean('fresh_acc'):.3f} | {n.mean('test_acc') - n.mean('fresh_acc'):+.3f} |"
+            f"| {label} | {name} | {figure(n, 'cv_acc')} | {figure(n, 'test_acc')} | "
+            f"{figure(n, 'fresh_acc')} | {n.mean('test_acc') - n.mean('fresh_acc'):+.3f} |"
         )
     h, t = configs[honest_pick], configs[on_test]
     if honest_pick == on_test:

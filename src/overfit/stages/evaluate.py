@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from overfit.core.data import DataError, Points, load_fresh, load_train_test
 from overfit.core.metrics import (
     EvaluationError,
     accuracy_curves,
+    correctness,
     decision_grid,
     evaluation,
     measure,
@@ -100,23 +102,42 @@ def first_difference(found: list[dict[str, object]], expected: list[dict[str, ob
     return f"{len(found)} layers, not {len(expected)}"
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One configuration as evaluate measured it: its summary over seeds, its seeds' mean
+    probabilities on the grid, their hidden kernels, and which test and fresh points its
+    seeds' mean probability gets right."""
+
+    summary: ConfigSummary
+    grid: np.ndarray
+    kernels: np.ndarray
+    correct: dict[str, np.ndarray]
+
+
 def measure_configuration(
     folder: Path, digest: str, train: Points, test: Points, fresh: Points, grid: np.ndarray
-) -> tuple[ConfigSummary, np.ndarray, np.ndarray]:
+) -> Measured:
     """Per-seed measures of one configuration (whose result.json the sweep recorded with SHA-256
-    `digest`); its mean grid probabilities and hidden kernels."""
+    `digest`), with what `Measured` holds besides."""
     result = checked_result(folder, digest)
     architecture = expected_architecture(load_job_config(folder))
     per_seed, grids, kernels = [], [], []
+    outputs: dict[str, list[np.ndarray]] = {"test": [], "fresh": []}
     for seed in result.seeds:
         path = layout.model_file(folder, seed)
         model = load_checked(path, architecture, result.weights_sha256.get(str(seed), ""))
         weights = model.get_weights()
         penalty = float(sum(np.asarray(loss) for loss in model.losses)) if model.losses else 0.0
-        on = {
-            split: measure(probabilities(weights, points.x), penalty, points)
+        output = {
+            split: probabilities(weights, points.x)
             for split, points in (("train", train), ("test", test), ("fresh", fresh))
         }
+        on = {
+            split: measure(output[split], penalty, points)
+            for split, points in (("train", train), ("test", test), ("fresh", fresh))
+        }
+        for split in outputs:
+            outputs[split].append(output[split])
         check_accuracies(path, on, result.per_seed[str(seed)], train, test)
         kernel = weights[0]
         per_seed.append(
@@ -135,10 +156,16 @@ def measure_configuration(
         kernels.append(kernel)
     remedy = result.remedy
     per_fold = result.cv["per_fold"] if result.cv else ()
+    points = {"train_acc": len(train), "test_acc": len(test), "fresh_acc": len(fresh)}
+    points["cv_acc"] = len(train)  # each training row is held out once
     summary = summarize_run(
-        per_seed, remedy["kind"], float(remedy["setting"]), per_fold, name=folder.name
+        per_seed, remedy["kind"], float(remedy["setting"]), per_fold, folder.name, points
     )
-    return summary, np.mean(grids, axis=0), np.stack(kernels)
+    correct = {
+        split: correctness(np.mean(outputs[split], axis=0), points_of)
+        for split, points_of in (("test", test), ("fresh", fresh))
+    }
+    return Measured(summary, np.mean(grids, axis=0), np.stack(kernels), correct)
 
 
 def checked_result(folder: Path, digest: str) -> JobResult:
@@ -179,13 +206,14 @@ def evaluate(root: Path) -> Evaluation:
     fresh = load_fresh(root, config.data)
     grid = decision_grid([train, test])
 
-    configs, arrays = {}, {"grid": grid}
+    configs, arrays, correct = {}, {"grid": grid}, {}
     for name, digest in sorted(sweep.results.items()):
         folder = layout.run_dir(root, name)
-        configs[name], arrays[f"proba/{name}"], arrays[f"kernels/{name}"] = measure_configuration(
-            folder, digest, train, test, fresh, grid
-        )
-    report = evaluation(configs, config.select.metric)
+        measured = measure_configuration(folder, digest, train, test, fresh, grid)
+        configs[name], correct[name] = measured.summary, measured.correct
+        arrays[f"proba/{name}"], arrays[f"kernels/{name}"] = measured.grid, measured.kernels
+    select = config.select
+    report = evaluation(configs, select.metric, correct, select.rule == "one_se", select.folds)
 
     curves = {}
     if report.baseline_run is not None:
@@ -223,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{label:<8} {name}: train {c.mean('train_acc'):.3f} {cv}"
             f"test {c.mean('test_acc'):.3f} fresh {c.mean('fresh_acc'):.3f}{optimistic}"
         )
-    print(f"selected by {describe(report.rule, load_params(project_root()).select.folds)}")
+    folds = load_params(project_root()).select.folds
+    print(f"selected by {describe(report.rule, folds, report.one_se)}")
 
 
 if __name__ == "__main__":

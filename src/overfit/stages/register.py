@@ -32,8 +32,10 @@ from overfit.config import Config, load_params, project_root
 from overfit.core.card import model_card
 from overfit.core.data import FEATURES, load_train_test
 from overfit.core.metrics import LOGGED_BY_TRAINING
+from overfit.core.rules import FIGURE_TAGS
 from overfit.core.selection import describe
 from overfit.reports import (
+    Comparison,
     ConfigSummary,
     Evaluation,
     ModelRecord,
@@ -83,11 +85,20 @@ def figures_of(
         "penalty.strength": str(penalty["strength"]),
         "remedy.kind": str(result.remedy["kind"]),
         "remedy.setting": str(result.remedy["setting"]),
-        "overfit.selection_rule": f"{report.rule}: {describe(report.rule, config.select.folds)}",
+        "overfit.selection_rule": (
+            f"{report.rule}: {describe(report.rule, config.select.folds, report.one_se)}"
+        ),
         "cv_acc": "" if fields["cv"] is None else f"{fields['cv']:.6f}",
         "test_acc": f"{fields['test']:.6f}",
         "fresh_acc": f"{fields['fresh']:.6f}",
         "seed_test_acc": f"{fields['seed_test']:.6f}",
+        # Each figure's 95% interval: promotion tells a drop from noise with them.
+        **{
+            f"{measure}_{end}": f"{getattr(spread, end):.6f}"
+            for measure, spread in chosen.measures.items()
+            if measure in FIGURE_TAGS.values() and spread.low is not None
+            for end in ("low", "high")
+        },
         "baseline_test_acc": (
             f"{report.configs[report.baseline_run].mean('test_acc'):.6f}"
             if report.baseline_run
@@ -153,7 +164,7 @@ def publish_evaluation(
     models = configuration_models(mlflow, runs)
     for name, run in runs.children.items():
         run_id = run.info.run_id
-        metrics = evaluation_metrics(report.configs[name])
+        metrics = evaluation_metrics(report.configs[name], report.versus_baseline.get(name))
         log_values(mlflow, run_id, metrics=metrics, model_id=models.get(name))
         mlflow.log_inputs(run_id, datasets=fresh)
     mlflow.log_inputs(runs.parent, datasets=fresh)
@@ -163,15 +174,27 @@ def publish_evaluation(
         mlflow.log_artifact(runs.parent, str(path), "reports")
 
 
-def evaluation_metrics(summary: ConfigSummary) -> dict[str, float]:
+def evaluation_metrics(
+    summary: ConfigSummary, versus_baseline: Comparison | None = None
+) -> dict[str, float]:
     """What evaluate measured of a configuration and training did not log, as its child run's
-    metrics: each measure's mean and spread (fresh points, weight statistics)."""
-    return {
+    metrics: each measure's mean and spread (fresh points, weight statistics), every
+    accuracy's 95% interval (`test_acc_low`, `test_acc_high`, ...), and its paired comparison
+    with the unregularized configuration (`test_vs_baseline_gained`, `_lost`, `_p`,
+    `_p_adjusted`; likewise `fresh_vs_baseline_*`)."""
+    metrics = {
         f"{name}_{stat}": round(getattr(spread, stat), 6)
         for name, spread in summary.measures.items()
         if name not in LOGGED_BY_TRAINING
         for stat in ("mean", "std")
     }
+    for name, spread in summary.measures.items():
+        if spread.low is not None and spread.high is not None:
+            metrics |= {f"{name}_low": spread.low, f"{name}_high": spread.high}
+    for split in ("test", "fresh") if versus_baseline else ():
+        paired = getattr(versus_baseline, split)
+        metrics |= {f"{split}_vs_baseline_{k}": float(v) for k, v in paired.to_json().items()}
+    return metrics
 
 
 def selection_tags(report: Evaluation, runs: SweepRuns, folds: int) -> dict[str, str]:
@@ -179,7 +202,7 @@ def selection_tags(report: Evaluation, runs: SweepRuns, folds: int) -> dict[str,
     return {
         "overfit.selected_run": report.selected,
         "overfit.selected_run_id": runs.children[report.selected].info.run_id,
-        "overfit.selection_rule": f"{report.rule}: {describe(report.rule, folds)}",
+        "overfit.selection_rule": f"{report.rule}: {describe(report.rule, folds, report.one_se)}",
         "overfit.test_choice": report.test_choice,
     }
 
