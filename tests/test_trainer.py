@@ -269,3 +269,42 @@ def test_a_fold_must_hold_out_some_but_not_all_training_rows(moons, rows):
     model = build_model(8, "none", 0.0, "hidden", 0.001, seed=1)
     with pytest.raises(ValueError, match="held_out"):
         train_with_folds([model], [Fold(0, rows)], *moons, epochs=1)
+
+
+def test_models_on_their_own_draws_train_together_as_each_would_alone() -> None:
+    """Each model on its own draw of the data (other random states, other training-set sizes):
+    trained in one stack, each model's weights and curves are bit-identical to that model
+    trained alone on its draw, padded to the same row counts."""
+    from overfit.core.trainer import Draw, train_draws
+
+    def draw(random_state: int, n_train: int) -> Draw:
+        x, y = make_moons(n_samples=100, noise=0.2, random_state=random_state)
+        return Draw(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+    draws = [draw(1, 30), draw(2, 30), draw(3, 20), draw(4, 60), draw(2, 30)]
+    settings = [("none", 0.0, 0.0), ("l2", 1e-3, 0.0), ("l1", 1e-4, 0.3), ("none", 0.0, 0.0)]
+    settings.append(("l1_l2", 1e-3, 0.0))
+
+    def models() -> list[keras.Model]:
+        return [
+            build_model(64, kind, strength, "hidden", 0.001, seed=seed, dropout=rate)
+            for seed, (kind, strength, rate) in enumerate(settings, start=1)
+        ]
+
+    together = models()
+    rows = (60, 80)  # the most training rows, the most test rows
+    stacked = train_draws(together, draws, 150, rows)
+    for k, d in enumerate(draws):
+        alone = models()[k]
+        [history] = train_draws([alone], [d], 150, rows)
+        assert max_diff(alone.get_weights(), together[k].get_weights()) == 0.0, k
+        for name, values in history.history.items():
+            np.testing.assert_array_equal(values, stacked[k].history[name], f"{k} {name}")
+    # Trained on its rows shared, unpadded, a model learns the same to float32 rounding.
+    shared_model = models()[3]
+    d = draws[3]
+    train_stacked([shared_model], d.x_train, d.y_train, d.x_test, d.y_test, 150)
+    assert max_diff(shared_model.get_weights(), together[3].get_weights()) < 1e-5
+    # The draws differ, and so do the models trained on them.
+    assert max_diff(together[0].get_weights(), together[3].get_weights()) > 0.0
+    assert len(stacked[3].history["loss"]) == 150

@@ -57,18 +57,21 @@ def _tree_sum(t: tf.Tensor, axis: int) -> tf.Tensor:
 
 
 def _hidden(params, x):
-    """Hidden pre-activations [K,n,H] of every model for shared inputs x [n,2]."""
+    """Hidden pre-activations [K,n,H] of every model for inputs x [1 or K, n, 2]."""
     w1, b1, _, _ = params
-    z = x[tf.newaxis, :, 0:1] * w1[:, tf.newaxis, 0] + x[tf.newaxis, :, 1:2] * w1[:, tf.newaxis, 1]
+    z = x[:, :, 0:1] * w1[:, tf.newaxis, 0] + x[:, :, 1:2] * w1[:, tf.newaxis, 1]
     return z + b1[:, tf.newaxis]
 
 
 def logits_of(params, x, keep=None):
-    """Logits [K,n]. Computed hidden-major ([K,H,n]) so the sum over H is vectorised over n
-    (summed over the last axis, the same sums take 2.5 times as long).
+    """Logits [K,n] for inputs x [1 or K, n, 2] (or shared, [n, 2]). Computed hidden-major
+    ([K,H,n]) so the sum over H is vectorised over n (summed over the last axis, the same sums
+    take 2.5 times as long).
     `keep` [K,H,n], in training with dropout: each hidden activation's scale (0 or 1/(1-rate))."""
     w1, b1, w2, b2 = params
-    x0, x1 = x[tf.newaxis, tf.newaxis, :, 0], x[tf.newaxis, tf.newaxis, :, 1]
+    if x.shape.rank == 2:
+        x = x[tf.newaxis]
+    x0, x1 = x[:, tf.newaxis, :, 0], x[:, tf.newaxis, :, 1]
     z = x0 * w1[:, 0, :, tf.newaxis] + x1 * w1[:, 1, :, tf.newaxis]
     z = z + b1[..., tf.newaxis]
     active = tf.nn.relu(z) if keep is None else tf.nn.relu(z) * keep
@@ -150,8 +153,9 @@ def _penalty_grads(params, l1, l2):
 
 
 def _losses(logits, y):
-    """Per-sample binary cross-entropy [K,n] from logits, as the Keras TF backend computes it."""
-    labels = tf.broadcast_to(y[tf.newaxis], tf.shape(logits))
+    """Per-sample binary cross-entropy [K,n] from logits (labels y [1 or K, n]), as the Keras TF
+    backend computes it."""
+    labels = tf.broadcast_to(y, tf.shape(logits))
     return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
@@ -185,7 +189,7 @@ def _gradients(params, z, logits, l1, l2, x, y, rows, keep=None):
     if keep is not None:
         d_active, active = d_active * keep, active * keep
     d_z = tf.where(z > 0, d_active, 0.0)
-    d_w1 = tf.stack([_tree_sum(d_z * x[tf.newaxis, :, i : i + 1], 1) for i in range(2)], axis=1)
+    d_w1 = tf.stack([_tree_sum(d_z * x[:, :, i : i + 1], 1) for i in range(2)], axis=1)
     d_w2 = _tree_sum(active * d_logits[..., tf.newaxis], 1)
     pen_w1, pen_w2 = _penalty_grads(params, l1, l2)
     return d_w1 + pen_w1, _tree_sum(d_z, 1), d_w2 + pen_w2, _tree_sum(d_logits, 1)
@@ -273,12 +277,16 @@ def train_loop(
 
     Model k fits the rows of x_fit that `fit` marks for it and is validated on the rows of
     x_val that `val` marks; the fifth final metric is the validation cross-entropy alone.
-    `dropout` (a Python boolean) says whether any model of the stack uses dropout.
+    The rows are shared by every model (x [n, 2], y [n]) or each model's own (x [K, n, 2],
+    y [K, n], padded with rows its masks leave out). `dropout` (a Python boolean) says whether
+    any model of the stack uses dropout.
     """
+    x_fit, x_val = (x if x.shape.rank == 3 else x[tf.newaxis] for x in (x_fit, x_val))
+    y_fit, y_val = (y if y.shape.rank == 2 else y[tf.newaxis] for y in (y_fit, y_val))
     k = params[0].shape[0]
     curves = tf.TensorArray(tf.float32, size=epochs, element_shape=[4, k])
     units = params[0].shape[2]
-    rows = x_fit.shape[0]
+    rows = x_fit.shape[1]
     cells = tf.constant(np.arange(rows * units, dtype=np.uint32).reshape(1, rows, units))
     r = remedies
     zeros = tf.zeros([k], tf.int32)

@@ -114,13 +114,17 @@ def summarize_run(
     for measure in per_seed[0]:
         values = [s[measure] for s in per_seed]
         n = points.get(measure)
-        interval = proportion_interval(float(np.mean(values)), n) if n else None
+        # From the mean as reported (rounded), so that a reader gets the same interval from it.
+        reported = round(float(np.mean(values)), DECIMALS)
+        interval = proportion_interval(reported, n) if n else None
         measures[measure] = spread(values, interval)
     if per_fold:
         accuracies = [f["acc"] for f in per_fold]
         # Every training row is held out once: the folds' mean is a proportion of those rows.
         n = points.get("cv_acc")
-        interval = proportion_interval(float(np.mean(accuracies)), n) if n else None
+        interval = (
+            proportion_interval(round(float(np.mean(accuracies)), DECIMALS), n) if n else None
+        )
         measures["cv_acc"] = spread(accuracies, interval)
         measures["cv_loss"] = spread([f["loss"] for f in per_fold])
     return ConfigSummary.parse({"kind": kind, "strength": strength, **measures}, name)

@@ -3,6 +3,7 @@ from their Keras models and written back; what each trained, as a `History`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +85,8 @@ class Slot:
     epochs: int
     stopping: Stopping | None = None
     stream: int = 0
+    # Which of the call's data sets its masks are over (`DataSet`).
+    data: int = 0
 
     @property
     def cost(self) -> tuple[int, ...]:
@@ -92,6 +95,43 @@ class Slot:
         others may wait on them, and the dropout variant then compiles beside the plain one
         instead of after it."""
         return (self.stopping is None, self.start.dropout[0] == 0, self.epochs)
+
+
+# The rows a slot trains and is validated on: x_fit [n, 2], y_fit [n], x_val [m, 2], y_val [m].
+DataSet = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _stacked_data(
+    slots: list[Slot], datasets: Sequence[DataSet], rows: tuple[int, int] | None
+) -> tuple[list, Rows, Rows]:
+    """The stack's rows and each slot's masks over them. Without `rows`: one data set's rows,
+    shared (the loop broadcasts them); with `rows` (fit, val), each slot's own rows, padded to
+    those counts with rows its masks leave out. A row weighing 0 adds an exact 0, and XLA
+    computes a model's slice the same way whatever the stack: with the same `rows`, a slot's
+    results do not depend on the other slots. (XLA vectorises along the rows, so a different
+    row count may round differently: the count is fixed by the caller, not by the stack.)"""
+    if rows is None:
+        [used] = {slot.data for slot in slots}
+        shared = [tf.constant(a, tf.float32) for a in datasets[used]]
+        return shared, _rows([s.fit for s in slots]), _rows([s.val for s in slots])
+    fit_rows, val_rows = rows
+    longest = (
+        max(len(datasets[s.data][0]) for s in slots),
+        max(len(datasets[s.data][2]) for s in slots),
+    )
+    if longest[0] > fit_rows or longest[1] > val_rows:
+        raise ValueError(f"a data set has more rows than the {rows} the call pads to")
+
+    def padded(a: np.ndarray, n: int) -> np.ndarray:
+        return np.concatenate([a, np.zeros((n - len(a), *a.shape[1:]), a.dtype)])
+
+    columns = [(0, fit_rows), (1, fit_rows), (2, val_rows), (3, val_rows)]
+    data = [
+        tf.constant(np.stack([padded(datasets[s.data][i], n) for s in slots]), tf.float32)
+        for i, n in columns
+    ]
+    fit = _rows([padded(s.fit, fit_rows) for s in slots])
+    return data, fit, _rows([padded(s.val, val_rows) for s in slots])
 
 
 def _rows(masks: list[np.ndarray]) -> Rows:
@@ -119,16 +159,21 @@ def _remedies(slots: list[Slot]) -> Remedies:
 
 
 def train_one_stack(
-    slots: list[Slot], data: list[tf.Tensor], pad_to: int, max_epochs: int
+    slots: list[Slot],
+    datasets: Sequence[DataSet],
+    pad_to: int,
+    max_epochs: int,
+    rows: tuple[int, int] | None = None,
 ) -> list[History]:
     """Train slots in one compiled call (padded to `pad_to` models, compiled for `max_epochs`
-    epochs) and write their models back."""
+    epochs), each on its data set (its own rows padded to `rows`, if given; else one data set
+    shared), and write their models back."""
     padded = slots + [slots[-1]] * (pad_to - len(slots))  # the copies' results are dropped
     starts = [slot.start for slot in padded]
     # A strength beyond float32 becomes inf: the loss it makes is reported as diverged.
     with np.errstate(over="ignore"):
         pens = np.array([s.penalties for s in starts], np.float32)
-    fit, val = _rows([s.fit for s in padded]), _rows([s.val for s in padded])
+    data, fit, val = _stacked_data(padded, datasets, rows)
     # Dropout's masks cost a third more per epoch: a stack without dropout compiles without
     # them. Constraints and early stopping cost nothing measurable, and one variant fewer
     # saves a compilation (~3 s).

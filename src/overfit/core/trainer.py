@@ -31,7 +31,7 @@ import numpy as np
 
 from overfit.core.keras_state import read_start
 from overfit.core.loop import METRICS, U32, Remedies, Rows, train_loop
-from overfit.core.stack import History, Slot, Stopping, train_one_stack
+from overfit.core.stack import DataSet, History, Slot, Stopping, train_one_stack
 from overfit.runtime import tensorflow_quiet
 
 with tensorflow_quiet():
@@ -55,6 +55,8 @@ class Layout:
     stack_size: int | None = None
     max_epochs: int | None = None
     with_training_rows: bool = False
+    # Models on their own draws: the (training, validation) rows each is padded to.
+    rows: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ def _slots(
     epochs: int | Sequence[int],
     stopping: Sequence[Stopping | None] | None,
     with_training_rows: bool,
-) -> tuple[list[Slot], list[tf.Tensor]]:
+) -> tuple[list[Slot], list[DataSet]]:
     """Every model's and fold's place to train, checked, and the rows they share."""
     per_model = [epochs] * len(models) if isinstance(epochs, int) else list(epochs)
     stopping = list(stopping) if stopping is not None else [None] * len(models)
@@ -248,8 +250,7 @@ def _slots(
         if n < 1:
             raise ValueError("a fold trains at least one epoch")
         slots.append(Slot(starts[fold.start], ~held_out, val, None, n, fold.stopping, fold.stream))
-    data = [tf.constant(a, tf.float32) for a in (x_train, y_train, x_val, y_val)]
-    return slots, data
+    return slots, [(x_train, y_train, x_val, y_val)]
 
 
 def _stacking(count: int, stack_size: int | None = None) -> tuple[int, int]:
@@ -300,7 +301,7 @@ def compile_ahead(
 
 def _run_groups(
     groups: list[list[Slot]],
-    data: list[tf.Tensor],
+    data: Sequence[DataSet],
     layout: Layout,
     workers: int,
     check: Callable[[], None],
@@ -309,12 +310,14 @@ def _run_groups(
     `check` is called about every 0.1 s meanwhile."""
     if len(groups) == 1:
         check()
-        yield 0, train_one_stack(groups[0], data, layout.stack_size, layout.max_epochs)
+        yield 0, train_one_stack(groups[0], data, layout.stack_size, layout.max_epochs, layout.rows)
         check()
         return
     pool = ThreadPoolExecutor(workers)
     futures = {
-        pool.submit(train_one_stack, group, data, layout.stack_size, layout.max_epochs): i
+        pool.submit(
+            train_one_stack, group, data, layout.stack_size, layout.max_epochs, layout.rows
+        ): i
         for i, group in enumerate(groups)
     }
     try:
@@ -327,6 +330,65 @@ def _run_groups(
         check()
     finally:  # on a stop: drop the groups not started, leave the running ones to finish
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One model's own data: the rows it trains on and the rows it is validated on (a draw of
+    the data set, or a training-set size)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def train_draws(
+    models: list[keras.Model],
+    draws: Sequence[Draw],
+    epochs: int,
+    rows: tuple[int, int] | None = None,
+    checkpoint: Callable[[], None] | None = None,
+) -> list[History]:
+    """`train_stacked`, each model on its own draw (`draws[k]` for `models[k]`): the draws'
+    rows go to the compiled loop per model, padded with rows that weigh 0 to `rows` (training,
+    validation; default: the longest of `draws`), so models of different draws and sizes train
+    in the same compiled calls. A model's result is bit-identical to that model trained alone
+    on its draw with the same `rows`."""
+    if len(draws) != len(models):
+        raise ValueError("train_draws needs one draw per model")
+    if rows is None:
+        rows = (max(len(d.x_train) for d in draws), max(len(d.x_test) for d in draws))
+    tf.config.experimental.enable_op_determinism()
+    index: dict[int, int] = {}  # one data set per distinct draw
+    datasets: list[DataSet] = []
+    slots = []
+    for model, draw in zip(models, draws, strict=True):
+        if id(draw) not in index:
+            index[id(draw)] = len(datasets)
+            y_train, y_test = np.ravel(draw.y_train), np.ravel(draw.y_test)
+            datasets.append((draw.x_train, y_train, draw.x_test, y_test))
+        slot = Slot(
+            read_start(model),
+            np.ones(len(draw.x_train), bool),
+            np.ones(len(draw.x_test), bool),
+            model,
+            epochs,
+            data=index[id(draw)],
+        )
+        slots.append(slot)
+    if epochs <= 0:
+        raise ValueError("a model trains 1 epoch or more")
+    size, workers = _stacking(len(slots))
+    order = sorted(range(len(slots)), key=lambda i: (slots[i].cost, i))
+    stacks = [order[a : a + size] for a in range(0, len(order), size)]
+    groups = [[slots[i] for i in stack] for stack in stacks]
+    histories: list[History | None] = [None] * len(slots)
+    ran = Layout(size, epochs, rows=rows)
+    for group, found in _run_groups(groups, datasets, ran, workers, checkpoint or (lambda: None)):
+        for i, history in zip(stacks[group], found, strict=True):
+            histories[i] = history
+    return histories  # type: ignore[return-value]
 
 
 def train_one(
