@@ -223,7 +223,9 @@ def boundaries_figure(
                 linewidths=1,
             )
         s = scores[name]
-        ax.set_title(f"{name}\ntrain {s['train_acc']:.2f} test {s['test_acc']:.2f}", fontsize=9)
+        interval = f" ({s['test_low']:.2f}-{s['test_high']:.2f})" if "test_low" in s else ""
+        title = f"{name}\ntrain {s['train_acc']:.2f} test {s['test_acc']:.2f}{interval}"
+        ax.set_title(title, fontsize=9)
     for ax in axes.ravel()[len(names) :]:
         ax.set_visible(False)
     for ax in axes.ravel():

@@ -34,6 +34,10 @@ def plot(root: Path) -> list[Path]:
         )
     order = figures.config_order(configs)
     scores = {n: {k: configs[n].mean(k) for k in ("train_acc", "test_acc")} for n in configs}
+    for n, summary in configs.items():  # the test accuracy's 95% interval, where reported
+        spread = summary.measures["test_acc"]
+        if spread.low is not None:
+            scores[n] |= {"test_low": spread.low, "test_high": spread.high}
     drawn["decision_boundaries"] = figures.boundaries_figure(
         arrays["grid"], {n: arrays[f"proba/{n}"] for n in order}, scores, train, test
     )
