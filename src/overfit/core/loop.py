@@ -69,7 +69,7 @@ def logits_of(params, x, keep=None):
     take 2.5 times as long).
     `keep` [K,H,n], in training with dropout: each hidden activation's scale (0 or 1/(1-rate))."""
     w1, b1, w2, b2 = params
-    if x.shape.rank == 2:
+    if len(x.shape) == 2:  # shared rows (a tensor, or an array outside the loop)
         x = x[tf.newaxis]
     x0, x1 = x[:, tf.newaxis, :, 0], x[:, tf.newaxis, :, 1]
     z = x0 * w1[:, 0, :, tf.newaxis] + x1 * w1[:, 1, :, tf.newaxis]
