@@ -20,12 +20,22 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 
 setup: $(INSTALLED)
 
+# A venv cannot move: its scripts and the editable install name the folder it was made in. One
+# made in another folder (the project moved or copied with it) is made again here.
+MADE_IN := $(shell cat $(INSTALLED) 2>/dev/null)
+ifneq ($(MADE_IN),)
+ifneq ($(MADE_IN),$(CURDIR))
+$(info $(VENV) was made in $(MADE_IN): making it again in $(CURDIR))
+$(shell rm -rf $(VENV))
+endif
+endif
+
 # Re-install whenever the lock or the project's metadata changes.
 $(INSTALLED): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(MAKE) --no-print-directory venv
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	@touch $@
+	@echo "$(CURDIR)" > $@
 
 venv:
 	@test -n "$(PYTHON)" || { echo "error: no Python $(SUPPORTED) on PATH; install one, or make PYTHON=/path/to/python3.X"; exit 1; }

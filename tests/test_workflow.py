@@ -115,3 +115,30 @@ def test_the_report_is_commented_and_uploaded_whatever_the_gate_said(workflow) -
     assert upload["with"]["path"] == "reports/"
     gate = step_running(workflow, 'make gate BASE="origin/$BASE_REF"')
     assert position(workflow, gate) < position(workflow, comment) < position(workflow, upload)
+
+
+@pytest.mark.parametrize("made_in", ["elsewhere", "here"])
+def test_a_venv_made_in_another_folder_is_made_again(tmp_path, made_in: str) -> None:
+    """A moved or copied project's .venv names its old folder in its scripts and its editable
+    install: `make` removes it and makes it again (shown with `make -n`, which plans the
+    commands without running them); a venv made here is kept."""
+    import shutil
+    import subprocess
+
+    for name in ("Makefile", "requirements.lock", "pyproject.toml"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    venv = tmp_path / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(shutil.which("python3") or "/usr/bin/python3")
+    folder = "/moved/from/here" if made_in == "elsewhere" else str(tmp_path)
+    (venv / ".installed").write_text(folder + "\n")
+    done = subprocess.run(
+        ["make", "-n", "setup"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    if made_in == "elsewhere":
+        assert done.stdout.startswith(f".venv was made in {folder}: making it again in {tmp_path}")
+        assert not venv.exists()
+        assert "pip install" in done.stdout
+    else:
+        assert venv.exists() and "making it again" not in done.stdout
