@@ -21,8 +21,9 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 setup: $(INSTALLED)
 
 # A venv cannot move: its scripts and the editable install name the folder it was made in. One
-# made in another folder (the project moved or copied with it) is made again here.
-MADE_IN := $(shell cat $(INSTALLED) 2>/dev/null)
+# made in another folder (the project moved or copied with it) is made again here; a link to a
+# venv kept elsewhere is left as it is.
+MADE_IN := $(shell test -L $(VENV) || cat $(INSTALLED) 2>/dev/null)
 ifneq ($(MADE_IN),)
 ifneq ($(MADE_IN),$(CURDIR))
 $(info $(VENV) was made in $(MADE_IN): making it again in $(CURDIR))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -117,28 +118,36 @@ def test_the_report_is_commented_and_uploaded_whatever_the_gate_said(workflow) -
     assert position(workflow, gate) < position(workflow, comment) < position(workflow, upload)
 
 
-@pytest.mark.parametrize("made_in", ["elsewhere", "here"])
+@pytest.mark.parametrize("made_in", ["elsewhere", "here", "linked"])
 def test_a_venv_made_in_another_folder_is_made_again(tmp_path, made_in: str) -> None:
     """A moved or copied project's .venv names its old folder in its scripts and its editable
     install: `make` removes it and makes it again (shown with `make -n`, which plans the
-    commands without running them); a venv made here is kept."""
+    commands without running them); a venv made here, or a link to one kept elsewhere, is
+    left as it is."""
     import shutil
     import subprocess
 
+    project = tmp_path / "project"
+    project.mkdir()
     for name in ("Makefile", "requirements.lock", "pyproject.toml"):
-        shutil.copy2(ROOT / name, tmp_path / name)
-    venv = tmp_path / ".venv"
+        shutil.copy2(ROOT / name, project / name)
+    venv = (tmp_path / "shared-venv") if made_in == "linked" else project / ".venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(shutil.which("python3") or "/usr/bin/python3")
-    folder = "/moved/from/here" if made_in == "elsewhere" else str(tmp_path)
+    folder = str(project) if made_in == "here" else "/moved/from/here"
     (venv / ".installed").write_text(folder + "\n")
+    if made_in == "linked":
+        (project / ".venv").symlink_to(venv)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}  # not a sub-make
     done = subprocess.run(
-        ["make", "-n", "setup"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        ["make", "-n", "setup"], cwd=project, env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+    said = f".venv was made in {folder}: making it again in {project}\n"
     if made_in == "elsewhere":
-        assert done.stdout.startswith(f".venv was made in {folder}: making it again in {tmp_path}")
+        assert done.stdout.startswith(said), done.stdout
         assert not venv.exists()
         assert "pip install" in done.stdout
     else:
-        assert venv.exists() and "making it again" not in done.stdout
+        assert (project / ".venv" / "bin" / "python").exists()
+        assert "making it again" not in done.stdout
