@@ -110,22 +110,17 @@ def summarize_run(
     held-out rows, every training row once). ArtifactError, naming the configuration `name`,
     when a measure is out of its range (a NaN loss, ...)."""
     points = points or {}
-    measures = {}
-    for measure in per_seed[0]:
-        values = [s[measure] for s in per_seed]
+
+    def summarized(measure: str, values: Sequence[float]) -> Spread:
         n = points.get(measure)
         # From the mean as reported (rounded), so that a reader gets the same interval from it.
         reported = round(float(np.mean(values)), DECIMALS)
-        interval = proportion_interval(reported, n) if n else None
-        measures[measure] = spread(values, interval)
+        return spread(values, proportion_interval(reported, n) if n else None)
+
+    measures = {m: summarized(m, [s[m] for s in per_seed]) for m in per_seed[0]}
     if per_fold:
-        accuracies = [f["acc"] for f in per_fold]
         # Every training row is held out once: the folds' mean is a proportion of those rows.
-        n = points.get("cv_acc")
-        interval = (
-            proportion_interval(round(float(np.mean(accuracies)), DECIMALS), n) if n else None
-        )
-        measures["cv_acc"] = spread(accuracies, interval)
+        measures["cv_acc"] = summarized("cv_acc", [f["acc"] for f in per_fold])
         measures["cv_loss"] = spread([f["loss"] for f in per_fold])
     return ConfigSummary.parse({"kind": kind, "strength": strength, **measures}, name)
 

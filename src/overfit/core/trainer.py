@@ -186,25 +186,39 @@ def train_stack_by_stack(
     slots, data = _slots(
         models, folds, x_train, y_train, x_test, y_test, epochs, stopping, with_training_rows
     )
-    trained = [i for i, slot in enumerate(slots) if slot.epochs > 0]
-    if not trained:  # no folds either: a fold trains at least one epoch
-        return
-    size, workers = _stacking(len(trained), layout.stack_size)
-    max_epochs = max([slots[i].epochs for i in trained] + [layout.max_epochs or 0])
-    ran = Layout(size, max_epochs, with_training_rows)
-    # Slots that may stop early share stacks, so a stack whose models all stopped ends early.
     owner = list(range(len(models))) + [fold.start for fold in folds]
-    order = sorted(trained, key=lambda i: (slots[i].cost, owner[i], i))
-    stacks = [order[a : a + size] for a in range(0, len(order), size)]
-    groups = [[slots[i] for i in stack] for stack in stacks]
+    wanted = Layout(layout.stack_size, layout.max_epochs, with_training_rows)
     n = len(models)
-    for group, histories in _run_groups(groups, data, ran, workers, checkpoint or (lambda: None)):
-        by_slot = dict(zip(stacks[group], histories, strict=True))
+    for ran, by_slot in _train_slots(slots, data, wanted, owner, checkpoint):
         yield FinishedStack(
             {i: h for i, h in by_slot.items() if i < n},
             {i - n: h for i, h in by_slot.items() if i >= n},
             ran,
         )
+
+
+def _train_slots(
+    slots: list[Slot],
+    data: Sequence[DataSet],
+    layout: Layout,
+    owner: Sequence[int],
+    checkpoint: Callable[[], None] | None,
+) -> Iterator[tuple[Layout, dict[int, History]]]:
+    """Lay the slots that train out in equal stacks and train them (`_run_groups`), yielding
+    the layout the stacks ran and each finished stack's histories by slot. Slots alike share
+    stacks, a slot next to its `owner`'s (a fold beside its model): slots that may stop early
+    share stacks, so a stack whose models all stopped ends early."""
+    trained = [i for i, slot in enumerate(slots) if slot.epochs > 0]
+    if not trained:  # no folds either: a fold trains at least one epoch
+        return
+    size, workers = _stacking(len(trained), layout.stack_size)
+    max_epochs = max([slots[i].epochs for i in trained] + [layout.max_epochs or 0])
+    ran = Layout(size, max_epochs, layout.with_training_rows, layout.rows)
+    order = sorted(trained, key=lambda i: (slots[i].cost, owner[i], i))
+    stacks = [order[a : a + size] for a in range(0, len(order), size)]
+    groups = [[slots[i] for i in stack] for stack in stacks]
+    for group, histories in _run_groups(groups, data, ran, workers, checkpoint or (lambda: None)):
+        yield ran, dict(zip(stacks[group], histories, strict=True))
 
 
 def _slots(
@@ -357,6 +371,8 @@ def train_draws(
     on its draw with the same `rows`."""
     if len(draws) != len(models):
         raise ValueError("train_draws needs one draw per model")
+    if epochs <= 0:
+        raise ValueError("a model trains 1 epoch or more")
     if rows is None:
         rows = (max(len(d.x_train) for d in draws), max(len(d.x_test) for d in draws))
     tf.config.experimental.enable_op_determinism()
@@ -377,18 +393,11 @@ def train_draws(
             data=index[id(draw)],
         )
         slots.append(slot)
-    if epochs <= 0:
-        raise ValueError("a model trains 1 epoch or more")
-    size, workers = _stacking(len(slots))
-    order = sorted(range(len(slots)), key=lambda i: (slots[i].cost, i))
-    stacks = [order[a : a + size] for a in range(0, len(order), size)]
-    groups = [[slots[i] for i in stack] for stack in stacks]
-    histories: list[History | None] = [None] * len(slots)
-    ran = Layout(size, epochs, rows=rows)
-    for group, found in _run_groups(groups, datasets, ran, workers, checkpoint or (lambda: None)):
-        for i, history in zip(stacks[group], found, strict=True):
-            histories[i] = history
-    return histories  # type: ignore[return-value]
+    histories: dict[int, History] = {}
+    owner = range(len(slots))
+    for _, by_slot in _train_slots(slots, datasets, Layout(rows=rows), owner, checkpoint):
+        histories |= by_slot
+    return [histories[i] for i in range(len(slots))]
 
 
 def train_one(
