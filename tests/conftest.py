@@ -41,6 +41,10 @@ SHRUNK = [
     "sweep.strengths=[1.0e-2,1.0e-3]",
     "data.fresh_samples=500",
     *FAMILIES,
+    # The study across draws, with a learning curve and the selection on every draw.
+    "study.draws=3",
+    "study.n_train=[20,30]",
+    "study.select=true",
 ]
 
 

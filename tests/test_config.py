@@ -90,6 +90,14 @@ def raw_params() -> dict:
         ("data", "n_samples", 3.0, "data.n_samples: must be an integer, got 3.0"),
         ("sweep", "baseline", "yes", "sweep.baseline: must be true or false, got 'yes'"),
         ("train", "early_stopping", 5, "train.early_stopping: must be a mapping, got 5"),
+        ("study", "draws", 1, "study.draws: must be 0 (no study) or an integer from 2 to 1000"),
+        ("study", "draws", -1, "study.draws: must be 0 (no study) or an integer from 2 to"),
+        ("study", "n_train", [], "study.n_train: must be a non-empty list of integers"),
+        ("study", "n_train", [30, 30], "study.n_train: must be a list of distinct integers"),
+        ("study", "n_train", [1], "study.n_train: must be a list of integers from 2 to"),
+        ("study", "n_train", [3], "study.n_train: must be a list of integers >= select.folds (5)"),
+        ("study", "n_train", [10**4], "study.n_train: must be a list of integers n with (n + 70"),
+        ("study", "select", "yes", "study.select: must be true or false, got 'yes'"),
     ],
 )
 def test_bad_setting_is_named(section: str, key: str, value: object, message: str) -> None:
@@ -153,6 +161,15 @@ def test_limits_across_settings_are_named() -> None:
     raw["train"]["epochs"], raw["train"]["seeds"] = 100_000, list(range(20))
     with pytest.raises(ConfigError, match=r"^train\.epochs: must be at most 1,000,000 epochs"):
         parse_config(raw)
+
+
+def test_a_study_needs_the_unregularized_run() -> None:
+    raw = raw_params()
+    raw["sweep"]["baseline"] = False
+    with pytest.raises(ConfigError, match=r"^study\.draws: must be 0 when sweep\.baseline is"):
+        parse_config(raw)
+    raw["study"]["draws"] = 0  # no study: no baseline needed
+    parse_config(raw)
 
 
 def test_unknown_top_level_key() -> None:

@@ -51,6 +51,7 @@ def test_every_stage_ran_and_a_second_repro_does_nothing(shrunk_pipeline) -> Non
         "generate",
         "split",
         "train",
+        "study",
         "evaluate",
         "plot",
         "register",
@@ -279,6 +280,53 @@ def test_summary_sets_both_rules_side_by_side(shrunk_pipeline) -> None:
     assert families[2][1].startswith("l1_") and families[3][1].startswith("l2_")
     assert "Best remedy on cross-validation, " in remedies
     assert rows[1].startswith("| highest test accuracy, chosen on the test set (optimistic) |")
+
+
+def test_the_study_trains_every_configuration_on_every_draw(shrunk_pipeline, sweep) -> None:
+    """Three draws at 20 and 30 training rows: each configuration's figures by draw, its
+    effects against none, the selection on every draw; the first draw at the data's 30 rows is
+    the article's own (its seed 1 model learns what the sweep's seed 1 model learned)."""
+    from overfit.reports import read_study
+
+    root = shrunk_pipeline.root
+    study = read_study(root)
+    assert (study.draws, study.seeds, study.random_states) == (3, [1, 2, 3], [1, 2, 3])
+    assert [s.n_train for s in study.sizes] == [20, 30]
+    for size in study.sizes:
+        assert set(size.configs) == EXPECTED_RUNS
+        assert size.selection is not None and len(size.selection.picks) == 3
+        assert size.configs["none"].fresh_effect is None
+        for name in EXPECTED_RUNS - {"none"}:
+            effect = size.configs[name].fresh_effect
+            assert effect.low <= effect.mean <= effect.high
+            assert effect.p <= effect.p_adjusted or effect.p_adjusted == 1.0
+        assert size.configs["l2_1e-02"].cv_acc is not None
+    article = study.size(30)
+    # Early stopping's epochs come from its folds, which the sweep starts from seeds 1 and 2.
+    for name in EXPECTED_RUNS - {"patience_5"}:
+        seed_1 = json.loads((root / "models" / name / "result.json").read_text())["per_seed"]["1"]
+        for measure in ("train_acc", "test_acc"):
+            got = getattr(article.configs[name], measure)[0]
+            assert got == pytest.approx(seed_1[measure], abs=1e-6), (name, measure)
+    # Other draws differ from the article's.
+    assert len(set(article.configs["none"].test_acc)) > 1
+    summary = (root / "reports/summary.md").read_text()
+    assert "## Across 3 draws of the data" in summary
+    assert "On 3 draws of the data (30 training rows), " in summary
+    assert "### More data as a remedy" in summary
+    for name in ("study_effects_20", "study_effects_30", "study_training_rows"):
+        width, height = png_size(root / "reports/figures" / f"{name}.png")
+        assert 400 <= width <= 3000 and 250 <= height <= 3000, name
+    # In MLflow: each child run its effects, the parent the study and its figures.
+    client = mlflow_client(root)
+    child = client.get_run(sweep["runs"]["l2_1e-02"])
+    effect = article.configs["l2_1e-02"].fresh_effect
+    assert child.data.metrics["study_fresh_effect"] == effect.mean
+    assert child.data.metrics["study_fresh_effect_low"] == effect.low
+    assert "study_gap_effect_helped" in child.data.metrics
+    assert "study_fresh_effect" not in client.get_run(sweep["runs"]["none"]).data.metrics
+    parent = {a.path for a in client.list_artifacts(sweep["parent_run_id"], "reports")}
+    assert {"reports/study.json", "reports/study_effects_30.png"} <= parent
 
 
 def test_every_file_the_pipeline_wrote_follows_the_umask(shrunk_pipeline) -> None:

@@ -8,6 +8,7 @@ import pytest
 from sklearn.datasets import make_moons
 
 from overfit.core.model import build_model
+from overfit.core.stack import Stopping
 from overfit.core.trainer import Fold, Layout, train_one, train_stacked, train_with_folds
 
 
@@ -275,7 +276,8 @@ def test_models_on_their_own_draws_train_together_as_each_would_alone() -> None:
     """Each model on its own draw of the data (other random states, other training-set sizes):
     trained in one stack, each model's weights and curves are bit-identical to that model
     trained alone on its draw, padded to the same row counts."""
-    from overfit.core.trainer import Draw, train_draws
+    from overfit.core.keras_state import read_start
+    from overfit.core.trainer import Draw, OnDraw, train_draws
 
     def draw(random_state: int, n_train: int) -> Draw:
         x, y = make_moons(n_samples=100, noise=0.2, random_state=random_state)
@@ -291,20 +293,24 @@ def test_models_on_their_own_draws_train_together_as_each_would_alone() -> None:
             for seed, (kind, strength, rate) in enumerate(settings, start=1)
         ]
 
-    together = models()
+    starts = [read_start(m) for m in models()]
     rows = (60, 80)  # the most training rows, the most test rows
-    stacked = train_draws(together, draws, 150, rows)
-    for k, d in enumerate(draws):
-        alone = models()[k]
-        [history] = train_draws([alone], [d], 150, rows)
-        assert max_diff(alone.get_weights(), together[k].get_weights()) == 0.0, k
-        for name, values in history.history.items():
+    # The last model stops early on its draw's validation rows; it trains beside the others.
+    stop = Stopping("val_accuracy", patience=3)
+    on_draws = [OnDraw(s, d, 150) for s, d in zip(starts, draws, strict=True)]
+    on_draws[-1] = OnDraw(starts[-1], draws[-1], 150, stop, stream=2)
+    stacked = train_draws(on_draws, rows)
+    for k, on_draw in enumerate(on_draws):
+        [alone] = train_draws([on_draw], rows)
+        assert max_diff(alone.weights, stacked[k].weights) == 0.0, k
+        for name, values in alone.history.items():
             np.testing.assert_array_equal(values, stacked[k].history[name], f"{k} {name}")
+    assert stacked[-1].epochs < 150 and stacked[-1].best_epoch is not None
     # Trained on its rows shared, unpadded, a model learns the same to float32 rounding.
     shared_model = models()[3]
     d = draws[3]
     train_stacked([shared_model], d.x_train, d.y_train, d.x_test, d.y_test, 150)
-    assert max_diff(shared_model.get_weights(), together[3].get_weights()) < 1e-5
+    assert max_diff(shared_model.get_weights(), stacked[3].weights) < 1e-5
     # The draws differ, and so do the models trained on them.
-    assert max_diff(together[0].get_weights(), together[3].get_weights()) > 0.0
+    assert max_diff(stacked[0].weights, stacked[3].weights) > 0.0
     assert len(stacked[3].history["loss"]) == 150

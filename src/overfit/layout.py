@@ -49,6 +49,8 @@ JOB_OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
 
 # Stages evaluate and plot.
 REPORTS_DIR = Path("reports")
+# Stage study: the sweep on other draws of the data (in git: small, and a diff shows its change).
+STUDY = REPORTS_DIR / "study.json"
 METRICS = REPORTS_DIR / "metrics.json"
 CONFIGS = REPORTS_DIR / "configs.json"
 EVALUATION = REPORTS_DIR / "evaluation.npz"

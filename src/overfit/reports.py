@@ -317,6 +317,118 @@ def read_evaluation(root: Path) -> Evaluation:
     )
 
 
+# --- the study across draws ------------------------------------------------------------------
+
+
+class Effect(Schema):
+    """A configuration's effect against the unregularized run across draws: the mean of its
+    per-draw differences, their 95% t interval, the t test's p and p adjusted over the size's
+    configurations (Benjamini-Hochberg), and the share of draws where it helped."""
+
+    mean: Finite
+    low: Finite
+    high: Finite
+    p: Accuracy
+    p_adjusted: Accuracy
+    helped: Accuracy
+
+    @model_validator(mode="after")
+    def _interval_around_mean(self) -> Effect:
+        if not self.low <= self.mean <= self.high:
+            allowed = f"an interval around the mean {self.mean}"
+            raise refused(allowed, [self.low, self.high], "low")
+        return self
+
+    @property
+    def distinguishable(self) -> bool:
+        return self.p_adjusted < ALPHA
+
+
+Draws = list[Accuracy]
+
+
+class ConfigStudy(Schema):
+    """One configuration on every draw of one size: its accuracies by draw (cv_acc with the
+    study's selection) and its effects on fresh accuracy (up is better) and on the gap between
+    train and test accuracy (down is better); none for the unregularized run itself."""
+
+    kind: StrictStr
+    strength: Strength
+    train_acc: Draws
+    test_acc: Draws
+    fresh_acc: Draws
+    cv_acc: Draws | None = None
+    fresh_effect: Effect | None = None
+    gap_effect: Effect | None = None
+
+
+class SelectionStudy(Schema):
+    """The selection repeated on every draw: its pick by draw; the pick's fresh accuracy
+    against the unregularized run's and against the best one's in hindsight; and how far the
+    score it was picked on overstates its fresh accuracy (the winner's curse)."""
+
+    picks: list[StrictStr]
+    versus_baseline: Effect
+    versus_hindsight: Effect
+    overstatement: Effect
+
+
+class SizeStudy(Schema):
+    n_train: StrictInt
+    configs: dict[str, ConfigStudy]
+    selection: SelectionStudy | None = None
+
+
+class Study(Schema):
+    """reports/study.json: the sweep on `draws` draws of the data at each training-set size,
+    each draw with its own seed and random state, all measured on the one fresh sample. Empty
+    (`draws` 0, no sizes) when the study is off."""
+
+    draws: StrictInt
+    baseline: StrictStr | None
+    seeds: list[StrictInt]
+    random_states: list[StrictInt]
+    test_rows: StrictInt
+    fresh_samples: StrictInt
+    sizes: list[SizeStudy]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Study:
+        for key in ("seeds", "random_states"):
+            if len(getattr(self, key)) != self.draws:
+                raise refused(f"a list of {self.draws} (one per draw)", getattr(self, key), key)
+        for i, size in enumerate(self.sizes):
+            if self.baseline not in size.configs:
+                raise refused("a configuration of every size", self.baseline, "baseline")
+            for name, config in size.configs.items():
+                for measure in ("train_acc", "test_acc", "fresh_acc", "cv_acc"):
+                    values = getattr(config, measure)
+                    if values is not None and len(values) != self.draws:
+                        key = f"sizes.{i}.configs.{name}.{measure}"
+                        raise refused(f"a list of {self.draws} (one per draw)", values, key)
+                measured = name == self.baseline or config.fresh_effect is not None
+                if not measured:
+                    key = f"sizes.{i}.configs.{name}.fresh_effect"
+                    raise refused("an effect against the baseline", None, key, kind="missing")
+            picks = size.selection.picks if size.selection else []
+            for pick in picks:
+                if pick not in size.configs:
+                    key = f"sizes.{i}.selection.picks"
+                    raise refused("the names of configurations of the size", pick, key)
+        return self
+
+    def size(self, n_train: int) -> SizeStudy | None:
+        return next((s for s in self.sizes if s.n_train == n_train), None)
+
+
+def write_study(root: Path, study: Study) -> None:
+    write_json(root / layout.STUDY, study.to_json())
+
+
+def read_study(root: Path) -> Study:
+    return read_record(Study, root / layout.STUDY, "run the study stage first (dvc repro)")
+
+
 # --- the registered model --------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ MAX_EPOCHS = 100_000
 MAX_SEEDS = 100
 MAX_EPOCHS_X_SEEDS = 1_000_000  # train.epochs x len(train.seeds): the curves of one job
 MAX_FOLDS = 100  # select.folds: one model per fold, trained beside the seeds
+MAX_DRAWS = 1000  # study.draws: every configuration trains once per draw and size
 
 # Unknown keys are refused; every section is a frozen, hashable value (when it holds no list).
 SECTION = ConfigDict(extra="forbid")
@@ -295,6 +296,33 @@ class SelectConfig:
 
 
 @dataclass(frozen=True, config=SECTION)
+class StudyConfig:
+    """The sweep again on `draws` other draws of the data (draw k: data.random_state + k, so the
+    first is the article's own), one seed per draw, at every training-set size of `n_train`;
+    `select`: cross-validation picks a configuration on every draw too (every configuration
+    then trains its folds on every draw)."""
+
+    draws: Annotated[
+        StrictInt,
+        rule(
+            lambda n: n == 0 or 2 <= n <= MAX_DRAWS,
+            f"0 (no study) or an integer from 2 to {MAX_DRAWS}",
+        ),
+    ] = 10
+    n_train: list[Annotated[StrictInt, between(2, MAX_SAMPLES, each=True)]] = field(
+        default_factory=lambda: [30]
+    )
+    select: StrictBool = False
+
+    @model_validator(mode="after")
+    def _sizes(self) -> StudyConfig:
+        sizes = self.n_train
+        require(len(sizes) > 0, "n_train", "a non-empty list of integers", sizes)
+        require(len(set(sizes)) == len(sizes), "n_train", "a list of distinct integers", sizes)
+        return self
+
+
+@dataclass(frozen=True, config=SECTION)
 class RegistryConfig:
     """Where the selected model is registered (MLflow's Model Registry, in the tracking store)
     and the local port `make serve` serves its champion on."""
@@ -331,6 +359,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
@@ -362,7 +391,32 @@ class Config:
             f"(data.n_samples x model.hidden_units at most {MAX_ROWS_X_UNITS:,})",
             units,
         )
+        _check_study(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_study(config: Config) -> None:
+    """A study's draws are drawn as the data settings draw theirs, at each size."""
+    study, folds = config.study, config.select.folds
+    if study.draws == 0:
+        return
+    require(
+        config.sweep.baseline,
+        "study.draws",
+        "0 when sweep.baseline is false (the study measures every remedy against the "
+        "unregularized run on the same draw)",
+        study.draws,
+    )
+    test_rows = config.data.n_samples - config.data.n_train
+    for n in study.n_train:
+        allowed = f"a list of integers >= select.folds ({folds}): every fold holds out a row"
+        require(folds <= n, "study.n_train", allowed, study.n_train)
+        rows = (n + test_rows) * config.model.hidden_units
+        allowed = (
+            f"a list of integers n with (n + {test_rows} test rows) x model.hidden_units "
+            f"at most {MAX_ROWS_X_UNITS:,}"
+        )
+        require(rows <= MAX_ROWS_X_UNITS, "study.n_train", allowed, study.n_train)

@@ -10,9 +10,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from overfit.core.data import Points
-from overfit.core.remedies import FAMILIES
+from overfit.core.remedies import FAMILIES, Remedy
 from overfit.core.selection import strength_of
-from overfit.reports import ConfigSummary
+from overfit.core.uncertainty import mean_interval
+from overfit.reports import ConfigStudy, ConfigSummary, SizeStudy
 
 
 class LearningCurves:
@@ -286,3 +287,96 @@ def config_order(configs: Mapping[str, ConfigSummary]) -> list[str]:
     return sorted(
         configs, key=lambda n: (rank.get(configs[n].kind, 99), -strength_of(configs[n]), n)
     )
+
+
+# --- the study across draws ------------------------------------------------------------------
+
+
+def study_order(configs: Mapping[str, ConfigStudy]) -> list[str]:
+    """The study's configurations as the panels order them: by family, then strength."""
+    rank = {"none": 0} | {kind: i + 1 for i, kind in enumerate(FAMILIES)}
+
+    def key(name: str) -> tuple[int, float, str]:
+        c = configs[name]
+        return rank.get(c.kind, 99), -Remedy(c.kind, c.strength).strength, name
+
+    return sorted(configs, key=key)
+
+
+def effects_figure(size: SizeStudy, draws: int, baseline: str) -> Figure:
+    """Each configuration's effect against no remedy across draws, one row per configuration
+    grouped by family, no remedy at zero: on fresh accuracy (left) and on the train - test gap
+    (right), the mean with its 95% interval; a filled marker is told apart from noise."""
+    names = study_order(size.configs)
+    fig = Figure(figsize=(11, 0.28 * len(names) + 1.6), constrained_layout=True)
+    axes = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(names))[::-1]
+    for ax, measure, title in (
+        (axes[0], "fresh_effect", "fresh accuracy (right: better)"),
+        (axes[1], "gap_effect", "train - test gap (left: better)"),
+    ):
+        ax.axvline(0, color="black", linewidth=0.8)
+        for row, name in zip(y, names, strict=True):
+            c = size.configs[name]
+            effect = getattr(c, measure)
+            colour = KIND_COLOURS.get(c.kind, "black")
+            if effect is None:  # no remedy: zero by definition
+                ax.plot(0, row, "s", color="black")
+                continue
+            ax.plot([effect.low, effect.high], [row, row], color=colour, linewidth=2)
+            face = colour if effect.distinguishable else "white"
+            ax.plot(effect.mean, row, "o", color=colour, markerfacecolor=face)
+        ax.set(
+            title=f"effect on {title}", xlabel=f"difference from {baseline} (mean, 95% interval)"
+        )
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(y, names, fontsize=8)
+    fig.suptitle(
+        f"Each remedy against {baseline} on {draws} draws of the data, {size.n_train} training "
+        "rows (filled: more than noise, Benjamini-Hochberg adjusted)"
+    )
+    return fig
+
+
+def family_bests(size: SizeStudy) -> dict[str, str]:
+    """Each family's configuration with the best mean fresh accuracy across draws (in hindsight:
+    the study's own figures choose it)."""
+    best: dict[str, str] = {}
+    for name, c in sorted(size.configs.items()):
+        mean = float(np.mean(c.fresh_acc))
+        if c.kind not in best or mean > float(np.mean(size.configs[best[c.kind]].fresh_acc)):
+            best[c.kind] = name
+    return best
+
+
+def learning_curve_figure(sizes: list[SizeStudy], draws: int) -> Figure:
+    """More data as a remedy: fresh accuracy (left) and the train - test gap (right) against
+    the training rows, for no remedy and each family's best at each size (in hindsight), the
+    mean over draws with its 95% interval."""
+    fig = Figure(figsize=(11, 4.2), constrained_layout=True)
+    acc_ax, gap_ax = fig.subplots(1, 2)
+    kinds = ["none"] + [k for k in FAMILIES if any(k in family_bests(s) for s in sizes)]
+    x = [s.n_train for s in sizes]
+    for kind in kinds:
+        colour = KIND_COLOURS.get(kind, "black")
+        label = FAMILIES[kind].label if kind in FAMILIES else "no remedy"
+        for ax, values in (
+            (acc_ax, lambda c: c.fresh_acc),
+            (gap_ax, lambda c: np.subtract(c.train_acc, c.test_acc)),
+        ):
+            stats = [mean_interval(values(s.configs[family_bests(s)[kind]])) for s in sizes]
+            means = [m for m, _, _ in stats]
+            ax.plot(x, means, "o-", color=colour, label=label, linewidth=2 if kind == "none" else 1)
+            ax.fill_between(x, [lo for _, lo, _ in stats], [hi for _, _, hi in stats],
+                            color=colour, alpha=0.12)  # fmt: skip
+    acc_ax.set(xlabel="training rows", ylabel="fresh accuracy", xscale="log")
+    gap_ax.set(xlabel="training rows", ylabel="train - test accuracy", xscale="log")
+    for ax in (acc_ax, gap_ax):
+        ax.set_xticks(x, [str(n) for n in x])
+        ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=8)
+    fig.suptitle(
+        f"More data as a remedy: mean over {draws} draws with 95% interval (each family at its "
+        "best setting for that size, in hindsight)"
+    )
+    return fig

@@ -41,6 +41,8 @@ class History:
     # stopping the epoch (1-based) of the best monitored value.
     epochs: int = 0
     best_epoch: int | None = None
+    # A slot with no Keras model to write back: its trained weights, in Keras' shapes.
+    weights: list[np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -210,8 +212,10 @@ def train_one_stack(
         last = {name: float(final[i, k]) for i, name in enumerate(METRICS)}
         last["val_crossentropy"] = float(final[len(METRICS), k])
         best_epoch = int(best[k]) + 1 if slot.stopping else None
-        results.append(History(history, last, int(ran[k]), best_epoch))
         if slot.model is None:
+            weights = [np.asarray(w) for w in _unstack(params, k)]
+            results.append(History(history, last, int(ran[k]), best_epoch, weights))
             continue
+        results.append(History(history, last, int(ran[k]), best_epoch))
         write_back(slot.model, _unstack(params, k), _unstack(m, k), _unstack(v, k), int(ran[k]))
     return results

@@ -8,7 +8,15 @@ from overfit.artifacts import JobResult
 from overfit.core.remedies import FAMILIES, TEST_WATCH_LABEL, watched_test
 from overfit.core.selection import TIE, candidates, describe, rank
 from overfit.core.uncertainty import ALPHA
-from overfit.reports import Comparison, ConfigSummary, Evaluation
+from overfit.reports import (
+    Comparison,
+    ConfigStudy,
+    ConfigSummary,
+    Effect,
+    Evaluation,
+    SizeStudy,
+    Study,
+)
 
 
 def results_table(results: Sequence[JobResult]) -> str:
@@ -40,8 +48,11 @@ def progress_line(result: JobResult, seconds: float) -> str:
     )
 
 
-def summary_markdown(evaluation: Evaluation, folds: int) -> str:
-    """The overfitting in numbers, both selection rules side by side, and every configuration."""
+def summary_markdown(
+    evaluation: Evaluation, folds: int, study: Study | None = None, n_train: int = 0
+) -> str:
+    """The overfitting in numbers, both selection rules side by side, the verdict across draws
+    of the data (`study`, at `n_train` training rows), and every configuration."""
     configs = evaluation.configs
     has_cv = all("cv_acc" in c.measures for c in configs.values())
 
@@ -64,6 +75,7 @@ def summary_markdown(evaluation: Evaluation, folds: int) -> str:
             "",
         ]
     text += choice_section(evaluation, folds, has_cv)
+    text += study_section(study, n_train, evaluation.selected)
     text += remedies_section(evaluation, has_cv)
     text += noise_section(evaluation)
     if has_cv:  # in the order of the rule (cv_acc when the rule is test_acc)
@@ -328,3 +340,129 @@ def choice_section(evaluation: Evaluation, folds: int, has_cv: bool) -> list[str
             "held-out loss decides among them."
         )
     return text + table + ["", verdict, ""]
+
+
+def _signed(effect: Effect) -> str:
+    """`+0.013 (-0.007 to +0.032)`: a mean effect with its 95% interval."""
+    return f"{effect.mean:+.3f} ({effect.low:+.3f} to {effect.high:+.3f})"
+
+
+def study_verdict(size: SizeStudy, draws: int) -> str:
+    """The study's answer in words: which remedies raise or lower fresh accuracy by more than
+    noise across draws, and the rest, indistinguishable from no remedy."""
+    effects = {n: c.fresh_effect for n, c in size.configs.items() if c.fresh_effect}
+    ranked = sorted(effects, key=lambda n: -effects[n].mean)
+    better = [n for n in ranked if effects[n].distinguishable and effects[n].mean > 0]
+    worse = [n for n in ranked if effects[n].distinguishable and effects[n].mean < 0]
+    same = len(effects) - len(better) - len(worse)
+
+    def listed(names: list[str]) -> str:
+        return "; ".join(
+            f"{n} by {_signed(effects[n])}, on {round(effects[n].helped * draws)} of {draws} draws"
+            for n in names
+        )
+
+    text = f"On {draws} draws of the data ({size.n_train} training rows), "
+    if better:
+        text += (
+            f"{len(better)} remedies raise fresh accuracy by more than noise: {listed(better)}. "
+        )
+    else:
+        top = ranked[0]
+        text += (
+            "no remedy raises fresh accuracy by more than noise: the largest mean effect is "
+            f"{top}'s, {_signed(effects[top])}, better on "
+            f"{round(effects[top].helped * draws)} of {draws} draws. "
+        )
+    if worse:
+        text += f"{len(worse)} lower it: {', '.join(worse)}. "
+    text += f"The other {same} are indistinguishable from no remedy."
+    return text
+
+
+def study_section(study: Study | None, n_train: int, selected: str) -> list[str]:
+    """The sweep across draws: the verdict, the selected configuration's effect, the selection
+    repeated on every draw, every configuration's effects, and the learning curve."""
+    if study is None or not study.sizes or study.baseline is None:
+        return []
+    size = study.size(n_train) or study.sizes[0]
+    draws, baseline = study.draws, study.baseline
+    text = [
+        f"## Across {draws} draws of the data",
+        "",
+        f"The sweep again on {draws} draws of the data, the first being this one: each its own "
+        f"{size.n_train} training and {study.test_rows} test rows, drawn as the article draws "
+        f"them, and its own seed; every configuration against {baseline} on the same draw, on "
+        f"the same {study.fresh_samples:,} fresh points. Effects are means over draws with their "
+        "95% t interval; an effect is more than noise when the t test's p, adjusted over the "
+        f"configurations (Benjamini-Hochberg), is below {ALPHA}.",
+        "",
+        study_verdict(size, draws),
+        "",
+    ]
+    chosen = size.configs.get(selected)
+    if chosen is not None and chosen.fresh_effect and chosen.gap_effect:
+        text += [
+            f"The selected configuration, {selected}: fresh accuracy "
+            f"{_signed(chosen.fresh_effect)} against {baseline}, train - test gap "
+            f"{_signed(chosen.gap_effect)}.",
+            "",
+        ]
+    if size.selection is not None:
+        s = size.selection
+        text += [
+            f"The selection repeated on every draw (picks: {', '.join(sorted(set(s.picks)))}): "
+            f"its pick's fresh accuracy is {_signed(s.versus_baseline)} against {baseline} and "
+            f"{_signed(s.versus_hindsight)} against the best configuration in hindsight; the "
+            f"score it was picked on overstates its fresh accuracy by "
+            f"{_signed(s.overstatement)} (the winner's curse).",
+            "",
+        ]
+    text += [
+        "| configuration | fresh acc | effect on fresh acc | effect on gap | draws helped |",
+        "|---|---|---|---|---|",
+    ]
+    for name in sorted(size.configs, key=lambda n: -_mean(size.configs[n].fresh_acc)):
+        c = size.configs[name]
+        fresh, gap = c.fresh_effect, c.gap_effect
+        if fresh is None or gap is None:
+            text.append(f"| {name} | {_mean(c.fresh_acc):.3f} | 0 | 0 | - |")
+            continue
+        mark = " *" if fresh.distinguishable else ""
+        text.append(
+            f"| {name} | {_mean(c.fresh_acc):.3f} | {_signed(fresh)}{mark} | {_signed(gap)} | "
+            f"{round(fresh.helped * draws)} of {draws} |"
+        )
+    text += ["", "(*: more than noise on fresh points)", ""]
+    if len(study.sizes) > 1:
+        text += learning_table(study)
+    return text
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def learning_table(study: Study) -> list[str]:
+    """More data as a remedy: fresh accuracy and gap by training rows, no remedy against the
+    best configuration of each size (in hindsight)."""
+    lines = [
+        "### More data as a remedy",
+        "",
+        "| training rows | no remedy: fresh acc | gap | best remedy (in hindsight) | fresh acc | "
+        "gap |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size in study.sizes:
+        none = size.configs[study.baseline or ""]
+        best = max(size.configs, key=lambda n: _mean(size.configs[n].fresh_acc))
+        c = size.configs[best]
+
+        def gap(config: ConfigStudy) -> float:
+            return _mean(config.train_acc) - _mean(config.test_acc)
+
+        lines.append(
+            f"| {size.n_train} | {_mean(none.fresh_acc):.3f} | {gap(none):.3f} | {best} | "
+            f"{_mean(c.fresh_acc):.3f} | {gap(c):.3f} |"
+        )
+    return [*lines, ""]

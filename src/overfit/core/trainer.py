@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from overfit.core.keras_state import read_start
+from overfit.core.keras_state import ModelStart, read_start
 from overfit.core.loop import METRICS, U32, Remedies, Rows, train_loop
 from overfit.core.stack import DataSet, History, Slot, Stopping, train_one_stack
 from overfit.runtime import tensorflow_quiet
@@ -349,7 +349,7 @@ def _run_groups(
 @dataclass(frozen=True)
 class Draw:
     """One model's own data: the rows it trains on and the rows it is validated on (a draw of
-    the data set, or a training-set size)."""
+    the data set, a training-set size, or a cross-validation fold of either)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -357,42 +357,47 @@ class Draw:
     y_test: np.ndarray
 
 
+@dataclass(frozen=True)
+class OnDraw:
+    """A model to train on its own draw: where it starts (`read_start` of a compiled model, or
+    one such start with other initial weights), for how many epochs, with which early
+    stopping (watching the draw's validation rows) and dropout stream (a fold's number)."""
+
+    start: ModelStart
+    draw: Draw
+    epochs: int
+    stopping: Stopping | None = None
+    stream: int = 0
+
+
 def train_draws(
-    models: list[keras.Model],
-    draws: Sequence[Draw],
-    epochs: int,
-    rows: tuple[int, int] | None = None,
+    models: Sequence[OnDraw],
+    rows: tuple[int, int],
     checkpoint: Callable[[], None] | None = None,
 ) -> list[History]:
-    """`train_stacked`, each model on its own draw (`draws[k]` for `models[k]`): the draws'
-    rows go to the compiled loop per model, padded with rows that weigh 0 to `rows` (training,
-    validation; default: the longest of `draws`), so models of different draws and sizes train
-    in the same compiled calls. A model's result is bit-identical to that model trained alone
-    on its draw with the same `rows`."""
-    if len(draws) != len(models):
-        raise ValueError("train_draws needs one draw per model")
-    if epochs <= 0:
+    """Train each model on its own draw, as `train_stacked` would train it alone, and return
+    its history with its trained weights (`History.weights`). The draws' rows go to the
+    compiled loop per model, padded with rows that weigh 0 to `rows` (training, validation),
+    so models of different draws and sizes train in the same compiled calls. A model's result
+    is bit-identical to that model trained alone on its draw with the same `rows`: XLA may
+    round another row count differently, so the caller fixes it from its settings."""
+    if any(m.epochs <= 0 for m in models):
         raise ValueError("a model trains 1 epoch or more")
-    if rows is None:
-        rows = (max(len(d.x_train) for d in draws), max(len(d.x_test) for d in draws))
     tf.config.experimental.enable_op_determinism()
     index: dict[int, int] = {}  # one data set per distinct draw
     datasets: list[DataSet] = []
     slots = []
-    for model, draw in zip(models, draws, strict=True):
+    for model in models:
+        draw = model.draw
         if id(draw) not in index:
             index[id(draw)] = len(datasets)
             y_train, y_test = np.ravel(draw.y_train), np.ravel(draw.y_test)
             datasets.append((draw.x_train, y_train, draw.x_test, y_test))
-        slot = Slot(
-            read_start(model),
-            np.ones(len(draw.x_train), bool),
-            np.ones(len(draw.x_test), bool),
-            model,
-            epochs,
-            data=index[id(draw)],
-        )
-        slots.append(slot)
+        fit, val = np.ones(len(draw.x_train), bool), np.ones(len(draw.x_test), bool)
+        slots.append(
+            Slot(model.start, fit, val, None, model.epochs, model.stopping, model.stream,
+                 index[id(draw)])
+        )  # fmt: skip
     histories: dict[int, History] = {}
     owner = range(len(slots))
     for _, by_slot in _train_slots(slots, datasets, Layout(rows=rows), owner, checkpoint):

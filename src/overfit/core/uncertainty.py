@@ -7,6 +7,8 @@ on the same points, from SciPy's published tests (no test written by hand).
   over 5 folds of 6 rows is no interval when the folds agree, and very wide when they do not.)
 - A drop of an accuracy between two revisions, each with its interval, is told from noise with
   Newcombe's interval for the difference (the gate and promotion decide with it).
+- A figure measured on each of several draws of the data is a sample: its mean has Student's
+  t interval, and a t test against 0 tells an effect across draws from noise.
 - Two configurations measured on the same points are compared on the points where exactly one
   is right (exact McNemar: a binomial test of those at one half), and the p-values of a family
   of comparisons are adjusted with Benjamini-Hochberg.
@@ -15,7 +17,7 @@ on the same points, from SciPy's published tests (no test written by hand).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,3 +82,22 @@ def adjusted(p_values: Mapping[str, float]) -> dict[str, float]:
     names = sorted(p_values)
     q = false_discovery_control([p_values[n] for n in names], method="bh")
     return {n: float(v) for n, v in zip(names, q, strict=True)}
+
+
+def t_test(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """The mean of a sample across draws, its 95% t interval and the two-sided p of a t test
+    against 0 (SciPy's). No spread (every draw the same): the mean alone, p 1 at 0, else 0."""
+    from scipy.stats import ttest_1samp
+
+    a = np.asarray(values, np.float64)
+    mean = float(a.mean())
+    if np.ptp(a) == 0:
+        return mean, mean, mean, 1.0 if mean == 0 else 0.0
+    test = ttest_1samp(a, 0.0)
+    interval = test.confidence_interval(LEVEL)
+    return mean, float(interval.low), float(interval.high), float(test.pvalue)
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """A mean across draws with its 95% t interval."""
+    return t_test(values)[:3]

@@ -13,7 +13,7 @@ from overfit.core import figures
 from overfit.core.data import DataError, load_train_test
 from overfit.core.metrics import NEAR_ZERO
 from overfit.core.summary import summary_markdown
-from overfit.reports import read_arrays, read_curves_table, read_evaluation
+from overfit.reports import read_arrays, read_curves_table, read_evaluation, read_study
 from overfit.runtime import run_stage
 
 
@@ -49,12 +49,20 @@ def plot(root: Path) -> list[Path]:
             {n: configs[n].mean("near_zero_share") for n in pair},
             NEAR_ZERO,
         )
+    study = read_study(root)
+    for size in study.sizes:
+        drawn[f"study_effects_{size.n_train}"] = figures.effects_figure(
+            size, study.draws, study.baseline or ""
+        )
+    if len(study.sizes) > 1:
+        drawn["study_training_rows"] = figures.learning_curve_figure(study.sizes, study.draws)
     written = []
     for name, fig in drawn.items():
         path = layout.figure_file(root, name)
         write_bytes(path, figures.png_bytes(fig))
         written.append(path)
-    write_text(root / layout.SUMMARY, summary_markdown(report, config.select.folds))
+    summary = summary_markdown(report, config.select.folds, study, config.data.n_train)
+    write_text(root / layout.SUMMARY, summary)
     return [*written, root / layout.SUMMARY]
 
 

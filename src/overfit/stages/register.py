@@ -39,7 +39,9 @@ from overfit.reports import (
     ConfigSummary,
     Evaluation,
     ModelRecord,
+    Study,
     read_evaluation,
+    read_study,
     write_model_record,
 )
 from overfit.runtime import run_stage
@@ -162,16 +164,37 @@ def publish_evaluation(
     the selection."""
     fresh = lineage.datasets(root, {lineage.FRESH: "fresh"}, config.data.name, commit)
     models = configuration_models(mlflow, runs)
+    study = read_study(root)
     for name, run in runs.children.items():
         run_id = run.info.run_id
         metrics = evaluation_metrics(report.configs[name], report.versus_baseline.get(name))
+        metrics |= study_metrics(study, name, config.data.n_train)
         log_values(mlflow, run_id, metrics=metrics, model_id=models.get(name))
         mlflow.log_inputs(run_id, datasets=fresh)
     mlflow.log_inputs(runs.parent, datasets=fresh)
     tags = selection_tags(report, runs, config.select.folds)
     log_values(mlflow, runs.parent, tags=tags)
-    for path in [*sorted((root / layout.FIGURES_DIR).glob("*.png")), root / layout.SUMMARY]:
+    reports = [*sorted((root / layout.FIGURES_DIR).glob("*.png")), root / layout.SUMMARY]
+    for path in [*reports, root / layout.STUDY]:
         mlflow.log_artifact(runs.parent, str(path), "reports")
+
+
+def study_metrics(study: Study, name: str, n_train: int) -> dict[str, float]:
+    """A configuration's effects across the study's draws (at the data's training rows), as
+    its child run's metrics: `study_fresh_effect` with `_low`, `_high`, `_p_adjusted` and
+    `_helped` (the share of draws it helped), likewise `study_gap_effect_*`; none without a
+    study, or for the unregularized run itself."""
+    size = study.size(n_train)
+    config = size.configs.get(name) if size else None
+    metrics = {}
+    for measure in ("fresh_effect", "gap_effect"):
+        effect = getattr(config, measure) if config else None
+        if effect is None:
+            continue
+        metrics[f"study_{measure}"] = effect.mean
+        for key in ("low", "high", "p_adjusted", "helped"):
+            metrics[f"study_{measure}_{key}"] = getattr(effect, key)
+    return metrics
 
 
 def evaluation_metrics(

@@ -230,7 +230,7 @@ def run_under_parent(
 
 def shared_params(plan: Plan) -> dict[str, object]:
     """The settings every job shares, so sweeps can be compared with each other."""
-    later = ("penalty", "gate", "registry")  # per job, or the settings of later stages
+    later = ("penalty", "study", "gate", "registry")  # per job, or later stages' settings
     shared = {k: v for k, v in plan.configs[0].to_dict().items() if k not in later}
     params = flatten(shared)
     for key in ("tracking.parent_run_id", *PER_JOB):

@@ -102,7 +102,7 @@ def log_figures(
 ) -> None:
     """Params, final metrics (with cross-validation's; of the logged model `model_id`),
     sampled per-epoch curves."""
-    later = ("gate", "registry")  # settings of the stages after this one
+    later = ("study", "gate", "registry")  # settings of the stages after this one
     params = flatten({k: v for k, v in config.to_dict().items() if k not in later})
     params.pop("tracking.parent_run_id", None)
     params.pop("select.metric", None)  # the evaluate stage's; the parent run is tagged with it

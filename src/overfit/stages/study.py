@@ -1,0 +1,97 @@
+"""Stage study: how sure the sweep's findings are. Every configuration of params.yaml's sweep
+again on `study.draws` draws of the data (draw k from data.random_state + k: its own training
+and test rows, drawn as the article draws them; one seed per draw) at every size of
+`study.n_train`, all measured on the one fresh sample, each against the unregularized run of
+the same draw. Writes reports/study.json (the figures by draw, and each configuration's effect
+with its interval across draws); the plot stage turns it into figures and the summary's verdict.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from overfit import layout, runtime
+from overfit.artifacts import ArtifactError
+from overfit.config import ConfigError, project_root, read_params
+from overfit.config import parse_params as parse_params_text
+from overfit.core.data import DataError, load_fresh
+from overfit.core.remedies import remedy_of, run_name
+from overfit.core.study import draw_seed, draw_state, size_study
+from overfit.reports import Study, write_study
+from overfit.runtime import run_stage
+from overfit.sweep.draws import measure_jobs, plan_jobs, study_rows, train_jobs
+from overfit.sweep.plan import plan_sweep
+
+
+def study(root: Path) -> tuple[Study, int]:
+    """The study params.yaml asks for, and how many models (folds included) it trained."""
+    text = read_params(root)
+    base = parse_params_text(text, root / layout.PARAMS)
+    settings, data = base.study, base.data
+    empty = Study(
+        draws=settings.draws,
+        baseline=None,
+        seeds=[draw_seed(base.train.seeds, k) for k in range(settings.draws)],
+        random_states=[draw_state(data.random_state, k) for k in range(settings.draws)],
+        test_rows=data.n_samples - data.n_train,
+        fresh_samples=data.fresh_samples,
+        sizes=[],
+    )
+    if settings.draws == 0:
+        return empty, 0
+    configs = plan_sweep(root, text, []).configs
+    baselines = [run_name(c) for c in configs if remedy_of(c).kind == "none"]
+    if not baselines:
+        raise ConfigError(
+            "study.draws: must be 0 when the sweep has no unregularized configuration (the "
+            f"study measures every remedy against it), got {settings.draws}"
+        )
+    fresh = load_fresh(root, data)
+    jobs = plan_jobs(configs, base)
+    rows = study_rows(data, settings.n_train, base.select.folds)
+    models, folds = train_jobs(jobs, rows, runtime.checkpoint)
+    by_size = measure_jobs(jobs, models, folds, fresh, settings.select)
+    metric = base.select.metric if settings.select else None
+    one_se = base.select.rule == "one_se"
+    sizes = [size_study(n, by_size[n], baselines[0], metric, one_se) for n in settings.n_train]
+    trained = len(models) + sum(len(f) for f in folds)
+    return empty.model_copy(update={"baseline": baselines[0], "sizes": sizes}), trained
+
+
+def main(argv: list[str] | None = None) -> None:
+    if sys.argv[1:] if argv is None else argv:
+        print(
+            "usage: python -m overfit.stages.study (no arguments: it reads params.yaml)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    started = time.perf_counter()
+
+    def work() -> tuple[Study, int]:
+        root = project_root()
+        result = study(root)
+        # Built through the schema again: a study the reports could not read is not written.
+        write_study(root, Study.model_validate(result[0].to_json()))
+        return result
+
+    report, trained = run_stage(work, (ArtifactError, DataError))
+    seconds = time.perf_counter() - started
+    if report.draws == 0:
+        print(f"study off (study.draws 0): wrote {layout.STUDY}")
+        return
+    for size in report.sizes:
+        effects = [c.fresh_effect for c in size.configs.values() if c.fresh_effect]
+        better = sum(e.distinguishable and e.mean > 0 for e in effects)
+        worse = sum(e.distinguishable and e.mean < 0 for e in effects)
+        print(
+            f"study, {size.n_train} training rows, {report.draws} draws: on fresh points "
+            f"{better} configurations beat {report.baseline}, {worse} do worse, "
+            f"{len(effects) - better - worse} cannot be told from it"
+        )
+    print(f"trained {trained} models in {seconds:.1f} s; wrote {layout.STUDY}")
+
+
+if __name__ == "__main__":
+    main()
