@@ -75,3 +75,22 @@ def test_other_launchers_train_exactly_what_the_default_does(
         assert (threads(root, name), threads(sequential, name)) == ("1", "0")
         history = (root / "models" / name / "history.csv").read_bytes()
         assert history == (sequential / "models" / name / "history.csv").read_bytes(), name
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_a_study_split_by_groups_of_draws_is_the_one_process_study(
+    tmp_path: Path, shrunk_pipeline, launcher: str
+) -> None:
+    """The shared pipeline's study (3 draws, two sizes, the selection's folds), run by a Hydra
+    launcher in groups of 2 draws and 1 draw, each group a process of its own: study.json is
+    the one the single process wrote, byte for byte, and the groups' files are gone."""
+    root = tmp_path / "project"
+    run = shrunk_pipeline.copy_to(root)
+    run(sys.executable, "-m", "overfit.commands.params", *SHRUNK, f"launcher={launcher}",
+        "study.group_size=2")  # fmt: skip
+    result = run(sys.executable, "-m", "overfit.stages.study")
+    if launcher == "joblib":
+        assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    ours = (root / "reports/study.json").read_bytes()
+    assert ours == (shrunk_pipeline.root / "reports/study.json").read_bytes()
+    assert not (root / "reports/.study").exists()

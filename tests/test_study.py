@@ -3,7 +3,6 @@ report's schema, and its training (each draw's models as they would train alone)
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -16,13 +15,13 @@ from overfit.artifacts import ArtifactError
 from overfit.config import compose_jobs, parse_config
 from overfit.core.data import drawn_split, make_points
 from overfit.core.study import (
-    DrawFigures,
+    config_study,
     effect_across_draws,
     selection_study,
     size_study,
     study_split,
 )
-from overfit.reports import Effect, Study
+from overfit.reports import ConfigStudy, Effect, Study
 from overfit.sweep.plan import job_overrides
 
 from .conftest import ROOT
@@ -58,11 +57,11 @@ def test_an_effect_without_spread_is_its_mean_alone() -> None:
     assert (constant.low, constant.high, constant.p, constant.helped) == (0.02, 0.02, 0.0, 1.0)
 
 
-def figures(kind: str, fresh: list[float], train: float = 1.0, test: float = 0.9) -> DrawFigures:
+def figures(kind: str, fresh: list[float], train: float = 1.0, test: float = 0.9) -> ConfigStudy:
     n = len(fresh)
-    return DrawFigures(
-        kind, 0.01 if kind != "none" else 0.0, [train] * n, [test] * n, fresh, [0.3] * n, [1.0] * n
-    )
+    per_draw = {"train_acc": [train] * n, "test_acc": [test] * n, "fresh_acc": fresh}
+    per_draw |= {"test_loss": [0.3] * n, "hidden_l2": [1.0] * n}
+    return config_study(kind, 0.01 if kind != "none" else 0.0, per_draw)
 
 
 def test_effects_are_paired_by_draw_and_adjusted_over_the_configurations() -> None:
@@ -75,8 +74,11 @@ def test_effects_are_paired_by_draw_and_adjusted_over_the_configurations() -> No
     }
     study = size_study(30, table, "none")
     assert study.configs["none"].fresh_effect is None
+    baseline = table["none"].fresh_acc  # as the report keeps it: rounded to 6 decimals
     raw = {
-        n: effect_across_draws(np.subtract(table[n].fresh_acc, none)) for n in table if n != "none"
+        n: effect_across_draws(np.subtract(table[n].fresh_acc, baseline))
+        for n in table
+        if n != "none"
     }
     assert {n: study.configs[n].fresh_effect.p for n in raw} == {n: e.p for n, e in raw.items()}
     names = sorted(raw)
@@ -91,11 +93,10 @@ def test_effects_are_paired_by_draw_and_adjusted_over_the_configurations() -> No
 
 
 def test_the_selection_on_every_draw_measures_the_winners_curse() -> None:
-    def with_cv(f: DrawFigures, cv: list[float]) -> DrawFigures:
+    def with_cv(f: ConfigStudy, cv: list[float]) -> ConfigStudy:
         n = len(cv)
-        return dataclasses.replace(
-            f, cv_acc=cv, cv_loss=[0.3] * n, cv_acc_se=[0.0] * n, cv_loss_se=[0.0] * n
-        )
+        folds = {"cv_acc": cv, "cv_loss": [0.3] * n, "cv_acc_se": [0.0] * n}
+        return f.model_copy(update=folds | {"cv_loss_se": [0.0] * n})
 
     table = {
         "none": with_cv(figures("none", [0.80, 0.80, 0.80]), [0.90, 0.90, 0.90]),
@@ -178,12 +179,11 @@ def test_draws_trained_in_groups_are_bit_identical_to_the_whole_study() -> None:
         group = [job for job in jobs if job.draw == draw]
         alone = measure_jobs(group, *train_jobs(group, rows), fresh, True)
         for size, by_name in alone.items():
-            for name, f in by_name.items():
-                for field in dataclasses.fields(f):
-                    values = getattr(whole[size][name], field.name)
-                    mine = getattr(f, field.name)
-                    if isinstance(mine, list):
-                        assert mine == [values[draw]], (size, name, field.name)
+            for name, figures_alone in by_name.items():
+                together = whole[size][name].per_draw
+                assert set(figures_alone.per_draw) == set(together)
+                for measure, values in figures_alone.per_draw.items():
+                    assert values == [together[measure][draw]], (size, name, measure)
     # The draws differ: the figures are not one draw's, repeated.
     assert len(set(whole[30]["none"].fresh_acc)) > 1
 
@@ -200,10 +200,11 @@ def effect(**values: float) -> dict:
 
 
 def study_json(**changes: object) -> dict:
-    config = {"kind": "l2", "strength": 0.01, "train_acc": [1.0, 1.0], "test_acc": [0.9, 0.8]}
-    config |= {"fresh_acc": [0.9, 0.91], "fresh_effect": effect(), "gap_effect": effect()}
-    none = {"kind": "none", "strength": 0.0, "train_acc": [1.0, 1.0], "test_acc": [0.9, 0.8]}
-    none |= {"fresh_acc": [0.89, 0.9]}
+    figures = {"train_acc": [1.0, 1.0], "test_acc": [0.9, 0.8], "test_loss": [0.3, 0.4]}
+    figures |= {"hidden_l2": [1.0, 2.0]}
+    config = {"kind": "l2", "strength": 0.01, **figures, "fresh_acc": [0.9, 0.91]}
+    config |= {"fresh_effect": effect(), "gap_effect": effect()}
+    none = {"kind": "none", "strength": 0.0, **figures, "fresh_acc": [0.89, 0.9]}
     raw = {
         "draws": 2,
         "baseline": "none",

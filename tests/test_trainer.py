@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -306,6 +308,12 @@ def test_models_on_their_own_draws_train_together_as_each_would_alone() -> None:
         for name, values in alone.history.items():
             np.testing.assert_array_equal(values, stacked[k].history[name], f"{k} {name}")
     assert stacked[-1].epochs < 150 and stacked[-1].best_epoch is not None
+    # Validated every epoch or once at the end, a model learns the same, bit for bit.
+    [curves] = train_draws([dataclasses.replace(on_draws[2], curves=True)], rows)
+    assert max_diff(curves.weights, stacked[2].weights) == 0.0
+    assert curves.final == stacked[2].final
+    assert np.isnan(stacked[2].history["val_loss"]).all()
+    assert np.isfinite(curves.history["val_loss"]).all()
     # Trained on its rows shared, unpadded, a model learns the same to float32 rounding.
     shared_model = models()[3]
     d = draws[3]

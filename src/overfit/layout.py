@@ -51,6 +51,12 @@ JOB_OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
 REPORTS_DIR = Path("reports")
 # Stage study: the sweep on other draws of the data (in git: small, and a diff shows its change).
 STUDY = REPORTS_DIR / "study.json"
+# A study run by a Hydra launcher: params.yaml as the stage read it, and each job's group of
+# draws in .study/group_<k>/, merged into study.json and removed.
+STUDY_PARTS = REPORTS_DIR / ".study"
+STUDY_SNAPSHOT = STUDY_PARTS / "params.yaml"
+STUDY_CONFIGS = STUDY_PARTS / "configs.json"  # the sweep's configurations, as the stage planned
+STUDY_GROUP_FILE = "draws.json"
 METRICS = REPORTS_DIR / "metrics.json"
 CONFIGS = REPORTS_DIR / "configs.json"
 EVALUATION = REPORTS_DIR / "evaluation.npz"
@@ -73,6 +79,10 @@ MLFLOW_ARTIFACTS = "mlartifacts"
 # Artifact names inside MLflow runs.
 SWEEP_TABLE_ARTIFACT = "sweep_results.md"
 SERVER_DIR = Path(".mlflow-server")
+
+
+def study_group_dir(root: Path, group: int) -> Path:
+    return root / STUDY_PARTS / f"group_{group}"
 
 
 def run_dir(root: Path, name: str) -> Path:

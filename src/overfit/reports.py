@@ -345,21 +345,37 @@ class Effect(Schema):
 
 
 Draws = list[Accuracy]
+PerDraw = list[Annotated[float, NON_NEGATIVE]]
 
 
 class ConfigStudy(Schema):
-    """One configuration on every draw of one size: its accuracies by draw (cv_acc with the
-    study's selection) and its effects on fresh accuracy (up is better) and on the gap between
-    train and test accuracy (down is better); none for the unregularized run itself."""
+    """One configuration on every draw of one size, lists by draw: its accuracies, test loss
+    (without the penalty) and hidden weights' size (hidden_l2); with the study's selection its
+    cross-validation (the folds' mean held-out accuracy and loss, and their standard errors);
+    and its effects against the unregularized run across draws, on fresh accuracy (up is
+    better) and on the gap between train and test accuracy (down is better), none for the
+    unregularized run itself."""
 
     kind: StrictStr
     strength: Strength
     train_acc: Draws
     test_acc: Draws
     fresh_acc: Draws
+    test_loss: PerDraw
+    hidden_l2: PerDraw
     cv_acc: Draws | None = None
+    cv_loss: PerDraw | None = None
+    cv_acc_se: PerDraw | None = None
+    cv_loss_se: PerDraw | None = None
     fresh_effect: Effect | None = None
     gap_effect: Effect | None = None
+
+    @property
+    def per_draw(self) -> dict[str, list[float]]:
+        """Every figure it has by draw, by name."""
+        names = ("train_acc", "test_acc", "fresh_acc", "test_loss", "hidden_l2")
+        names += ("cv_acc", "cv_loss", "cv_acc_se", "cv_loss_se")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 class SelectionStudy(Schema):
@@ -376,7 +392,6 @@ class SelectionStudy(Schema):
 class SizeStudy(Schema):
     n_train: StrictInt
     configs: dict[str, ConfigStudy]
-    selection: SelectionStudy | None = None
 
 
 class Study(Schema):
@@ -401,20 +416,14 @@ class Study(Schema):
             if self.baseline not in size.configs:
                 raise refused("a configuration of every size", self.baseline, "baseline")
             for name, config in size.configs.items():
-                for measure in ("train_acc", "test_acc", "fresh_acc", "cv_acc"):
-                    values = getattr(config, measure)
-                    if values is not None and len(values) != self.draws:
+                for measure, values in config.per_draw.items():
+                    if len(values) != self.draws:
                         key = f"sizes.{i}.configs.{name}.{measure}"
                         raise refused(f"a list of {self.draws} (one per draw)", values, key)
                 measured = name == self.baseline or config.fresh_effect is not None
                 if not measured:
                     key = f"sizes.{i}.configs.{name}.fresh_effect"
                     raise refused("an effect against the baseline", None, key, kind="missing")
-            picks = size.selection.picks if size.selection else []
-            for pick in picks:
-                if pick not in size.configs:
-                    key = f"sizes.{i}.selection.picks"
-                    raise refused("the names of configurations of the size", pick, key)
         return self
 
     def size(self, n_train: int) -> SizeStudy | None:

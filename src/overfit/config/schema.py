@@ -313,6 +313,9 @@ class StudyConfig:
         default_factory=lambda: [30]
     )
     select: StrictBool = False
+    # Draws per job when a Hydra launcher (launcher.name other than basic) runs the study: each
+    # job trains its group of draws stacked, and the stage merges them.
+    group_size: Annotated[StrictInt, between(1, MAX_DRAWS)] = 10
 
     @model_validator(mode="after")
     def _sizes(self) -> StudyConfig:

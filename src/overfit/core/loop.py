@@ -270,7 +270,7 @@ def _early_stopping(watch, r, step, active, current, params):
 @tf.function(jit_compile=True, autograph=False)
 def train_loop(
     params, m, v, iterations, l1, l2, lr, x_fit, y_fit, fit, x_val, y_val, val, epochs, remedies,
-    dropout,
+    dropout, validate=True,
 ):  # fmt: skip
     """Trained (params, m, v), per-epoch metrics [E, 4, K], final metrics [5, K], the epochs
     each model trained [K] and its best monitored epoch [K] (0-based; early stopping only).
@@ -279,7 +279,9 @@ def train_loop(
     x_val that `val` marks; the fifth final metric is the validation cross-entropy alone.
     The rows are shared by every model (x [n, 2], y [n]) or each model's own (x [K, n, 2],
     y [K, n], padded with rows its masks leave out). `dropout` (a Python boolean) says whether
-    any model of the stack uses dropout.
+    any model of the stack uses dropout. `validate` (a Python boolean) False: no model of the
+    stack stops early or keeps its validation curves, so the validation rows are measured once,
+    after the last epoch (the curves' validation entries are 0); the training is the same.
     """
     x_fit, x_val = (x if x.shape.rank == 3 else x[tf.newaxis] for x in (x_fit, x_val))
     y_fit, y_val = (y if y.shape.rank == 2 else y[tf.newaxis] for y in (y_fit, y_val))
@@ -315,9 +317,14 @@ def train_loop(
         params, m, v = (
             _where(active, n, o) for n, o in ((new_params, params), (new_m, m), (new_v, v))
         )
+        ran = ran + tf.cast(active, tf.int32)
+        if not validate:
+            curves = curves.write(
+                step, tf.stack([loss, hits, tf.zeros_like(loss), tf.zeros_like(hits)])
+            )
+            return step + 1, params, m, v, curves, ran, watch, masks(step + 1)
         val_loss, val_hits = _scores(params, logits_of(params, x_val), l1, l2, y_val, val)
         curves = curves.write(step, tf.stack([loss, hits, val_loss, val_hits]))
-        ran = ran + tf.cast(active, tf.int32)
         current = tf.where(r.monitor == MONITORS["val_loss"], val_loss, val_hits / val.count)
         watch = _early_stopping(watch, r, step, active, current, params)
         return step + 1, params, m, v, curves, ran, watch, masks(step + 1)

@@ -12,7 +12,6 @@ configurations are adjusted together (Benjamini-Hochberg), so that with 28 remed
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,7 +21,7 @@ from overfit.core.data import Points, make_points, split_points
 from overfit.core.remedies import Remedy
 from overfit.core.selection import Candidate, choose, choose_on_test
 from overfit.core.uncertainty import adjusted, t_test
-from overfit.reports import ConfigStudy, Effect, SelectionStudy, SizeStudy
+from overfit.reports import ConfigStudy, Effect, SelectionStudy, SizeStudy, Study
 
 DECIMALS = 6
 
@@ -45,25 +44,6 @@ def study_split(data: DataConfig, n_train: int, draw: int) -> tuple[Points, Poin
     state = draw_state(data.random_state, draw)
     points = make_points(data.name, n_train + test_rows, data.noise, state, data.factor)
     return split_points(points, n_train)
-
-
-@dataclass(frozen=True)
-class DrawFigures:
-    """One configuration's figures on each draw of one size (lists by draw): accuracies, and
-    with cross-validation the folds' mean held-out accuracy and loss and the hidden weights'
-    size (what the selection reads)."""
-
-    kind: str
-    strength: float
-    train_acc: list[float]
-    test_acc: list[float]
-    fresh_acc: list[float]
-    test_loss: list[float]
-    hidden_l2: list[float]
-    cv_acc: list[float] | None = None
-    cv_loss: list[float] | None = None
-    cv_acc_se: list[float] | None = None
-    cv_loss_se: list[float] | None = None
 
 
 def effect_across_draws(differences: Sequence[float], better: float = 1.0) -> Effect:
@@ -90,77 +70,71 @@ def _with_adjusted(effects: Mapping[str, Effect]) -> dict[str, Effect]:
     }
 
 
-def _rounded(values: Sequence[float]) -> list[float]:
-    return [round(float(v), DECIMALS) for v in values]
-
-
-def size_study(
-    n_train: int,
-    figures: Mapping[str, DrawFigures],
-    baseline: str,
-    metric: str | None = None,
-    one_se: bool = False,
-) -> SizeStudy:
-    """What one training-set size's draws say: every configuration's figures by draw and its
+def size_study(n_train: int, configs: Mapping[str, ConfigStudy], baseline: str) -> SizeStudy:
+    """What one training-set size's draws say: every configuration's figures by draw with its
     effects against `baseline` (fresh accuracy: up is better; the gap between train and test
-    accuracy: down is better), p adjusted over the configurations; with `metric` (the
-    selection's), the selection repeated on every draw."""
-    none = figures[baseline]
+    accuracy: down is better), p adjusted over the configurations."""
+    none = configs[baseline]
     none_fresh = np.asarray(none.fresh_acc)
     none_gap = np.asarray(none.train_acc) - np.asarray(none.test_acc)
     fresh_effects, gap_effects = {}, {}
-    for name, f in figures.items():
+    for name, c in configs.items():
         if name == baseline:
             continue
-        fresh_effects[name] = effect_across_draws(np.asarray(f.fresh_acc) - none_fresh)
-        gap = np.asarray(f.train_acc) - np.asarray(f.test_acc)
+        fresh_effects[name] = effect_across_draws(np.asarray(c.fresh_acc) - none_fresh)
+        gap = np.asarray(c.train_acc) - np.asarray(c.test_acc)
         gap_effects[name] = effect_across_draws(gap - none_gap, better=-1.0)
     fresh_effects, gap_effects = _with_adjusted(fresh_effects), _with_adjusted(gap_effects)
-    configs = {
-        name: ConfigStudy(
-            kind=f.kind,
-            strength=f.strength,
-            train_acc=_rounded(f.train_acc),
-            test_acc=_rounded(f.test_acc),
-            fresh_acc=_rounded(f.fresh_acc),
-            cv_acc=_rounded(f.cv_acc) if f.cv_acc is not None else None,
-            fresh_effect=fresh_effects.get(name),
-            gap_effect=gap_effects.get(name),
+    measured = {
+        name: c.model_copy(
+            update={"fresh_effect": fresh_effects.get(name), "gap_effect": gap_effects.get(name)}
         )
-        for name, f in sorted(figures.items())
+        for name, c in sorted(configs.items())
     }
-    selection = None if metric is None else selection_study(figures, baseline, metric, one_se)
-    return SizeStudy(n_train=n_train, configs=configs, selection=selection)
+    return SizeStudy(n_train=n_train, configs=measured)
+
+
+def config_study(kind: str, setting: float, per_draw: Mapping[str, Sequence[float]]) -> ConfigStudy:
+    """A configuration's figures by draw, rounded as the reports keep them."""
+    rounded = {k: [round(float(v), DECIMALS) for v in values] for k, values in per_draw.items()}
+    return ConfigStudy(kind=kind, strength=setting, **rounded)
+
+
+def can_select(configs: Mapping[str, ConfigStudy], metric: str) -> bool:
+    """Whether the selection rule can be repeated on every draw: on test accuracy always, on
+    cross-validation when the study trained every configuration's folds (study.select)."""
+    return metric == "test_acc" or all(c.cv_acc is not None for c in configs.values())
 
 
 def picks_by_draw(
-    figures: Mapping[str, DrawFigures], metric: str, one_se: bool = False
+    configs: Mapping[str, ConfigStudy], metric: str, one_se: bool = False
 ) -> list[str]:
     """The configuration the selection rule picks on each draw, from that draw's figures alone
     (cross-validation's, or with `test_acc` the draw's test accuracy)."""
-    names = sorted(figures)
-    draws = len(figures[names[0]].fresh_acc)
+    names = sorted(configs)
+    draws = len(configs[names[0]].fresh_acc)
+    strengths = {n: Remedy(configs[n].kind, configs[n].strength).strength for n in names}
     picks = []
     for k in range(draws):
         if metric == "test_acc":
             picks.append(
                 choose_on_test(
-                    {n: figures[n].test_acc[k] for n in names},
-                    {n: figures[n].kind for n in names},
-                    {n: Remedy(figures[n].kind, figures[n].strength).strength for n in names},
-                    {n: figures[n].test_loss[k] for n in names},
+                    {n: configs[n].test_acc[k] for n in names},
+                    {n: configs[n].kind for n in names},
+                    strengths,
+                    {n: configs[n].test_loss[k] for n in names},
                 )
             )
             continue
         candidates = []
         for n in names:
-            f = figures[n]
-            if f.cv_acc is None or f.cv_loss is None or f.cv_acc_se is None or f.cv_loss_se is None:
+            c = configs[n]
+            if c.cv_acc is None or c.cv_loss is None or c.cv_acc_se is None or c.cv_loss_se is None:
                 raise ValueError(f"{n}: the selection needs its cross-validation on every draw")
             candidates.append(
                 Candidate(
-                    n, f.kind, Remedy(f.kind, f.strength).strength, f.cv_acc[k], f.cv_loss[k],
-                    f.cv_acc_se[k], f.cv_loss_se[k], f.hidden_l2[k],
+                    n, c.kind, strengths[n], c.cv_acc[k], c.cv_loss[k],
+                    c.cv_acc_se[k], c.cv_loss_se[k], c.hidden_l2[k],
                 )
             )  # fmt: skip
         picks.append(choose(candidates, metric, one_se))
@@ -168,22 +142,33 @@ def picks_by_draw(
 
 
 def selection_study(
-    figures: Mapping[str, DrawFigures], baseline: str, metric: str, one_se: bool = False
+    configs: Mapping[str, ConfigStudy], baseline: str, metric: str, one_se: bool = False
 ) -> SelectionStudy:
     """The selection on every draw: what its pick is worth on fresh points against the
     unregularized run and against the best configuration in hindsight (the best fresh accuracy
     on that draw), and how far the score it was picked on overstates its fresh accuracy (the
     winner's curse)."""
-    picks = picks_by_draw(figures, metric, one_se)
-    fresh = {n: np.asarray(f.fresh_acc) for n, f in figures.items()}
+    picks = picks_by_draw(configs, metric, one_se)
+    fresh = {n: np.asarray(c.fresh_acc) for n, c in configs.items()}
     draws = range(len(picks))
     picked = np.array([fresh[p][k] for k, p in enumerate(picks)])
     hindsight = np.array([max(fresh[n][k] for n in fresh) for k in draws])
     score_of = "test_acc" if metric == "test_acc" else "cv_acc"
-    scores = np.array([getattr(figures[p], score_of)[k] for k, p in enumerate(picks)])
+    scores = np.array([getattr(configs[p], score_of)[k] for k, p in enumerate(picks)])
     return SelectionStudy(
         picks=picks,
         versus_baseline=effect_across_draws(picked - fresh[baseline]),
         versus_hindsight=effect_across_draws(picked - hindsight),
         overstatement=effect_across_draws(scores - picked, better=-1.0),
     )
+
+
+def selection_on_draws(
+    study: Study, n_train: int, metric: str, one_se: bool = False
+) -> SelectionStudy | None:
+    """The selection rule repeated on every draw of the study at `n_train` training rows; None
+    where it cannot be (no study, that size not studied, or cross-validation not trained)."""
+    size = study.size(n_train)
+    if size is None or study.baseline is None or not can_select(size.configs, metric):
+        return None
+    return selection_study(size.configs, study.baseline, metric, one_se)

@@ -14,6 +14,7 @@ from overfit.reports import (
     ConfigSummary,
     Effect,
     Evaluation,
+    SelectionStudy,
     SizeStudy,
     Study,
 )
@@ -49,10 +50,15 @@ def progress_line(result: JobResult, seconds: float) -> str:
 
 
 def summary_markdown(
-    evaluation: Evaluation, folds: int, study: Study | None = None, n_train: int = 0
+    evaluation: Evaluation,
+    folds: int,
+    study: Study | None = None,
+    n_train: int = 0,
+    selection: SelectionStudy | None = None,
 ) -> str:
     """The overfitting in numbers, both selection rules side by side, the verdict across draws
-    of the data (`study`, at `n_train` training rows), and every configuration."""
+    of the data (`study`, at `n_train` training rows; `selection`, the rule repeated on every
+    draw, where it could be), and every configuration."""
     configs = evaluation.configs
     has_cv = all("cv_acc" in c.measures for c in configs.values())
 
@@ -75,7 +81,7 @@ def summary_markdown(
             "",
         ]
     text += choice_section(evaluation, folds, has_cv)
-    text += study_section(study, n_train, evaluation.selected)
+    text += study_section(study, n_train, evaluation, selection)
     text += remedies_section(evaluation, has_cv)
     text += noise_section(evaluation)
     if has_cv:  # in the order of the rule (cv_acc when the rule is test_acc)
@@ -380,7 +386,9 @@ def study_verdict(size: SizeStudy, draws: int) -> str:
     return text
 
 
-def study_section(study: Study | None, n_train: int, selected: str) -> list[str]:
+def study_section(
+    study: Study | None, n_train: int, evaluation: Evaluation, selection: SelectionStudy | None
+) -> list[str]:
     """The sweep across draws: the verdict, the selected configuration's effect, the selection
     repeated on every draw, every configuration's effects, and the learning curve."""
     if study is None or not study.sizes or study.baseline is None:
@@ -400,6 +408,7 @@ def study_section(study: Study | None, n_train: int, selected: str) -> list[str]
         study_verdict(size, draws),
         "",
     ]
+    selected = evaluation.selected
     chosen = size.configs.get(selected)
     if chosen is not None and chosen.fresh_effect and chosen.gap_effect:
         text += [
@@ -408,14 +417,16 @@ def study_section(study: Study | None, n_train: int, selected: str) -> list[str]
             f"{_signed(chosen.gap_effect)}.",
             "",
         ]
-    if size.selection is not None:
-        s = size.selection
+    if selection is not None:
+        s = selection
+        picks = ", ".join(f"{p} {s.picks.count(p)}x" for p in sorted(set(s.picks)))
+        score = "test" if evaluation.rule == "test_acc" else "cross-validation"
         text += [
-            f"The selection repeated on every draw (picks: {', '.join(sorted(set(s.picks)))}): "
-            f"its pick's fresh accuracy is {_signed(s.versus_baseline)} against {baseline} and "
-            f"{_signed(s.versus_hindsight)} against the best configuration in hindsight; the "
-            f"score it was picked on overstates its fresh accuracy by "
-            f"{_signed(s.overstatement)} (the winner's curse).",
+            f"The selection repeated on every draw (it picked {picks}): its pick's fresh "
+            f"accuracy is {_signed(s.versus_baseline)} against {baseline} and "
+            f"{_signed(s.versus_hindsight)} against the best configuration in hindsight; its "
+            f"{score} score overstates its fresh accuracy by {_signed(s.overstatement)} (the "
+            "winner's curse).",
             "",
         ]
     text += [

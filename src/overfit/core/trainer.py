@@ -22,6 +22,7 @@ rules (a stopped model's weights and Adam state freeze while the others go on).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -37,6 +38,10 @@ from overfit.runtime import tensorflow_quiet
 with tensorflow_quiet():
     import keras
     import tensorflow as tf
+
+# The loop is traced once per variant (dropout, per-epoch validation) and stack shape, by
+# design: TensorFlow's warning that calls five such traces "excessive retracing" is noise here.
+tf.get_logger().setLevel(logging.ERROR)
 
 # Models per compiled call. Per-model time is lowest around 16 here (95 models: 6.9 s in
 # groups of 16, 8.4 s in two of 48): larger stacks outgrow the caches.
@@ -361,13 +366,16 @@ class Draw:
 class OnDraw:
     """A model to train on its own draw: where it starts (`read_start` of a compiled model, or
     one such start with other initial weights), for how many epochs, with which early
-    stopping (watching the draw's validation rows) and dropout stream (a fold's number)."""
+    stopping (watching the draw's validation rows) and dropout stream (a fold's number), and
+    whether its per-epoch validation curves are wanted (without them or early stopping, its
+    validation rows are measured once, after training: the same weights, sooner)."""
 
     start: ModelStart
     draw: Draw
     epochs: int
     stopping: Stopping | None = None
     stream: int = 0
+    curves: bool = False
 
 
 def train_draws(
@@ -396,7 +404,7 @@ def train_draws(
         fit, val = np.ones(len(draw.x_train), bool), np.ones(len(draw.x_test), bool)
         slots.append(
             Slot(model.start, fit, val, None, model.epochs, model.stopping, model.stream,
-                 index[id(draw)])
+                 index[id(draw)], model.curves)
         )  # fmt: skip
     histories: dict[int, History] = {}
     owner = range(len(slots))

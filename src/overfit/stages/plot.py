@@ -12,6 +12,7 @@ from overfit.config import load_params, project_root
 from overfit.core import figures
 from overfit.core.data import DataError, load_train_test
 from overfit.core.metrics import NEAR_ZERO
+from overfit.core.study import selection_on_draws
 from overfit.core.summary import summary_markdown
 from overfit.reports import read_arrays, read_curves_table, read_evaluation, read_study
 from overfit.runtime import run_stage
@@ -61,7 +62,9 @@ def plot(root: Path) -> list[Path]:
         path = layout.figure_file(root, name)
         write_bytes(path, figures.png_bytes(fig))
         written.append(path)
-    summary = summary_markdown(report, config.select.folds, study, config.data.n_train)
+    n_train = config.data.n_train
+    selection = selection_on_draws(study, n_train, report.rule, report.one_se)
+    summary = summary_markdown(report, config.select.folds, study, n_train, selection)
     write_text(root / layout.SUMMARY, summary)
     return [*written, root / layout.SUMMARY]
 

@@ -34,6 +34,7 @@ from overfit.core.data import FEATURES, load_train_test
 from overfit.core.metrics import LOGGED_BY_TRAINING
 from overfit.core.rules import FIGURE_TAGS
 from overfit.core.selection import describe
+from overfit.core.study import selection_on_draws
 from overfit.reports import (
     Comparison,
     ConfigSummary,
@@ -173,10 +174,25 @@ def publish_evaluation(
         mlflow.log_inputs(run_id, datasets=fresh)
     mlflow.log_inputs(runs.parent, datasets=fresh)
     tags = selection_tags(report, runs, config.select.folds)
-    log_values(mlflow, runs.parent, tags=tags)
+    log_values(mlflow, runs.parent, tags=tags, metrics=selection_metrics(study, report, config))
     reports = [*sorted((root / layout.FIGURES_DIR).glob("*.png")), root / layout.SUMMARY]
     for path in [*reports, root / layout.STUDY]:
         mlflow.log_artifact(runs.parent, str(path), "reports")
+
+
+def selection_metrics(study: Study, report: Evaluation, config: Config) -> dict[str, float]:
+    """The selection repeated on every draw of the study (where it can be), as the parent
+    run's metrics: its pick against the unregularized run (`study_pick_vs_baseline`) and
+    against the best in hindsight, and its score's overstatement, each with `_low`, `_high`."""
+    selection = selection_on_draws(study, config.data.n_train, report.rule, report.one_se)
+    if selection is None:
+        return {}
+    metrics = {}
+    for key in ("versus_baseline", "versus_hindsight", "overstatement"):
+        effect = getattr(selection, key)
+        name = "study_" + key.replace("versus_", "pick_vs_")
+        metrics |= {name: effect.mean, f"{name}_low": effect.low, f"{name}_high": effect.high}
+    return metrics
 
 
 def study_metrics(study: Study, name: str, n_train: int) -> dict[str, float]:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from overfit import layout, runtime
+from overfit import layout
 from overfit.artifacts import ArtifactError
 from overfit.config import ConfigError, project_root, read_params
 from overfit.config import parse_params as parse_params_text
@@ -21,12 +21,13 @@ from overfit.core.remedies import remedy_of, run_name
 from overfit.core.study import draw_seed, draw_state, size_study
 from overfit.reports import Study, write_study
 from overfit.runtime import run_stage
-from overfit.sweep.draws import measure_jobs, plan_jobs, study_rows, train_jobs
 from overfit.sweep.plan import plan_sweep
+from overfit.sweep.processes import LaunchFailed
+from overfit.sweep.study_groups import launch_groups, train_draws_of
 
 
-def study(root: Path) -> tuple[Study, int]:
-    """The study params.yaml asks for, and how many models (folds included) it trained."""
+def study(root: Path) -> Study:
+    """The study params.yaml asks for."""
     text = read_params(root)
     base = parse_params_text(text, root / layout.PARAMS)
     settings, data = base.study, base.data
@@ -40,7 +41,7 @@ def study(root: Path) -> tuple[Study, int]:
         sizes=[],
     )
     if settings.draws == 0:
-        return empty, 0
+        return empty
     configs = plan_sweep(root, text, []).configs
     baselines = [run_name(c) for c in configs if remedy_of(c).kind == "none"]
     if not baselines:
@@ -49,15 +50,12 @@ def study(root: Path) -> tuple[Study, int]:
             f"study measures every remedy against it), got {settings.draws}"
         )
     fresh = load_fresh(root, data)
-    jobs = plan_jobs(configs, base)
-    rows = study_rows(data, settings.n_train, base.select.folds)
-    models, folds = train_jobs(jobs, rows, runtime.checkpoint)
-    by_size = measure_jobs(jobs, models, folds, fresh, settings.select)
-    metric = base.select.metric if settings.select else None
-    one_se = base.select.rule == "one_se"
-    sizes = [size_study(n, by_size[n], baselines[0], metric, one_se) for n in settings.n_train]
-    trained = len(models) + sum(len(f) for f in folds)
-    return empty.model_copy(update={"baseline": baselines[0], "sizes": sizes}), trained
+    if base.launcher.name == "basic":  # every draw in this process, stacked
+        by_size = train_draws_of(configs, base, range(settings.draws), fresh)
+    else:
+        by_size = launch_groups(root, text, configs, base)
+    sizes = [size_study(n, by_size[n], baselines[0]) for n in settings.n_train]
+    return empty.model_copy(update={"baseline": baselines[0], "sizes": sizes})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,14 +67,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     started = time.perf_counter()
 
-    def work() -> tuple[Study, int]:
+    def work() -> Study:
         root = project_root()
         result = study(root)
         # Built through the schema again: a study the reports could not read is not written.
-        write_study(root, Study.model_validate(result[0].to_json()))
+        write_study(root, Study.model_validate(result.to_json()))
         return result
 
-    report, trained = run_stage(work, (ArtifactError, DataError))
+    report = run_stage(work, (ArtifactError, DataError, LaunchFailed))
     seconds = time.perf_counter() - started
     if report.draws == 0:
         print(f"study off (study.draws 0): wrote {layout.STUDY}")
@@ -90,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{better} configurations beat {report.baseline}, {worse} do worse, "
             f"{len(effects) - better - worse} cannot be told from it"
         )
-    print(f"trained {trained} models in {seconds:.1f} s; wrote {layout.STUDY}")
+    models = report.draws * len(report.sizes) * len(report.sizes[0].configs)
+    print(f"trained {models} models (and their folds) in {seconds:.1f} s; wrote {layout.STUDY}")
 
 
 if __name__ == "__main__":

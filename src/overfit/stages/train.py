@@ -43,7 +43,7 @@ from overfit.core.data import DataError, load_train_test
 from overfit.core.remedies import run_name
 from overfit.core.selection import check_folds
 from overfit.core.summary import results_table
-from overfit.sweep import launcher, stacked
+from overfit.sweep import launcher, processes, stacked
 from overfit.sweep.files import publish, save_job, write_job_config
 from overfit.sweep.job_run import log_job_run, training_data
 from overfit.sweep.phases import Phases
@@ -150,7 +150,7 @@ def train(root: Path, args: Sequence[str]) -> None:
     try:
         with store_failures(uri):
             run_sweep(root, plan, params_text, phases)
-    except (StoreError, stacked.TrainingDiverged, launcher.LaunchFailed, ParamsChanged) as error:
+    except (StoreError, stacked.TrainingDiverged, processes.LaunchFailed, ParamsChanged) as error:
         fail(error)
     except OSError as error:  # a folder read-only, a full disk, a folder where a file goes
         fail(runtime.os_failure(error))
@@ -290,7 +290,7 @@ def run_launched(root: Path, plan: Plan, parent: str, params_text: str) -> list[
     # The jobs' processes compose from the sweep's copy of params.yaml too.
     write_text(root / layout.PARAMS_SNAPSHOT, params_text)
     for overrides in plan.multiruns:
-        launcher.launch(root, [*overrides, f"++tracking.parent_run_id={parent}"])
+        launcher.launch_jobs(root, [*overrides, f"++tracking.parent_run_id={parent}"])
     return [read_result(layout.run_dir(root, name)) for name in names]
 
 

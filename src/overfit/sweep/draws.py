@@ -22,7 +22,7 @@ from overfit.core.data import Points
 from overfit.core.metrics import measure, probabilities
 from overfit.core.remedies import remedy_of, run_name
 from overfit.core.selection import folds as fold_masks
-from overfit.core.study import DrawFigures, draw_seed, study_split
+from overfit.core.study import config_study, draw_seed, study_split
 from overfit.sweep.stacked import cv_epochs, stopping_rule
 
 
@@ -60,23 +60,26 @@ def seeded_start(template: Any, weights: list[np.ndarray], seed: int) -> Any:
     return dataclasses.replace(template, weights=weights, dropout=(rate, seed if rate else 0))
 
 
-def plan_jobs(configs: Sequence[Config], base: Config) -> list[Job]:
-    """Every configuration on every draw of every size of `base.study`, with its folds where
-    its procedure (or the study's selection) needs them."""
+def plan_jobs(
+    configs: Sequence[Config], base: Config, draws: Sequence[int] | None = None
+) -> list[Job]:
+    """Every configuration on every draw of every size of `base.study` (or on `draws` of
+    them), with its folds where its procedure (or the study's selection) needs them."""
     from overfit.core.keras_state import read_start
     from overfit.core.model import build_configured, build_model
     from overfit.core.trainer import Draw
 
     study, data = base.study, base.data
     templates = [read_start(build_configured(c, c.train.seeds[0])) for c in configs]
-    seeds = [draw_seed(base.train.seeds, k) for k in range(study.draws)]
+    draws = range(study.draws) if draws is None else draws
+    seeds = {k: draw_seed(base.train.seeds, k) for k in draws}
     initial = {}
     for units in sorted({c.model.hidden_units for c in configs}):
-        for seed in seeds:
+        for seed in seeds.values():
             initial[units, seed] = read_start(build_model(units, seed=seed)).weights
     jobs = []
     for size in study.n_train:
-        for k, seed in enumerate(seeds):
+        for k, seed in seeds.items():
             train, test = study_split(data, size, k)
             on_draw = Draw(train.x, train.y, test.x, test.y)
             masks = fold_masks(train.y, base.select) if base.select.folds else []
@@ -146,10 +149,10 @@ def measure_jobs(
     folds: Sequence[Sequence[Any]],
     fresh: Points,
     with_cv: bool,
-) -> dict[int, dict[str, DrawFigures]]:
-    """Every configuration's figures by draw, per size: train and test accuracy as the loop
-    measured them, fresh accuracy from the trained weights, cross-validation's where the study
-    selects."""
+) -> dict[int, dict[str, Any]]:
+    """Every configuration's figures by draw, per size (a `ConfigStudy` without its effects):
+    train and test accuracy as the loop measured them, fresh accuracy from the trained
+    weights, cross-validation's (`with_cv`: the study selects)."""
     rows: dict[tuple[int, str], dict[str, list[float]]] = {}
     remedies: dict[str, tuple[str, float]] = {}
     for job, history, job_folds in zip(jobs, models, folds, strict=True):
@@ -169,8 +172,7 @@ def measure_jobs(
             values |= _fold_means(job_folds)
         for key, value in values.items():
             figures.setdefault(key, []).append(float(value))
-    by_size: dict[int, dict[str, DrawFigures]] = {}
+    by_size: dict[int, dict[str, Any]] = {}
     for (size, name), figures in rows.items():
-        kind, setting = remedies[name]
-        by_size.setdefault(size, {})[name] = DrawFigures(kind, setting, **figures)
+        by_size.setdefault(size, {})[name] = config_study(*remedies[name], figures)
     return by_size

@@ -8,61 +8,28 @@ in models/.partial/<run>/ and hands it to the launcher, as it would for any Hydr
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from overfit import layout, runtime
+from overfit import layout
 from overfit.config import parse_config, project_root
 from overfit.core.data import load_train_test
 from overfit.core.remedies import run_name
 from overfit.sweep.files import publish, save_job
 from overfit.sweep.job_run import log_job_run
 from overfit.sweep.phases import Phases
+from overfit.sweep.processes import launch, limit_threads
 from overfit.sweep.stacked import train_together
 from overfit.tracking.lineage import run_tags
 from overfit.tracking.store import open_store
 
-# How long stopped jobs get to mark their runs before they are killed.
-STOP_GRACE_SECONDS = 30
 
-
-class LaunchFailed(RuntimeError):
-    """A launched job failed; Hydra has printed why."""
-
-
-def launch(root: Path, overrides: Sequence[str]) -> None:
-    """Run the multirun `overrides` through Hydra's command line, each job in
-    models/.partial/<run>/; Ctrl-C or SIGTERM (recorded by the stage) is passed on to it."""
-    snapshot = root / layout.PARAMS_SNAPSHOT
-    command = [
-        sys.executable, "-m", __name__, "--multirun",
-        f"--config-dir={snapshot.parent}", f"--config-name={snapshot.stem}",
-        f"hydra.sweep.dir={root / layout.MODELS_DIR}",
-        f"hydra.sweep.subdir={layout.PARTIAL_DIR.name}/${{run_name:}}",
-        "hydra.job.chdir=False",
-        *overrides,
-    ]  # fmt: skip
-    with subprocess.Popen(command, cwd=root) as process:
-        try:
-            while process.poll() is None:
-                runtime.checkpoint()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=0.1)
-            runtime.checkpoint()
-        except runtime.Interrupted as stop:
-            process.send_signal(stop.signum)
-            try:
-                process.wait(timeout=STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            raise
-    if process.returncode:
-        raise LaunchFailed(f"the launched jobs failed (exit status {process.returncode})")
+def launch_jobs(root: Path, overrides: Sequence[str]) -> None:
+    """The multirun `overrides` through Hydra's command line, each job in models/.partial/<run>/."""
+    subdir = f"{layout.PARTIAL_DIR.name}/${{run_name:}}"
+    launch(root, overrides, __name__, layout.PARAMS_SNAPSHOT, subdir)
 
 
 def run_job_alone(cfg: Any) -> None:
@@ -85,20 +52,6 @@ def run_job_alone(cfg: Any) -> None:
     tags = run_tags(root)
     log_job_run(root, store, parent, tags, config, trained, result, work_dir, phases)
     publish(work_dir, layout.run_dir(root, run_name(config)))
-
-
-def limit_threads(threads: int) -> None:
-    """Cap TensorFlow's thread pools, so parallel jobs do not fight over the cores."""
-    if threads <= 0:
-        return
-    with runtime.tensorflow_quiet():
-        import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # TensorFlow already started in this process: keep its pools
-        pass
 
 
 def main() -> None:
