@@ -17,7 +17,11 @@ in one run, not figures taken on different days):
   several seeds: the test accuracy's mean and spread (masks differ, so only the distributions
   can agree);
 - each stage of one clean run, and where the train stage's time goes (TensorFlow import,
-  building, training, saving, plotting, MLflow logging), from its own phase timings.
+  building, training, saving, plotting, MLflow logging), from its own phase timings;
+- the default pipeline without the study (`study.draws: 0`), beside the full one: the study's
+  cost as a ratio; and the study's own phases (planning, building the starts, training,
+  measuring on the fresh points), its models per second, and its training with every model
+  validated every epoch against once after training, by turns.
 
 Prints a table and writes the figures to benchmarks/results.json. Nothing here asserts a
 target: it reports, it cannot fail CI.
@@ -177,7 +181,7 @@ def dvc(cwd: Path, *args: str) -> float:
     return time.perf_counter() - start
 
 
-STAGES = ("generate", "split", "train", "evaluate", "plot", "register")
+STAGES = ("generate", "split", "train", "study", "evaluate", "plot", "register")
 
 
 def without_cross_validation(copy: Path) -> None:
@@ -190,6 +194,56 @@ def without_cross_validation(copy: Path) -> None:
     params["select"] |= {"folds": 0, "metric": "test_acc"}
     params["sweep"]["patiences"] = []
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def without_study(copy: Path) -> None:
+    """params.yaml of the copy with no study (study.draws: 0)."""
+    import yaml
+
+    path = copy / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    params["study"]["draws"] = 0
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def study_phases(reps: int) -> dict[str, float]:
+    """The default study's phases in this process (planning the sweep, building the starts,
+    training, measuring on the fresh points), its models per second, and its training with
+    every model validated every epoch against once after training, by turns."""
+    from overfit.config import load_params, read_params
+    from overfit.core.data import make_points
+    from overfit.sweep.draws import measure_jobs, plan_jobs, study_rows, train_jobs
+    from overfit.sweep.plan import plan_sweep
+
+    base = load_params(ROOT)
+    data = base.data
+    fresh = make_points(
+        data.name, data.fresh_samples, data.noise, data.fresh_random_state, data.factor
+    )
+    rows = study_rows(data, base.study.n_train, base.select.folds)
+    times: dict[str, list[float]] = {k: [] for k in ("plan", "build", "measure", "once", "every")}
+    for rep in range(reps):
+        start = time.perf_counter()
+        configs = plan_sweep(ROOT, read_params(ROOT), []).configs
+        times["plan"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        jobs = plan_jobs(configs, base)
+        times["build"].append(time.perf_counter() - start)
+        for curves in (False, True) if rep % 2 == 0 else (True, False):
+            start = time.perf_counter()
+            models, folds = train_jobs(jobs, rows, curves=curves)
+            times["every" if curves else "once"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        measure_jobs(jobs, models, folds, fresh, base.study.select)
+        times["measure"].append(time.perf_counter() - start)
+    count = len(models) + sum(len(f) for f in folds)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "study_models": count,
+        **{f"study_{k}_s": v for k, v in median.items()},
+        "study_models_per_s": count / median["once"],
+        "study_validate_every_epoch_cost": median["every"] / median["once"] - 1,
+    }
 
 
 def train_timings(copy: Path) -> dict[str, float]:
@@ -215,7 +269,7 @@ def pipeline(reps: int) -> dict[str, float]:
     The train stage's own phase timings (its MLflow parent run's `seconds_*` metrics) say
     where its time goes.
     """
-    full, no_cv, noop, phases, process = [], [], [], [], []
+    full, no_cv, no_study, noop, phases, process = [], [], [], [], [], []
     for _ in range(reps):
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp)
@@ -230,6 +284,11 @@ def pipeline(reps: int) -> dict[str, float]:
             copy_project(copy)
             without_cross_validation(copy)
             no_cv.append(dvc(copy, "repro"))
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp)
+            copy_project(copy)
+            without_study(copy)
+            no_study.append(dvc(copy, "repro"))
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp)
         copy_project(copy)
@@ -241,6 +300,8 @@ def pipeline(reps: int) -> dict[str, float]:
         "repro_s": statistics.median(full),
         "repro_no_cv_s": statistics.median(no_cv),
         "cv_cost": statistics.median(full) / statistics.median(no_cv) - 1,
+        "repro_no_study_s": statistics.median(no_study),
+        "study_cost": statistics.median(full) / statistics.median(no_study) - 1,
         "noop_repro_s": statistics.median(noop),
         **{f"stage_{k}_s": v for k, v in stages.items()},
         "train_process_s": train_process,
@@ -301,6 +362,7 @@ def main() -> None:
     }
     figures |= dropout_against_fit(0.3, args.dropout_seeds, args.dropout_epochs)
     figures |= pipeline(args.pipeline_reps)
+    figures |= study_phases(args.reps)
     figures["speedup_one_model"] = figures["fit_4000_epochs_s"] / figures["loop_1_model_s"]
     figures["ratio_20_to_5_models"] = figures["loop_20_models_s"] / figures["loop_5_models_s"]
     figures["fit_default_sweep_h"] = figures["fit_4000_epochs_s"] * 29 * 5 / 3600
@@ -341,7 +403,23 @@ def table(f: dict) -> str:
             f"{f['repro_no_cv_s']:.1f} s",
             f"5-fold cross-validation adds {f['cv_cost']:.0%}",
         ),
+        (
+            "dvc repro, without the study (study.draws 0)",
+            f"{f['repro_no_study_s']:.1f} s",
+            f"the study adds {f['study_cost']:.0%}",
+        ),
         ("dvc repro, nothing changed", f"{f['noop_repro_s']:.2f} s", ""),
+        (
+            "study: plan / build / train / measure",
+            " / ".join(f"{f[f'study_{k}_s']:.1f}" for k in ("plan", "build", "once", "measure"))
+            + " s",
+            f"{f['study_models']} models and folds, {f['study_models_per_s']:.1f} per second",
+        ),
+        (
+            "study training, validated every epoch",
+            f"{f['study_every_s']:.1f} s",
+            f"{f['study_validate_every_epoch_cost']:.0%} more than validated once",
+        ),
         (
             f"dropout {f['dropout_rate']}, test acc over {f['dropout_seeds']} seeds, "
             f"{f['dropout_epochs']} epochs: model.fit / loop",

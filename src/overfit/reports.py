@@ -370,6 +370,10 @@ class ConfigStudy(Schema):
     fresh_effect: Effect | None = None
     gap_effect: Effect | None = None
 
+    @model_serializer(mode="wrap")
+    def _without_missing(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
     @property
     def per_draw(self) -> dict[str, list[float]]:
         """Every figure it has by draw, by name."""

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from overfit import layout
 from overfit.artifacts import ArtifactError
-from overfit.config import project_root
+from overfit.config import load_params, project_root
 from overfit.core.selection import OPTIMISTIC
-from overfit.reports import read_evaluation
+from overfit.reports import read_evaluation, read_study
 
 # (path, what it is), in pipeline order; only those that exist are listed.
 PRODUCTS = [
@@ -17,6 +17,7 @@ PRODUCTS = [
     (layout.SPLIT_DIR, "train.csv (first 30 rows) and test.csv (the other 70)"),
     (layout.MODELS_DIR, "one folder per configuration: a .keras model per seed, history, config"),
     (layout.SWEEP_RECORD, "what the sweep trained: each configuration's result digest"),
+    (layout.STUDY, "the sweep on other draws of the data: each remedy's effect, interval"),
     (layout.METRICS, "the headline figures DVC tracks: `dvc metrics show`"),
     (layout.CONFIGS, "every configuration's measures (mean and spread), the selection"),
     (layout.SUMMARY, "the choice, both rules, each remedy's best, every configuration"),
@@ -45,6 +46,7 @@ def describe(root: Path) -> str:
             f"selected ({report.selected}{how}): {cv}"
             f"test {chosen.mean('test_acc'):.3f}, fresh {chosen.mean('fresh_acc'):.3f}",
         ]
+        lines += study_line(root, report.selected)
     lines += [
         "",
         "Look at it (first put .venv's dvc and python on your PATH):",
@@ -55,6 +57,24 @@ def describe(root: Path) -> str:
         "  make serve  serves it",
     ]
     return "\n".join(lines)
+
+
+def study_line(root: Path, selected: str) -> list[str]:
+    """The selected configuration's effect across the study's draws, if there is one."""
+    try:
+        study = read_study(root)
+    except ArtifactError:
+        return []
+    size = study.size(load_params(root).data.n_train)
+    config = size.configs.get(selected) if size else None
+    if config is None or config.fresh_effect is None:
+        return []
+    e = config.fresh_effect
+    noise = "more than noise" if e.distinguishable else "not told from noise"
+    return [
+        f"Across {study.draws} draws of the data, {selected} against {study.baseline} on fresh "
+        f"points: {e.mean:+.3f} ({e.low:+.3f} to {e.high:+.3f}), {noise}"
+    ]
 
 
 def main() -> None:

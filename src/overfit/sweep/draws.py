@@ -93,11 +93,15 @@ def plan_jobs(
 
 
 def train_jobs(
-    jobs: Sequence[Job], rows: tuple[int, int], checkpoint: Callable[[], None] | None = None
+    jobs: Sequence[Job],
+    rows: tuple[int, int],
+    checkpoint: Callable[[], None] | None = None,
+    curves: bool = False,
 ) -> tuple[list[Any], list[list[Any]]]:
     """Every job's final model and folds, stacked: the models and all folds first, then the
     models that wait for their folds' epochs. Returns each job's history (with its weights)
-    and its folds' histories."""
+    and its folds' histories; validation curves only with `curves` (the same weights, slower:
+    the benchmark's comparison)."""
     from overfit.core.trainer import OnDraw, train_draws
 
     first: list[Any] = []
@@ -106,7 +110,7 @@ def train_jobs(
         rule = stopping_rule(job.config)
         epochs = job.config.train.epochs
         if not job.waits_for_folds:
-            first.append(OnDraw(job.start, job.data, epochs, rule))
+            first.append(OnDraw(job.start, job.data, epochs, rule, curves=curves))
             where.append((j, None))
         for i, fold in enumerate(job.folds):
             first.append(OnDraw(job.start, fold, epochs, rule, stream=i + 1))
@@ -123,7 +127,8 @@ def train_jobs(
     second = []
     for j in waiting:
         restore = jobs[j].config.train.early_stopping.restore_best_weights
-        second.append(OnDraw(jobs[j].start, jobs[j].data, cv_epochs(folds[j], restore)))
+        epochs = cv_epochs(folds[j], restore)
+        second.append(OnDraw(jobs[j].start, jobs[j].data, epochs, curves=curves))
     for j, history in zip(waiting, train_draws(second, rows, checkpoint), strict=True):
         models[j] = history
     return models, folds
