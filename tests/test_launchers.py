@@ -23,7 +23,8 @@ LAUNCHERS = {
         ["l1_1e-03", "l2_1e-03"],
     ),
     "submitit_local": (
-        [*SHRUNK, *TWO_CONFIGURATIONS, "sweep.baseline=false", "launcher=submitit_local"],
+        [*SHRUNK, *TWO_CONFIGURATIONS, "sweep.baseline=false", "study.draws=0"]
+        + ["launcher=submitit_local"],
         [],
         ["l2_1e-03"],
     ),

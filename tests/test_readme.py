@@ -52,6 +52,16 @@ QUEUED = {
     },
     "dvc exp run -S data.noise=0.3": {"data": {"name": "moons", "noise": 0.3}},
     "dvc exp run -S select.rule=one_se": {"select": {"rule": "one_se", "metric": "cv_acc"}},
+    "dvc exp run -S study.select=true": {"study": {"select": True, "draws": 10}},
+    "dvc exp run -S 'study.n_train=[20,30,50,100]'": {"study": {"n_train": [20, 30, 50, 100]}},
+    "dvc exp run -S study.draws=100 -S launcher=joblib": {
+        "study": {"draws": 100, "group_size": 10},
+        "launcher": {"name": "joblib", "n_jobs": 2},
+    },
+    "dvc exp run -S study.draws=100 -S launcher=submitit_slurm": {
+        "study": {"draws": 100},
+        "launcher": {"name": "submitit_slurm"},
+    },
     "dvc exp run -S sweep=article -S 'train.seeds=[1,2,3]'": {
         "sweep": {"name": "article", "kinds": ["l2"], "strengths": [1e-3]},
         "train": {"seeds": [1, 2, 3]},

@@ -372,6 +372,7 @@ def learning_curve_figure(sizes: list[SizeStudy], draws: int) -> Figure:
     acc_ax.set(xlabel="training rows", ylabel="fresh accuracy", xscale="log")
     gap_ax.set(xlabel="training rows", ylabel="train - test accuracy", xscale="log")
     for ax in (acc_ax, gap_ax):
+        ax.minorticks_off()  # the sizes themselves, not 4x10^1
         ax.set_xticks(x, [str(n) for n in x])
         ax.grid(alpha=0.3)
     acc_ax.legend(fontsize=8)

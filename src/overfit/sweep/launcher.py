@@ -8,7 +8,6 @@ in models/.partial/<run>/ and hands it to the launcher, as it would for any Hydr
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from overfit.core.remedies import run_name
 from overfit.sweep.files import publish, save_job
 from overfit.sweep.job_run import log_job_run
 from overfit.sweep.phases import Phases
-from overfit.sweep.processes import launch, limit_threads
+from overfit.sweep.processes import launch, limit_threads, run_as_hydra_app
 from overfit.sweep.stacked import train_together
 from overfit.tracking.lineage import run_tags
 from overfit.tracking.store import open_store
@@ -55,16 +54,11 @@ def run_job_alone(cfg: Any) -> None:
 
 
 def main() -> None:
-    import hydra
     from omegaconf import OmegaConf
 
     # `${run_name:}` in Hydra's settings: each job's folder is named after its run.
     OmegaConf.register_new_resolver("run_name", lambda *, _root_: run_name(_root_), use_cache=False)
-    task = hydra.main(config_path=None, config_name=None, version_base=None)(run_job_alone)
-    try:
-        task()
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the stage reports it
-        raise SystemExit(128 + signal.SIGINT) from None
+    run_as_hydra_app(run_job_alone)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ study's groups of draws (sweep/study_groups.py) go this way.
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from overfit import runtime
 
@@ -66,3 +68,15 @@ def limit_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:  # TensorFlow already started in this process: keep its pools
         pass
+
+
+def run_as_hydra_app(task: Callable[[Any], None]) -> None:
+    """`task` as a Hydra application, its command line this process's: what the launched jobs
+    run (`launch`). Ctrl-C, which reaches the whole process group, exits 130: the stage that
+    launched them reports it."""
+    import hydra
+
+    try:
+        hydra.main(config_path=None, config_name=None, version_base=None)(task)()
+    except KeyboardInterrupt:
+        raise SystemExit(128 + signal.SIGINT) from None

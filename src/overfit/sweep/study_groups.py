@@ -23,7 +23,7 @@ from overfit.core.study import config_study
 from overfit.reports import ConfigStudy
 from overfit.sweep.draws import measure_jobs, plan_jobs, study_rows, train_jobs
 from overfit.sweep.plan import launcher_overrides
-from overfit.sweep.processes import launch, limit_threads
+from overfit.sweep.processes import launch, limit_threads, run_as_hydra_app
 
 # The Hydra override that names a job's group of draws.
 GROUP_KEY = "study_group"
@@ -100,15 +100,7 @@ def run_group(cfg: Any) -> None:
 
 
 def main() -> None:
-    import signal
-
-    import hydra
-
-    task = hydra.main(config_path=None, config_name=None, version_base=None)(run_group)
-    try:
-        task()
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the stage reports it
-        raise SystemExit(128 + signal.SIGINT) from None
+    run_as_hydra_app(run_group)
 
 
 if __name__ == "__main__":
