@@ -21,7 +21,7 @@ PRODUCTS = [
     (layout.METRICS, "the headline figures DVC tracks: `dvc metrics show`"),
     (layout.CONFIGS, "every configuration's measures (mean and spread), the selection"),
     (layout.SUMMARY, "the choice, both rules, each remedy's best, every configuration"),
-    (layout.FIGURES_DIR, "learning curves, accuracy vs each remedy, decision boundaries, weights"),
+    (layout.FIGURES_DIR, "learning curves, accuracy vs remedies, boundaries, weights, study"),
     (layout.MODEL_RECORD, "the registered model (alias candidate) and its digest: `make promote`"),
     (Path(layout.MLFLOW_DB), "the MLflow store: `make ui`, then the link it prints"),
 ]
