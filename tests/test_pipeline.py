@@ -328,6 +328,8 @@ def test_the_study_trains_every_configuration_on_every_draw(shrunk_pipeline, swe
     assert "study_fresh_effect" not in client.get_run(sweep["runs"]["none"]).data.metrics
     parent = {a.path for a in client.list_artifacts(sweep["parent_run_id"], "reports")}
     assert {"reports/study.json", "reports/study_effects_30.png"} <= parent
+    card = client.get_model_version_by_alias("overfit-moons", "candidate").description
+    assert "| fresh accuracy against the unregularized, across 3 draws of the data |" in card
     chosen = client.get_run(sweep["parent_run_id"]).data.metrics
     assert chosen["study_pick_vs_baseline_low"] <= chosen["study_pick_vs_baseline"]
     assert chosen["study_pick_vs_hindsight"] <= 0 <= chosen["study_overstatement_high"] + 1

@@ -7,15 +7,20 @@ from collections.abc import Mapping
 
 from overfit.config import Config
 from overfit.core.selection import describe
-from overfit.reports import Evaluation, ModelRecord
+from overfit.reports import Evaluation, ModelRecord, Study
 
 
 def model_card(
-    config: Config, report: Evaluation, record: ModelRecord, lineage: Mapping[str, str]
+    config: Config,
+    report: Evaluation,
+    record: ModelRecord,
+    lineage: Mapping[str, str],
+    study: Study | None = None,
 ) -> str:
     """The card of the model `record` names: what it is, its data, how it was chosen, its
-    figures with their spread, the baseline it is compared with, where it came from (`lineage`:
-    the commit and the data's digests), and the limits a user must know."""
+    figures with their spread, the baseline it is compared with, its configuration's effect
+    across the `study`'s draws, where it came from (`lineage`: the commit and the data's
+    digests), and the limits a user must know."""
     data = config.data
     n_test = data.n_samples - data.n_train
     chosen = report.configs[record.run]
@@ -37,6 +42,13 @@ def model_card(
     if report.baseline_run is not None:
         rows += [figure("unregularized: test accuracy", "test_acc", report.baseline_run)]
         rows += [figure("unregularized: fresh accuracy", "fresh_acc", report.baseline_run)]
+    size = study.size(data.n_train) if study else None
+    effect = size.configs[record.run].fresh_effect if size and record.run in size.configs else None
+    if study is not None and effect is not None:
+        rows += [
+            f"| fresh accuracy against the unregularized, across {study.draws} draws of the data "
+            f"| {effect.mean:+.3f} (mean over draws) | {effect.low:+.3f} to {effect.high:+.3f} |"
+        ]
     digests = [f"- `{key}`: `{value}`" for key, value in sorted(lineage.items())]
     return "\n".join(
         [

@@ -263,7 +263,7 @@ def register(root: Path) -> tuple[ModelRecord, Any, bool]:
         # What the registered model is made of: a new model file or new model code is a new version.
         digest = file_digest(keras_file, root / layout.CLASSIFIER_CODE)
         record = ModelRecord(name=name, **fields, model_sha256=digest)
-        card = model_card(config, report, record, origin)
+        card = model_card(config, report, record, origin, read_study(root))
         tags |= origin | {CONTENT_TAG: digest}
         version = registered_version(mlflow, name, (CONTENT_TAG, digest))
         new = version is None
