@@ -374,3 +374,20 @@ def test_choosing_on_the_test_set_reruns_only_the_reports_and_says_it_is_optimis
         f"Selected: **{report['selected']}**, by highest test accuracy, chosen on the test set "
         "(optimistic)." in summary
     )
+
+
+def test_changing_the_study_reruns_only_the_study_and_what_reads_it(
+    tmp_path, shrunk_pipeline
+) -> None:
+    from .conftest import SHRUNK
+
+    root = tmp_path / "project"
+    run = shrunk_pipeline.copy_with_store(root)
+    overrides = [*SHRUNK, "study.draws=2", "study.n_train=[30]", "study.select=false"]
+    out = run("dvc", "exp", "run", *(a for o in overrides for a in ("-S", o))).stdout
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"study", "plot", "register"}
+    study = json.loads((root / "reports/study.json").read_text())
+    assert (study["draws"], [s["n_train"] for s in study["sizes"]]) == (2, [30])
+    summary = (root / "reports/summary.md").read_text()
+    assert "## Across 2 draws of the data" in summary
+    assert "The selection repeated on every draw" not in summary  # no folds on the draws
