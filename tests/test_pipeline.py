@@ -31,7 +31,9 @@ EPOCHS = 60
 def mlflow_client(root):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    # The registry too: another test in this worker may have set the process's registry URI.
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @pytest.fixture(scope="module")
