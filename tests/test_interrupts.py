@@ -27,6 +27,7 @@ import hydra
 import keras
 import mlflow.keras
 import pytest
+import scipy.special
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
@@ -260,3 +261,41 @@ def test_a_signal_after_the_sweep_ended_still_exits_128_plus_its_number(
     assert {s for _, s, _, _ in runs(project, started_ms)} == {"FINISHED"}
     assert (project / "reports/sweep.json").is_file()
     assert not runtime.records_signals()
+
+
+# (moment, owner, name, chosen, whether the study is then written whole)
+STUDY_MOMENTS = [
+    ("building a configuration's start", keras.utils, "set_random_seed", Nth(1), False),
+    ("measuring the fresh points", scipy.special, "expit", Nth(1), False),
+    ("writing the study", os, "replace", Into("reports", "study.json"), True),
+]
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize("moment", STUDY_MOMENTS, ids=lambda m: m[0].replace(" ", "-"))
+def test_a_signal_during_the_study_leaves_no_half_written_study(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys, moment, signum: int
+) -> None:
+    """The study stage (the tiny sweep on its default 10 draws) stopped by Ctrl-C or SIGTERM:
+    it exits 128 + the signal's number in one line, and reports/study.json is the earlier one
+    or the new one whole, never part of one."""
+    from overfit.reports import read_study
+    from overfit.stages import study
+
+    before = project / "reports/study.json"
+    before.unlink(missing_ok=True)
+    what, owner, name, chosen, whole = moment
+    sent = signal_at(monkeypatch, owner, name, copy.copy(chosen), signum)
+    with pytest.raises(SystemExit) as stopped:
+        study.main([])
+    assert sent, f"the stage never reached the moment: {what} ({name})"
+    assert stopped.value.code == 128 + signum
+    [line] = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith(f"error: interrupted by {signal.Signals(signum).name}; ")
+    if whole:  # the signal came after the last safe point: the file is whole
+        assert line.endswith("reports/study.json is complete")
+        assert read_study(project).draws == 10
+    else:
+        assert line.endswith("no study written") and not before.exists()
+    assert not runtime.records_signals(), "the handlers were not restored"
+    assert not (project / "reports/.study").exists()

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from overfit import layout
+from overfit import layout, runtime
 from overfit.artifacts import ArtifactError
 from overfit.config import ConfigError, project_root, read_params
 from overfit.config import parse_params as parse_params_text
@@ -70,11 +70,20 @@ def main(argv: list[str] | None = None) -> None:
     def work() -> Study:
         root = project_root()
         result = study(root)
+        runtime.checkpoint()  # stopped before the study is written, or after it is whole
         # Built through the schema again: a study the reports could not read is not written.
         write_study(root, Study.model_validate(result.to_json()))
         return result
 
-    report = run_stage(work, (ArtifactError, DataError, LaunchFailed))
+    # Ctrl-C and SIGTERM stop the training at its next safe point (launched groups are passed
+    # the signal); reports/study.json is written whole or not at all.
+    try:
+        with runtime.signals_recorded():
+            report = run_stage(work, (ArtifactError, DataError, LaunchFailed))
+    except runtime.Interrupted as stop:
+        done = "reports/study.json is complete" if stop.after_the_work else "no study written"
+        print(f"error: {stop}; {done}", file=sys.stderr)
+        raise SystemExit(stop.exit_status) from None
     seconds = time.perf_counter() - started
     if report.draws == 0:
         print(f"study off (study.draws 0): wrote {layout.STUDY}")
