@@ -18,12 +18,11 @@ import numpy as np
 from overfit.config import DataConfig
 from overfit.config.schema import SEED_MAX
 from overfit.core.data import Points, make_points, split_points
+from overfit.core.metrics import DECIMALS
 from overfit.core.remedies import Remedy
 from overfit.core.selection import Candidate, choose, choose_on_test
 from overfit.core.uncertainty import adjusted, t_test
 from overfit.reports import ConfigStudy, Effect, SelectionStudy, SizeStudy, Study
-
-DECIMALS = 6
 
 
 def draw_state(random_state: int, draw: int) -> int:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from overfit import layout, runtime
 from overfit.artifacts import ArtifactError
-from overfit.config import ConfigError, project_root, read_params
-from overfit.config import parse_params as parse_params_text
+from overfit.config import ConfigError, parse_params, project_root, read_params
 from overfit.core.data import DataError, load_fresh
 from overfit.core.remedies import remedy_of, run_name
 from overfit.core.study import draw_seed, draw_state, size_study
@@ -29,7 +28,7 @@ from overfit.sweep.study_groups import launch_groups, train_draws_of
 def study(root: Path) -> Study:
     """The study params.yaml asks for."""
     text = read_params(root)
-    base = parse_params_text(text, root / layout.PARAMS)
+    base = parse_params(text, root / layout.PARAMS)
     settings, data = base.study, base.data
     empty = Study(
         draws=settings.draws,

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from overfit import layout
+from overfit import layout, runtime
 from overfit.artifacts import read_json, write_json, write_text
 from overfit.config import Config, parse_config, project_root
-from overfit.core.data import Points
+from overfit.core.data import Points, load_fresh
 from overfit.core.study import config_study
 from overfit.reports import ConfigStudy
 from overfit.sweep.draws import measure_jobs, plan_jobs, study_rows, train_jobs
@@ -38,8 +38,6 @@ def train_draws_of(
     configs: Sequence[Config], base: Config, draws: Sequence[int], fresh: Points
 ) -> dict[int, dict[str, ConfigStudy]]:
     """The sweep's configurations on `draws` (every size), trained stacked and measured."""
-    from overfit import runtime
-
     jobs = plan_jobs(configs, base, draws)
     rows = study_rows(base.data, base.study.n_train, base.select.folds)
     models, folds = train_jobs(jobs, rows, runtime.checkpoint)
@@ -83,8 +81,6 @@ def launch_groups(
 def run_group(cfg: Any) -> None:
     """Hydra's task: one group of draws, trained stacked, its figures written for the stage."""
     from omegaconf import OmegaConf
-
-    from overfit.core.data import load_fresh
 
     root = project_root()
     raw = OmegaConf.to_container(cfg, resolve=True)
