@@ -259,7 +259,7 @@ def test_compile_ahead_compiles_the_loop_the_stacks_then_run(moons, dropout):
     x_tr, y_tr, x_te, y_te = moons
     units = 7 if dropout else 6  # widths no other test uses: a signature traced here first
     before = train_loop.experimental_get_tracing_count()
-    compile_ahead(6, units, len(x_tr), len(x_te), True, 3, dropout > 0)
+    compile_ahead(6, units, len(x_tr), len(x_te), True, 3, (dropout > 0, (), False))
     assert train_loop.experimental_get_tracing_count() == before + 1
     models = [build_model(units, seed=seed, dropout=dropout) for seed in (1, 2, 3)]
     folds = [Fold(i, HELD_OUT) for i in range(3)]

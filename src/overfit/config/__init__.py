@@ -31,6 +31,8 @@ from overfit.config.errors import (
     unknown_key,
 )
 from overfit.config.schema import (
+    ACTIVITY_PLACES,
+    NOISE_PLACES,
     PENALTY_KINDS,
     SELECTION_METRICS,
     Config,
@@ -49,6 +51,8 @@ from overfit.config.schema import (
 )
 
 __all__ = [
+    "ACTIVITY_PLACES",
+    "NOISE_PLACES",
     "PENALTY_KINDS",
     "ROOT_ENV",
     "SELECTION_METRICS",

@@ -31,6 +31,12 @@ PenaltyKind = Literal["none", Remedy]
 SelectionMetric = Literal["cv_acc", "cv_loss", "test_acc"]
 SelectionRuleName = Literal["best", "one_se"]
 PENALTY_KINDS: tuple[str, ...] = typing.get_args(PenaltyKind)
+# Where a Gaussian noise layer adds its noise: to the inputs, to the hidden layer's outputs
+# before the ReLU, or after it; and where an activity penalty measures the hidden layer.
+NoisePlace = Literal["input", "pre_activation", "post_activation"]
+ActivityPlace = Literal["pre_activation", "post_activation"]
+NOISE_PLACES: tuple[str, ...] = typing.get_args(NoisePlace)
+ACTIVITY_PLACES: tuple[str, ...] = typing.get_args(ActivityPlace)
 SELECTION_METRICS: tuple[str, ...] = typing.get_args(SelectionMetric)
 
 # What NumPy, scikit-learn and Keras accept as a seed or random state.
@@ -131,6 +137,21 @@ class ModelConfig:
     # Keras' constraint on each hidden unit's incoming weights, and MaxNorm's max_value.
     constraint: Literal["none", "max_norm", "unit_norm"] = "none"
     max_norm: Positive = 2.0
+    # A Keras GaussianNoise layer (its standard deviation; 0: no layer) at `noise_at`: active
+    # in training only. Keras refuses a standard deviation above 1.
+    noise: Annotated[Number, rule(lambda x: 0 <= x <= 1, "a number from 0 to 1")] = 0.0
+    noise_at: NoisePlace = "input"
+    # A penalty on the hidden layer's outputs (Keras' activity_regularizer, averaged over the
+    # batch), measured before or after the ReLU.
+    activity: PenaltyKind = "none"
+    activity_strength: NonNegative = 0.0
+    activity_at: ActivityPlace = "post_activation"
+
+    @model_validator(mode="after")
+    def _no_strength_without_activity(self) -> ModelConfig:
+        ok = self.activity != "none" or self.activity_strength == 0
+        require(ok, "activity_strength", "0 when model.activity is none", self.activity_strength)
+        return self
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -205,6 +226,17 @@ class SweepConfig:
     max_norms: list[Annotated[Number, rule(lambda x: x > 0, "a list of numbers > 0")]] = field(
         default_factory=list
     )
+    # Gaussian noise at one place, by standard deviation.
+    noise_stddevs: list[
+        Annotated[Number, rule(lambda x: 0 < x <= 1, "a list of numbers > 0 and <= 1")]
+    ] = field(default_factory=list)
+    noise_at: NoisePlace = "input"
+    # Activity penalties of each kind at one place, by strength.
+    activity_kinds: list[Remedy] = field(default_factory=list)
+    activity_strengths: list[
+        Annotated[Number, rule(lambda x: x > 0, "a list of numbers > 0")]
+    ] = field(default_factory=list)
+    activity_at: ActivityPlace = "post_activation"
 
     @model_validator(mode="after")
     def _families(self) -> SweepConfig:
@@ -220,12 +252,21 @@ class SweepConfig:
             "a non-empty list of numbers > 0 when sweep.constraints has max_norm",
             self.max_norms,
         )
-        families = (self.kinds, self.dropout_rates, self.patiences, self.constraints)
+        require(
+            not self.activity_kinds or len(self.activity_strengths) > 0,
+            "activity_strengths",
+            "a non-empty list of numbers > 0 when sweep.activity_kinds is not empty",
+            self.activity_strengths,
+        )
+        families = (
+            self.kinds, self.dropout_rates, self.patiences, self.constraints,
+            self.noise_stddevs, self.activity_kinds,
+        )  # fmt: skip
         require(
             self.baseline or any(families),
             "",  # the section itself
-            "at least one configuration (a baseline, kinds, dropout_rates, patiences or "
-            "constraints)",
+            "at least one configuration (a baseline, kinds, dropout_rates, patiences, "
+            "constraints, noise_stddevs or activity_kinds)",
             "an empty sweep",
         )
         return self

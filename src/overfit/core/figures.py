@@ -74,6 +74,10 @@ KIND_COLOURS = {
     "early_stopping": "tab:orange",
     "max_norm": "tab:brown",
     "unit_norm": "tab:olive",
+    "noise": "tab:cyan",
+    "activity_l1": "tab:pink",
+    "activity_l2": "tab:gray",
+    "activity_l1_l2": "darkgoldenrod",
 }
 
 

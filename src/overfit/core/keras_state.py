@@ -1,5 +1,5 @@
 """A compiled Keras model as the training loop sees it: its architecture and remedies checked
-and read (weights, Adam's moments, penalties, dropout, constraint), and its trained state
+and read (weights, Adam's moments, penalties, dropout, constraint, noise, activity penalty), and its trained state
 written back, so that a saved `.keras` file holds exactly what `fit` would have left."""
 
 from __future__ import annotations
@@ -8,45 +8,100 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from overfit.core.loop import BETA_1, BETA_2, EPSILON, MAX_NORM, NO_CONSTRAINT, UNIT_NORM
+from overfit.core.loop import (
+    BETA_1,
+    BETA_2,
+    EPSILON,
+    INPUT,
+    MAX_NORM,
+    NO_ACTIVITY,
+    NO_CONSTRAINT,
+    NO_NOISE,
+    POST_ACTIVATION,
+    PRE_ACTIVATION,
+    UNIT_NORM,
+)
 from overfit.runtime import tensorflow_quiet
 
 with tensorflow_quiet():
     import keras
 
 
-def _dense_layers(model: keras.Model) -> tuple[keras.layers.Dense, keras.layers.Dense]:
-    """The hidden and output layers of Dense(H, relu) -> [Dropout] -> Dense(1, sigmoid) on 2
-    inputs, the network the loop computes; anything else is rejected."""
-    layers = model.layers
-    dense = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
-    dropout = [layer for layer in layers if isinstance(layer, keras.layers.Dropout)]
+NETWORK = (
+    "[GaussianNoise] -> Dense(H, relu) -> [GaussianNoise] -> [Dropout] -> Dense(1, sigmoid) on 2 "
+    "inputs, or with Dense(H) -> [GaussianNoise] -> Activation(relu) as its hidden layer"
+)
+
+
+@dataclass(frozen=True)
+class _Network:
+    """The layers the loop computes, and its remedies other than the kernels': noise (stddev,
+    place, seed), the activity penalty (l1, l2, place) and dropout (rate, seed)."""
+
+    hidden: keras.layers.Dense
+    output: keras.layers.Dense
+    noise: tuple[float, int, int]
+    activity: tuple[float, float, int]
+    dropout: tuple[float, int]
+
+
+def _network(model: keras.Model) -> _Network:
+    """The model read as the network the loop computes (NETWORK); anything else is rejected.
+    One noise layer at most, and one activity penalty at most."""
+    layers = list(model.layers)
+    noise: list[tuple[float, int, int]] = []
+    activity: list[tuple[float, float, int]] = []
+
+    def take(kind: type) -> keras.layers.Layer | None:
+        return layers.pop(0) if layers and isinstance(layers[0], kind) else None
+
+    def noise_at(place: int) -> None:
+        layer = take(keras.layers.GaussianNoise)
+        if layer is not None:
+            noise.append((float(layer.stddev), place, int(layer.seed or 0)))
+
+    def activity_of(layer: keras.layers.Layer, place: int) -> None:
+        if layer.activity_regularizer is not None:
+            activity.append((*_coefficients(layer.activity_regularizer), place))
+
+    noise_at(INPUT)
+    hidden = take(keras.layers.Dense)
+    relu = hidden
+    if hidden is not None and hidden.activation is keras.activations.linear:
+        activity_of(hidden, PRE_ACTIVATION)
+        noise_at(PRE_ACTIVATION)
+        relu = take(keras.layers.Activation)
+    if relu is not None and relu.activation is keras.activations.relu:
+        activity_of(relu, POST_ACTIVATION)
+    noise_at(POST_ACTIVATION)
+    dropout = take(keras.layers.Dropout)
+    output = take(keras.layers.Dense)
     ok = (
-        len(dense) == 2
-        and len(dropout) == len(layers) - 2 <= 1
-        and layers[0] is dense[0]
-        and layers[-1] is dense[1]
-        and all(layer.use_bias and layer.bias_constraint is None for layer in dense)
-        and dense[1].kernel_constraint is None
-        and all(d.noise_shape is None for d in dropout)
-        and dense[0].activation is keras.activations.relu
-        and dense[1].activation is keras.activations.sigmoid
-        and dense[0].kernel.shape[0] == 2
-        and dense[1].units == 1
+        hidden is not None
+        and output is not None
+        and relu is not None
+        and relu.activation is keras.activations.relu
+        and not layers
+        and len(noise) <= 1
+        and len(activity) <= 1
+        and all(layer.use_bias and layer.bias_constraint is None for layer in (hidden, output))
+        and all(layer.bias_regularizer is None for layer in (hidden, output))
+        and output.kernel_constraint is None
+        and output.activity_regularizer is None
+        and (dropout is None or dropout.noise_shape is None)
+        and output.activation is keras.activations.sigmoid
+        and hidden.kernel.shape[0] == 2
+        and output.units == 1
     )
     if not ok:
-        raise ValueError(
-            "train_stacked expects Dense(H, relu) -> [Dropout] -> Dense(1, sigmoid) on 2 inputs"
-        )
-    return dense[0], dense[1]
-
-
-def _dropout(model: keras.Model) -> tuple[float, int]:
-    """(rate, seed) of the model's Dropout layer; (0, 0) without one."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Dropout):
-            return float(layer.rate), int(layer.seed or 0)
-    return 0.0, 0
+        raise ValueError(f"train_stacked expects {NETWORK}")
+    return _Network(
+        hidden,
+        output,
+        noise[0] if noise else (0.0, NO_NOISE, 0),
+        activity[0] if activity else (0.0, 0.0, NO_ACTIVITY),
+        (float(dropout.rate), int(dropout.seed or 0)) if dropout is not None else (0.0, 0),
+    )
 
 
 def _constraint(layer: keras.layers.Dense) -> tuple[int, float]:
@@ -111,9 +166,8 @@ def _moments(
     return found[0], found[1]
 
 
-def _kernel_penalty(layer: keras.layers.Layer) -> tuple[float, float]:
-    """(l1, l2) coefficients of a layer's kernel regularizer; zeros if it has none."""
-    reg = layer.kernel_regularizer
+def _coefficients(reg: keras.regularizers.Regularizer | None) -> tuple[float, float]:
+    """(l1, l2) coefficients of a Keras L1, L2 or L1L2 regularizer; zeros for None."""
     if reg is None:
         return 0.0, 0.0
     if not isinstance(reg, (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2)):
@@ -134,10 +188,13 @@ class ModelStart:
     penalties: list[tuple[float, float]]
     dropout: tuple[float, int]  # rate, seed
     constraint: tuple[int, float]  # code, max_value
+    noise: tuple[float, int, int] = (0.0, NO_NOISE, 0)  # stddev, place, seed
+    activity: tuple[float, float, int] = (0.0, 0.0, NO_ACTIVITY)  # l1, l2, place
 
 
 def read_start(model: keras.Model) -> ModelStart:
-    hidden, output = _dense_layers(model)
+    network = _network(model)
+    hidden, output = network.hidden, network.output
     adam = _adam(model)
     return ModelStart(
         model.get_weights(),
@@ -145,9 +202,11 @@ def read_start(model: keras.Model) -> ModelStart:
         [x.numpy() for x in adam.velocities],
         int(adam.optimizer.iterations.numpy()),
         float(adam.optimizer.learning_rate.numpy()),
-        [_kernel_penalty(layer) for layer in (hidden, output)],
-        _dropout(model),
+        [_coefficients(layer.kernel_regularizer) for layer in (hidden, output)],
+        network.dropout,
         _constraint(hidden),
+        network.noise,
+        network.activity,
     )
 
 

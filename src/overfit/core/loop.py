@@ -1,7 +1,7 @@
 """The compiled training loop: every epoch of a stack of models inside one XLA-compiled
 `tf.while_loop`, reproducing `model.fit`'s arithmetic (Keras' binary cross-entropy from the
-sigmoid's logits plus the kernel penalties, then a Keras 3 Adam step), with dropout, a
-hidden-kernel constraint and early stopping per model. Tensors only: trainer.py reads the
+sigmoid's logits plus the kernel and activity penalties, then a Keras 3 Adam step), with
+dropout, Gaussian noise, a hidden-kernel constraint and early stopping per model. Tensors only: trainer.py reads the
 Keras models into them and writes the results back."""
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # The hidden kernel's constraint, per model; and what early stopping monitors, per model.
 NO_CONSTRAINT, MAX_NORM, UNIT_NORM = 0, 1, 2
 MONITORS = {"val_loss": 1, "val_accuracy": 2}
+# Where a model adds Gaussian noise, and where its activity penalty measures the hidden layer.
+NO_NOISE = NO_ACTIVITY = 0
+INPUT, PRE_ACTIVATION, POST_ACTIVATION = 1, 2, 3
+PLACES = {"input": INPUT, "pre_activation": PRE_ACTIVATION, "post_activation": POST_ACTIVATION}
 
 
 # --- the compiled computation; every tensor has a leading model axis K -----------------------
@@ -63,18 +67,22 @@ def _hidden(params, x):
     return z + b1[:, tf.newaxis]
 
 
-def logits_of(params, x, keep=None):
+def logits_of(params, x, keep=None, pre=None, post=None):
     """Logits [K,n] for inputs x [1 or K, n, 2] (or shared, [n, 2]). Computed hidden-major
     ([K,H,n]) so the sum over H is vectorised over n (summed over the last axis, the same sums
     take 2.5 times as long).
-    `keep` [K,H,n], in training with dropout: each hidden activation's scale (0 or 1/(1-rate))."""
+    In training: `keep` [K,H,n], with dropout: each hidden activation's scale (0 or
+    1/(1-rate)); `pre`, `post` [K,H,n], with noise: what is added before and after the ReLU."""
     w1, b1, w2, b2 = params
     if len(x.shape) == 2:  # shared rows (a tensor, or an array outside the loop)
         x = x[tf.newaxis]
     x0, x1 = x[:, tf.newaxis, :, 0], x[:, tf.newaxis, :, 1]
     z = x0 * w1[:, 0, :, tf.newaxis] + x1 * w1[:, 1, :, tf.newaxis]
     z = z + b1[..., tf.newaxis]
-    active = tf.nn.relu(z) if keep is None else tf.nn.relu(z) * keep
+    active = tf.nn.relu(z if pre is None else z + pre)
+    if post is not None:
+        active = active + post
+    active = active if keep is None else active * keep
     return _tree_sum(active * w2[..., tf.newaxis], 1) + b2[:, tf.newaxis]
 
 
@@ -117,6 +125,38 @@ def dropout_scale(rate: float, key: int, epoch: int, rows: int, units: int) -> n
     cells = tf.constant(np.arange(rows * units, dtype=np.uint32).reshape(1, rows, units))
     rates, scales = tf.constant([rate], tf.float32), tf.constant([inverse_keep(rate)])
     return _keep_scale(rates, scales, tf.constant([key], U32), epoch, cells).numpy()[0]
+
+
+def _gaussian(key, epoch, cells):
+    """Standard normal draws [K, *cells.shape[1:]]: Box-Muller on two uniform draws from the
+    hash of (key, epoch, cell), a stream apart from dropout's masks of the same key."""
+    stream = _mix(tf.bitwise.bitwise_xor(key, _mix(tf.cast(epoch, U32) + 0x7F4A7C15)))
+    stream = tf.reshape(stream, [-1] + [1] * (cells.shape.rank - 1))
+
+    def uniform(half):  # in [0, 1), 24 bits
+        bits = _mix(_mix(tf.bitwise.bitwise_xor(cells * 2 + half, stream)) + stream)
+        return tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, U32)), tf.float32) * 2.0**-24
+
+    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - uniform(0)))  # 1 - u: in (0, 1], exactly
+    return radius * tf.cos((2 * np.pi) * uniform(1))
+
+
+def _noise(stddev, place, at, key, epoch, cells):
+    """The noise [K, *cells.shape[1:]] the models whose noise is at `place` add in training
+    epoch `epoch`: stddev times a standard normal draw; exactly 0 for the others."""
+    shape = [-1] + [1] * (cells.shape.rank - 1)
+    drawn = _gaussian(key, epoch, cells) * tf.reshape(stddev, shape)
+    return tf.where(tf.reshape(at == place, shape), drawn, 0.0)
+
+
+def gaussian_noise(
+    stddev: float, key: int, epoch: int, rows: int, width: int, place: int = INPUT
+) -> np.ndarray:
+    """The noise [rows, width] the loop adds at `place` to a model's inputs (width 2) or hidden
+    outputs (width: its units) in training epoch `epoch` (its optimizer's iteration count)."""
+    cells = tf.constant(np.arange(rows * width, dtype=np.uint32).reshape(1, rows, width))
+    args = [tf.constant([x], d) for x, d in ((stddev, tf.float32), (place, tf.int32))]
+    return _noise(*args, place, tf.constant([key], U32), epoch, cells).numpy()[0]
 
 
 def mask_key(seed: int, stream: int) -> int:
@@ -165,19 +205,63 @@ def _cross_entropy(logits, y, rows):
     return _tree_sum(_losses(logits, y) * rows.mask, 1) / rows.count
 
 
-def _scores(params, logits, l1, l2, y, rows):
-    """Per-model (penalised loss [K], correct predictions [K]) over each model's rows."""
+def _scores(params, logits, l1, l2, y, rows, activity=None):
+    """Per-model (penalised loss [K], correct predictions [K]) over each model's rows;
+    `activity` [K], the activity penalty on those rows, is added to the loss."""
     # Keras thresholds the sigmoid output, not the logit; they differ where sigmoid rounds to 0.5.
     hits = tf.cast(tf.equal(tf.cast(tf.sigmoid(logits) > 0.5, tf.float32), y), tf.float32)
     # Counts, not means: XLA would divide by n as a multiply by 1/n, which rounds
     # differently from the true division Keras' Mean metric does. Sums of 0/1 are exact.
     loss = _cross_entropy(logits, y, rows) + _penalty(params, l1, l2)
+    if activity is not None:
+        loss = loss + activity
     return loss, tf.reduce_sum(hits * rows.mask, axis=1)
 
 
-def _gradients(params, z, logits, l1, l2, x, y, rows, keep=None):
-    """Per-model gradients of the mean loss plus penalty, by the chain rule written out.
-    `keep` [K,n,H]: the dropout scale the forward pass used, if any."""
+# --- the activity penalty: Keras' activity_regularizer on the hidden layer's outputs [K,n,H]
+# (before or after the ReLU), l1 * sum|h| + l2 * sum h^2 over the rows a model uses, divided
+# by their count (Keras 3 divides by the batch size).
+
+
+class Activity(typing.NamedTuple):
+    """Per-model activity penalty [K]: l1 and l2 coefficients and place (0: none)."""
+
+    l1: tf.Tensor
+    l2: tf.Tensor
+    at: tf.Tensor
+
+
+def _measured(z, pre, activity):
+    """The hidden outputs [K,n,H] each model's activity penalty measures: the pre-activations
+    z, or the ReLU's outputs (of z plus the noise before it, if any)."""
+    after = tf.nn.relu(z if pre is None else z + pre)
+    return tf.where(tf.reshape(activity.at == PRE_ACTIVATION, [-1, 1, 1]), z, after)
+
+
+def _activity_loss(h, activity, rows):
+    """Per-model activity penalty [K] of outputs h [K,n,H] over each model's rows."""
+    h = h * rows.mask[..., tf.newaxis]
+    l1 = _tree_sum(_tree_sum(tf.abs(h), 1), 1)
+    l2 = _tree_sum(_tree_sum(tf.square(h), 1), 1)
+    loss = (activity.l1 * l1 + activity.l2 * l2) / rows.count
+    return tf.where(activity.at != NO_ACTIVITY, loss, 0.0)
+
+
+def _activity_grad(h, activity, place, rows):
+    """d penalty / d h [K,n,H] for the models whose penalty measures h at `place`; 0 else."""
+    shape = [-1, 1, 1]
+    per_row = (rows.mask * rows.weight[:, tf.newaxis])[..., tf.newaxis]
+    grad = tf.sign(h) * tf.reshape(activity.l1, shape) + tf.reshape(activity.l2, shape) * (2 * h)
+    return tf.where(tf.reshape(activity.at == place, shape), grad * per_row, 0.0)
+
+
+def _gradients(
+    params, z, logits, l1, l2, x, y, rows, keep=None, pre=None, post=None, activity=None
+):  # fmt: skip
+    """Per-model gradients of the mean loss plus penalties, by the chain rule written out.
+    z [K,n,H]: the pre-activations of the inputs x (noise included); `keep`, `pre`, `post`
+    [K,n,H]: the dropout scale and the noise before and after the ReLU the forward pass used,
+    if any; `activity`: the activity penalties, if any model of the stack has one."""
     w1, _, w2, _ = params
     with tf.GradientTape() as tape:  # elementwise only: d loss_i / d logit_i, as TF's autodiff
         tape.watch(logits)
@@ -185,10 +269,17 @@ def _gradients(params, z, logits, l1, l2, x, y, rows, keep=None):
     # d mean / d loss_i is 1/n for a row the model trains on, 0 for one it leaves out.
     d_logits = tape.gradient(losses, logits, output_gradients=rows.mask * rows.weight[:, None])
     d_active = d_logits[..., tf.newaxis] * w2[:, tf.newaxis]
-    active = tf.nn.relu(z)
+    relu_in = z if pre is None else z + pre
+    active = relu_out = tf.nn.relu(relu_in)
+    if post is not None:
+        active = active + post
     if keep is not None:
         d_active, active = d_active * keep, active * keep
-    d_z = tf.where(z > 0, d_active, 0.0)
+    if activity is not None:
+        d_active = d_active + _activity_grad(relu_out, activity, POST_ACTIVATION, rows)
+    d_z = tf.where(relu_in > 0, d_active, 0.0)
+    if activity is not None:
+        d_z = d_z + _activity_grad(z, activity, PRE_ACTIVATION, rows)
     d_w1 = tf.stack([_tree_sum(d_z * x[:, :, i : i + 1], 1) for i in range(2)], axis=1)
     d_w2 = _tree_sum(active * d_logits[..., tf.newaxis], 1)
     pen_w1, pen_w2 = _penalty_grads(params, l1, l2)
@@ -225,7 +316,8 @@ class Remedies(typing.NamedTuple):
     rate, scale, key: dropout rate, 1/(1-rate) and mask key; constraint, max_value: the
     hidden kernel's constraint; monitor (0: no early stopping), patience, min_delta (signed:
     added to a val_loss, subtracted from a val_accuracy), restore: early stopping; limit: the
-    epochs a model may train at most.
+    epochs a model may train at most; noise_stddev, noise_at, noise_key: Gaussian noise;
+    activity: the activity penalty.
     """
 
     rate: tf.Tensor
@@ -238,6 +330,10 @@ class Remedies(typing.NamedTuple):
     min_delta: tf.Tensor
     restore: tf.Tensor
     limit: tf.Tensor
+    noise_stddev: tf.Tensor
+    noise_at: tf.Tensor
+    noise_key: tf.Tensor
+    activity: Activity
 
 
 def _where(flags, new, old):
@@ -270,7 +366,7 @@ def _early_stopping(watch, r, step, active, current, params):
 @tf.function(jit_compile=True, autograph=False)
 def train_loop(
     params, m, v, iterations, l1, l2, lr, x_fit, y_fit, fit, x_val, y_val, val, epochs, remedies,
-    dropout, validate=True,
+    dropout, validate=True, noise=(), activity=False,
 ):  # fmt: skip
     """Trained (params, m, v), per-epoch metrics [E, 4, K], final metrics [5, K], the epochs
     each model trained [K] and its best monitored epoch [K] (0-based; early stopping only).
@@ -282,6 +378,9 @@ def train_loop(
     any model of the stack uses dropout. `validate` (a Python boolean) False: no model of the
     stack stops early or keeps its validation curves, so the validation rows are measured once,
     after the last epoch (the curves' validation entries are 0); the training is the same.
+    `noise` (a tuple of places) holds the places where models of the stack add noise, and
+    `activity` (a Python boolean) says whether any has an activity penalty: a stack without
+    them compiles without their work.
     """
     x_fit, x_val = (x if x.shape.rank == 3 else x[tf.newaxis] for x in (x_fit, x_val))
     y_fit, y_val = (y if y.shape.rank == 2 else y[tf.newaxis] for y in (y_fit, y_val))
@@ -290,27 +389,53 @@ def train_loop(
     units = params[0].shape[2]
     rows = x_fit.shape[1]
     cells = tf.constant(np.arange(rows * units, dtype=np.uint32).reshape(1, rows, units))
+    input_cells = tf.constant(np.arange(rows * 2, dtype=np.uint32).reshape(1, rows, 2))
     r = remedies
+    act = r.activity if activity else None
     zeros = tf.zeros([k], tf.int32)
     # Early stopping's state: best value, epochs without improvement, stopped, best weights.
     watch = (zeros, zeros, tf.zeros([k], tf.bool), tf.fill([k], np.float32(np.inf)), params)
 
-    def masks(step):
-        """This epoch's dropout scales, in the two layouts the passes use. They travel in the
-        loop's state: XLA would otherwise recompute the hash inside every fused consumer."""
-        if not dropout:
-            return ()
+    def draws(step):
+        """This epoch's dropout scales and noise, by name, the hidden ones in the two layouts
+        the passes use ([K,n,H] and [K,H,n]). They travel in the loop's state: XLA would
+        otherwise recompute the hash inside every fused consumer."""
         epoch = iterations + step
-        keep_nh = _keep_scale(r.rate, r.scale, r.key, epoch, cells)
-        return keep_nh, tf.transpose(keep_nh, [0, 2, 1])
+        drawn = {}
+        if dropout:
+            drawn["keep"] = _keep_scale(r.rate, r.scale, r.key, epoch, cells)
+        if INPUT in noise:
+            args = (r.noise_stddev, INPUT, r.noise_at, r.noise_key, epoch, input_cells)
+            drawn["input"] = _noise(*args)
+        for place, name in ((PRE_ACTIVATION, "pre"), (POST_ACTIVATION, "post")):
+            if place in noise:
+                drawn[name] = _noise(r.noise_stddev, place, r.noise_at, r.noise_key, epoch, cells)
+        for name in ("keep", "pre", "post"):
+            if name in drawn:
+                drawn[f"{name}_hn"] = tf.transpose(drawn[name], [0, 2, 1])
+        return drawn
 
-    def body(step, params, m, v, curves, ran, watch, keep):
+    def scores(params, x, y, rows):
+        """(loss, hits) [K] of the inputs x in inference (no dropout, no noise); the loss with
+        the activity penalty of the rows, as Keras' evaluate adds it."""
+        penalty = None
+        if act is not None:
+            penalty = _activity_loss(_measured(_hidden(params, x), None, act), act, rows)
+        return _scores(params, logits_of(params, x), l1, l2, y, rows, penalty)
+
+    def body(step, params, m, v, curves, ran, watch, drawn):
         active = tf.logical_and(tf.logical_not(watch[2]), step < r.limit)
         epoch = iterations + step
-        keep_nh, keep_hn = keep if dropout else (None, None)
-        z, logits = _hidden(params, x_fit), logits_of(params, x_fit, keep_hn)
-        loss, hits = _scores(params, logits, l1, l2, y_fit, fit)
-        grads = _gradients(params, z, logits, l1, l2, x_fit, y_fit, fit, keep_nh)
+        x_in = x_fit + drawn["input"] if "input" in drawn else x_fit
+        z = _hidden(params, x_in)
+        hn = {name: drawn.get(f"{name}_hn") for name in ("keep", "pre", "post")}
+        logits = logits_of(params, x_in, **hn)
+        pre, post = drawn.get("pre"), drawn.get("post")
+        penalty = None if act is None else _activity_loss(_measured(z, pre, act), act, fit)
+        loss, hits = _scores(params, logits, l1, l2, y_fit, fit, penalty)
+        grads = _gradients(
+            params, z, logits, l1, l2, x_in, y_fit, fit, drawn.get("keep"), pre, post, act
+        )
         new_params, new_m, new_v = _adam_step(params, grads, m, v, epoch, lr)
         new_params = (_constrain(new_params[0], r.constraint, r.max_value), *new_params[1:])
         # A stopped model (or one past its epochs) keeps its weights and Adam state.
@@ -322,25 +447,24 @@ def train_loop(
             curves = curves.write(
                 step, tf.stack([loss, hits, tf.zeros_like(loss), tf.zeros_like(hits)])
             )
-            return step + 1, params, m, v, curves, ran, watch, masks(step + 1)
-        val_loss, val_hits = _scores(params, logits_of(params, x_val), l1, l2, y_val, val)
+            return step + 1, params, m, v, curves, ran, watch, draws(step + 1)
+        val_loss, val_hits = scores(params, x_val, y_val, val)
         curves = curves.write(step, tf.stack([loss, hits, val_loss, val_hits]))
         current = tf.where(r.monitor == MONITORS["val_loss"], val_loss, val_hits / val.count)
         watch = _early_stopping(watch, r, step, active, current, params)
-        return step + 1, params, m, v, curves, ran, watch, masks(step + 1)
+        return step + 1, params, m, v, curves, ran, watch, draws(step + 1)
 
-    def going(step, params, m, v, curves, ran, watch, keep):
+    def going(step, params, m, v, curves, ran, watch, drawn):
         running = tf.logical_and(tf.logical_not(watch[2]), step < r.limit)
         return tf.logical_and(step < epochs, tf.reduce_any(running))
 
     _, params, m, v, curves, ran, watch, _ = tf.while_loop(
-        going, body, (tf.constant(0), params, m, v, curves, zeros, watch, masks(0))
+        going, body, (tf.constant(0), params, m, v, curves, zeros, watch, draws(0))
     )
     # restore_best_weights: the weights only, as Keras (Adam's state stays where it stopped).
     params = _where(tf.logical_and(r.monitor > 0, r.restore), watch[4], params)
-    fit_scores = _scores(params, logits_of(params, x_fit), l1, l2, y_fit, fit)
-    val_logits = logits_of(params, x_val)
-    val_scores = _scores(params, val_logits, l1, l2, y_val, val)
-    val_entropy = _cross_entropy(val_logits, y_val, val)
+    fit_scores = scores(params, x_fit, y_fit, fit)
+    val_scores = scores(params, x_val, y_val, val)
+    val_entropy = _cross_entropy(logits_of(params, x_val), y_val, val)
     final = tf.stack([*fit_scores, *val_scores, val_entropy])
     return params, m, v, curves.stack(), final, ran, watch[0]

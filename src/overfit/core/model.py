@@ -1,5 +1,5 @@
 """The two-layer MLP of the experiment and its remedies: weight penalties, dropout between the
-two layers, a norm constraint on the hidden kernel."""
+two layers, a norm constraint on the hidden kernel, Gaussian noise and an activity penalty."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 from overfit import layout
-from overfit.config import PENALTY_KINDS, Config
+from overfit.config import ACTIVITY_PLACES, NOISE_PLACES, PENALTY_KINDS, Config
 from overfit.runtime import tensorflow_quiet
 
 with tensorflow_quiet():
@@ -54,24 +54,57 @@ def build_model(
     dropout: float = 0.0,
     constraint: str = "none",
     max_norm: float = 2.0,
+    noise: float = 0.0,
+    noise_at: str = "input",
+    activity: str = "none",
+    activity_strength: float = 0.0,
+    activity_at: str = "post_activation",
 ) -> keras.Model:
     """Compiled Dense(hidden, relu) -> [Dropout] -> Dense(1, sigmoid) classifier with seeded
-    initial weights; the Dropout layer (seeded too) only when `dropout` > 0."""
+    initial weights; the Dropout layer (seeded too) only when `dropout` > 0.
+
+    `noise` > 0 adds a GaussianNoise layer (seeded) at `noise_at`; `activity` other than none
+    gives the hidden layer's outputs a Keras activity_regularizer at `activity_at`. Either at
+    pre_activation splits the hidden layer into Dense(hidden) -> [GaussianNoise] ->
+    Activation(relu), so the noise and the penalty see the outputs before the ReLU."""
     if apply_to not in APPLY_TO:
         raise ValueError(f"unknown apply_to {apply_to!r}, expected one of {APPLY_TO}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), not {dropout}")
+    if noise_at not in NOISE_PLACES or activity_at not in ACTIVITY_PLACES:
+        raise ValueError(
+            f"noise_at must be one of {NOISE_PLACES} and activity_at one of {ACTIVITY_PLACES}, "
+            f"not {noise_at!r} and {activity_at!r}"
+        )
     # Seeding right before building makes the Glorot draws a function of `seed` alone.
     keras.utils.set_random_seed(seed)
+
+    def noise_layer(place: str) -> list[keras.layers.Layer]:
+        if noise == 0 or noise_at != place:
+            return []
+        return [keras.layers.GaussianNoise(noise, seed=seed, name="noise")]
+
+    penalty = make_regularizer(activity, activity_strength)
+    before_relu = activity_at == "pre_activation"
+    pre_penalty, post_penalty = (penalty, None) if before_relu else (None, penalty)
+    split = (noise > 0 and noise_at == "pre_activation") or pre_penalty is not None
     # Every name given: Keras numbers the names it makes up per process (dense_2, adam_3, ...),
     # and they are saved, so the same model would be saved as other bytes.
     hidden = keras.layers.Dense(
         hidden_units,
         name="hidden",
-        activation="relu",
+        activation=None if split else "relu",
         kernel_regularizer=make_regularizer(kind, strength),
         kernel_constraint=make_constraint(constraint, max_norm),
+        # A layer's activity penalty measures its outputs: after the ReLU unless split.
+        activity_regularizer=pre_penalty if split else post_penalty,
     )
+    relu = []
+    if split:
+        relu = [
+            *noise_layer("pre_activation"),
+            keras.layers.Activation("relu", name="relu", activity_regularizer=post_penalty),
+        ]
     between = [keras.layers.Dropout(dropout, seed=seed, name="dropout")] if dropout > 0 else []
     output = keras.layers.Dense(
         1,
@@ -80,7 +113,10 @@ def build_model(
         kernel_regularizer=make_regularizer(kind, strength) if apply_to == "all" else None,
     )
     inputs = keras.Input(shape=(2,), name="x1_x2")
-    model = keras.Sequential([inputs, hidden, *between, output], name="mlp")
+    layers = [
+        *noise_layer("input"), hidden, *relu, *noise_layer("post_activation"), *between, output
+    ]
+    model = keras.Sequential([inputs, *layers], name="mlp")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate, name="adam"),
         loss="binary_crossentropy",
@@ -91,16 +127,22 @@ def build_model(
 
 def build_configured(config: Config, seed: int) -> keras.Model:
     """`build_model` with a job's settings: its model, its penalty."""
+    model = config.model
     return build_model(
-        hidden_units=config.model.hidden_units,
+        hidden_units=model.hidden_units,
         kind=config.penalty.kind,
         strength=config.penalty.strength,
         apply_to=config.penalty.apply_to,
-        learning_rate=config.model.learning_rate,
+        learning_rate=model.learning_rate,
         seed=seed,
-        dropout=config.model.dropout,
-        constraint=config.model.constraint,
-        max_norm=config.model.max_norm,
+        dropout=model.dropout,
+        constraint=model.constraint,
+        max_norm=model.max_norm,
+        noise=model.noise,
+        noise_at=model.noise_at,
+        activity=model.activity,
+        activity_strength=model.activity_strength,
+        activity_at=model.activity_at,
     )
 
 
@@ -125,7 +167,11 @@ def architecture(model: keras.Model) -> list[dict[str, object]]:
             "kernel_constraint": keras.constraints.serialize(layer.kernel_constraint)
             if getattr(layer, "kernel_constraint", None) is not None
             else None,
+            "activity_regularizer": keras.regularizers.serialize(layer.activity_regularizer)
+            if layer.activity_regularizer is not None
+            else None,
             "rate": getattr(layer, "rate", None),
+            "stddev": getattr(layer, "stddev", None),
         }
         for layer in model.layers
     ]

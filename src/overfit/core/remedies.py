@@ -1,7 +1,9 @@
 """What a configuration is, pure: the remedy it applies (its family and setting) and its name.
 
 Families: the penalties (l1, l2, l1_l2, by strength), dropout (by rate), early stopping (by
-patience), max_norm (by max_value) and unit_norm; `none` is the unregularized baseline. A
+patience), max_norm (by max_value), unit_norm, Gaussian noise (by standard deviation) and the
+activity penalties (activity_l1, activity_l2, activity_l1_l2, by strength); `none` is the
+unregularized baseline. A
 configuration that combines remedies (by hand) belongs to the family of its first one.
 """
 
@@ -32,7 +34,13 @@ FAMILIES: dict[str, Family] = {
     "early_stopping": Family("early stopping", "patience (epochs)", True, False),
     "max_norm": Family("max-norm constraint", "max norm", True, False),
     "unit_norm": Family("unit-norm constraint", "", False, True),
+    "noise": Family("Gaussian noise", "standard deviation", True, True),
+    "activity_l1": Family("L1 activity penalty", "strength", True, True),
+    "activity_l2": Family("L2 activity penalty", "strength", True, True),
+    "activity_l1_l2": Family("L1 + L2 activity penalty", "strength", True, True),
 }
+# Where noise or an activity penalty acts, as a run name shows it.
+PLACE_NAMES = {"input": "input", "pre_activation": "pre", "post_activation": "post"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,14 @@ def _parts(config: Any) -> list[tuple[str, float, str]]:
         parts.append(("max_norm", float(model.max_norm), f"max_norm_{_number(model.max_norm)}"))
     elif model.constraint == "unit_norm":
         parts.append(("unit_norm", 1.0, "unit_norm"))
+    if float(getattr(model, "noise", 0.0)) > 0:
+        name = f"noise_{_number(model.noise)}_{PLACE_NAMES[model.noise_at]}"
+        parts.append(("noise", float(model.noise), name))
+    if getattr(model, "activity", "none") != "none":
+        strength = float(model.activity_strength)
+        place = PLACE_NAMES[model.activity_at]
+        name = f"activity_{model.activity}_{_strength(strength)}_{place}"
+        parts.append((f"activity_{model.activity}", strength, name))
     stopping = config.train.early_stopping
     if stopping.watch != "none":
         name = f"patience_{stopping.patience}"
@@ -99,8 +115,9 @@ def remedy_of(config: Any) -> Remedy:
 
 
 def run_name(config: Any) -> str:
-    """`none`, `l2_1e-03`, `dropout_0p2`, `patience_50`, `max_norm_1`, `unit_norm`, or the
-    parts joined (`l2_1e-03_dropout_0p2`): no dots, since DVC flattens metric keys on dots."""
+    """`none`, `l2_1e-03`, `dropout_0p2`, `patience_50`, `max_norm_1`, `unit_norm`,
+    `noise_0p1_input`, `activity_l1_1e-04_post`, or the parts joined (`l2_1e-03_dropout_0p2`):
+    no dots, since DVC flattens metric keys on dots."""
     return "_".join(name for _, _, name in _parts(config)) or "none"
 
 

@@ -12,7 +12,10 @@ from overfit.core.keras_state import ModelStart, write_back
 from overfit.core.loop import (
     METRICS,
     MONITORS,
+    NO_ACTIVITY,
+    NO_NOISE,
     U32,
+    Activity,
     Remedies,
     Rows,
     inverse_keep,
@@ -102,8 +105,16 @@ class Slot:
         """Sort key putting slots that may end early, and slots alike, in the same stacks.
         Early stopping and dropout come first: the early-stopping stacks may end early and
         others may wait on them, and the dropout variant then compiles beside the plain one
-        instead of after it."""
-        return (self.stopping is None, self.start.dropout[0] == 0, self.validates, self.epochs)
+        instead of after it. Models with noise, or an activity penalty, at one place follow."""
+        start = self.start
+        return (
+            self.stopping is None,
+            start.dropout[0] == 0,
+            start.noise[1] if start.noise[0] > 0 else NO_NOISE,
+            start.activity[2],
+            self.validates,
+            self.epochs,
+        )
 
 
 # The rows a slot trains and is validated on: x_fit [n, 2], y_fit [n], x_val [m, 2], y_val [m].
@@ -164,6 +175,31 @@ def _remedies(slots: list[Slot]) -> Remedies:
         tf.constant([sign[s.monitor] * abs(s.min_delta) if s else 0.0 for s in stops], tf.float64),
         tf.constant([bool(s and s.restore_best_weights) for s in stops], tf.bool),
         tf.constant([slot.epochs for slot in slots], tf.int32),
+        tf.constant([s.start.noise[0] for s in slots], tf.float32),
+        tf.constant([s.start.noise[1] for s in slots], tf.int32),
+        tf.constant([mask_key(s.start.noise[2], s.stream) for s in slots], U32),
+        Activity(
+            tf.constant([s.start.activity[0] for s in slots], tf.float32),
+            tf.constant([s.start.activity[1] for s in slots], tf.float32),
+            tf.constant([s.start.activity[2] for s in slots], tf.int32),
+        ),
+    )
+
+
+# (with dropout, the places where noise is added, with an activity penalty)
+Variant = tuple[bool, tuple[int, ...], bool]
+
+
+def variant(starts: Sequence[ModelStart]) -> Variant:
+    """The loop's variant a stack of these models compiles: (with dropout, the places where
+    noise is added, with an activity penalty). Dropout's masks cost a third more per epoch,
+    and noise as much: a stack without them compiles without their work. Constraints and
+    early stopping cost nothing measurable, and one variant fewer saves a compilation (~3 s)."""
+    places = tuple(sorted({s.noise[1] for s in starts if s.noise[0] > 0}))
+    return (
+        any(s.dropout[0] > 0 for s in starts),
+        places,
+        any(s.activity[2] != NO_ACTIVITY for s in starts),
     )
 
 
@@ -183,10 +219,7 @@ def train_one_stack(
     with np.errstate(over="ignore"):
         pens = np.array([s.penalties for s in starts], np.float32)
     data, fit, val = _stacked_data(padded, datasets, rows)
-    # Dropout's masks cost a third more per epoch: a stack without dropout compiles without
-    # them. Constraints and early stopping cost nothing measurable, and one variant fewer
-    # saves a compilation (~3 s).
-    dropout = any(s.dropout[0] > 0 for s in starts)
+    dropout, noise, activity = variant(starts)
     # Validating every epoch costs about a third of an epoch on 30 training and 70 test rows;
     # a stack where no model stops early or keeps its curves compiles without it.
     validate = any(slot.validates for slot in slots)
@@ -209,6 +242,8 @@ def train_one_stack(
         _remedies(padded),
         dropout,
         validate,
+        noise,
+        activity,
     )
     params, m, v = ([x.numpy() for x in group] for group in (params, m, v))
     ran, best = ran.numpy(), best.numpy()

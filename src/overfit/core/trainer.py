@@ -15,9 +15,11 @@ regularizers and optimizer state.
 
 The other remedies are per-model too: a Dropout layer between the two Dense layers (inverted
 dropout, masks drawn from a counter-based hash of the model's key and its epoch, so a mask
-never depends on the stack), a MaxNorm or UnitNorm constraint on the hidden kernel (applied
-after each update, as Keras' optimizer does), and early stopping with Keras' EarlyStopping
-rules (a stopped model's weights and Adam state freeze while the others go on).
+never depends on the stack), a GaussianNoise layer on the inputs or the hidden layer (its noise
+drawn from the same kind of hash), an activity penalty on the hidden layer's outputs (Keras'
+activity_regularizer), a MaxNorm or UnitNorm constraint on the hidden kernel (applied after
+each update, as Keras' optimizer does), and early stopping with Keras' EarlyStopping rules (a
+stopped model's weights and Adam state freeze while the others go on).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from overfit.core.keras_state import ModelStart, read_start
-from overfit.core.loop import METRICS, U32, Remedies, Rows, train_loop
-from overfit.core.stack import DataSet, History, Slot, Stopping, train_one_stack
+from overfit.core.loop import METRICS, U32, Activity, Remedies, Rows, train_loop
+from overfit.core.stack import DataSet, History, Slot, Stopping, Variant, train_one_stack
 from overfit.runtime import tensorflow_quiet
 
 with tensorflow_quiet():
@@ -274,9 +276,12 @@ def _slots(
 
 def _stacking(count: int, stack_size: int | None = None) -> tuple[int, int]:
     """(models per stack, stacks trained at once) for `count` models: equal stacks of at most
-    MAX_GROUP, at least one per core; `stack_size`, if larger, pads every stack to it."""
+    MAX_GROUP, at least one per core, of two models at least; `stack_size`, if larger, pads
+    every stack to it. (XLA compiles a stack of one model, a degenerate axis, into another
+    program, which can round the activity penalty's gradient differently.)"""
     workers = min(parallel_groups(), count)
     size = -(-count // max(workers, -(-count // MAX_GROUP)))  # one compiled shape for all
+    size = max(size, 2)
     if stack_size is not None and stack_size >= size:
         size, workers = stack_size, min(workers, -(-count // stack_size))
     return size, workers
@@ -289,11 +294,12 @@ def compile_ahead(
     test_rows: int,
     folds: bool,
     epochs: int,
-    dropout: bool,
+    variant: Variant = (False, (), False),
 ) -> None:
     """Compile the loop `train_with_folds` will run for `count` models and folds (stacked as
     it stacks them) of `hidden_units` units, on `train_rows` and `test_rows`, with or without
-    folds, for at most `epochs` epochs, with or without dropout. XLA compiles once per shape
+    folds, for at most `epochs` epochs, in the loop's `variant` (`stack.variant`: with or
+    without dropout, noise at which places, an activity penalty). XLA compiles once per shape
     and number of epochs (~3 s): called on another thread, this lets the compilation overlap
     other work. The loop runs, on zeros, for no epoch."""
     k, _ = _stacking(count)
@@ -310,11 +316,13 @@ def compile_ahead(
     remedies = Remedies(
         zeros(k), zeros(k), zeros(k, dtype=U32), none, zeros(k), none, ints,
         zeros(k, dtype=tf.float64), zeros(k, dtype=tf.bool), none,
+        zeros(k), none, zeros(k, dtype=U32), Activity(zeros(k), zeros(k), none),
     )  # fmt: skip
+    dropout, noise, activity = variant
     train_loop(
         params, params, params, none, zeros(k, 2), zeros(k, 2), zeros(k),
         zeros(train_rows, 2), zeros(train_rows), masks(train_rows), zeros(rows, 2), zeros(rows),
-        masks(rows), tf.constant(epochs, tf.int32), remedies, dropout,
+        masks(rows), tf.constant(epochs, tf.int32), remedies, dropout, True, noise, activity,
     )  # fmt: skip
 
 

@@ -73,6 +73,11 @@ PER_JOB = (
     "model.dropout",
     "model.constraint",
     "model.max_norm",
+    "model.noise",
+    "model.noise_at",
+    "model.activity",
+    "model.activity_strength",
+    "model.activity_at",
     *(f"train.early_stopping.{k}" for k in ("watch", "patience")),
 )
 

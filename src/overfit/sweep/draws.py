@@ -53,11 +53,17 @@ def study_rows(data: DataConfig, sizes: Sequence[int], folds: int) -> tuple[int,
 
 
 def seeded_start(template: Any, weights: list[np.ndarray], seed: int) -> Any:
-    """A configuration's start (its penalties, dropout, constraint, learning rate) with another
-    seed's initial weights and dropout seed: `build_configured(config, seed)`'s start, without
-    building a Keras model per seed (its Glorot draws depend on the seed and widths alone)."""
-    rate = template.dropout[0]
-    return dataclasses.replace(template, weights=weights, dropout=(rate, seed if rate else 0))
+    """A configuration's start (its penalties, dropout, constraint, noise, learning rate) with
+    another seed's initial weights and dropout and noise seeds: `build_configured(config,
+    seed)`'s start, without building a Keras model per seed (its Glorot draws depend on the
+    seed and widths alone)."""
+    rate, (stddev, place, _) = template.dropout[0], template.noise
+    return dataclasses.replace(
+        template,
+        weights=weights,
+        dropout=(rate, seed if rate else 0),
+        noise=(stddev, place, seed if stddev else 0),
+    )
 
 
 def plan_jobs(

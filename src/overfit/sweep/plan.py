@@ -2,8 +2,9 @@
 composed and checked before anything runs.
 
 The train stage's sweep is params.yaml's `sweep` section, one multirun per family: `kinds` x
-`strengths` (plus one unregularized run), `dropout_rates`, `patiences`, and `constraints`
-(max_norm x `max_norms`, unit_norm). By hand it is whatever multirun overrides the user gives.
+`strengths` (plus one unregularized run), `dropout_rates`, `patiences`, `constraints`
+(max_norm x `max_norms`, unit_norm), `noise_stddevs` (at `noise_at`) and `activity_kinds` x
+`activity_strengths` (at `activity_at`). By hand it is whatever multirun overrides the user gives.
 """
 
 from __future__ import annotations
@@ -67,6 +68,18 @@ def sweep_overrides(sweep: SweepConfig) -> list[list[str]]:
         if constraint == "max_norm":
             overrides.append(f"model.max_norm={_values(sweep.max_norms)}")
         multiruns.append(overrides)
+    if sweep.noise_stddevs:
+        multiruns.append(
+            [f"model.noise={_values(sweep.noise_stddevs)}", f"model.noise_at={sweep.noise_at}"]
+        )
+    for kind in sweep.activity_kinds:
+        multiruns.append(
+            [
+                f"model.activity={kind}",
+                f"model.activity_strength={_values(sweep.activity_strengths)}",
+                f"model.activity_at={sweep.activity_at}",
+            ]
+        )
     return multiruns
 
 
@@ -93,7 +106,8 @@ def check_unique_names(configs: Sequence[Config]) -> list[str]:
             raise ConfigError(
                 f"sweep: two jobs would both be named {name!r}; sweep distinct values of "
                 "the settings a run name shows (penalty, model.dropout, model.constraint, "
-                "model.max_norm, train.early_stopping.watch/patience/monitor)"
+                "model.max_norm, model.noise/noise_at, model.activity/activity_strength/"
+                "activity_at, train.early_stopping.watch/patience/monitor)"
             )
     return names
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from overfit import runtime
 from overfit.artifacts import CURVES
-from overfit.config import Config
+from overfit.config import Config, ModelConfig
 from overfit.core.data import Points, load_train_test
 from overfit.core.selection import cv_scores, fold_seed, folds
 from overfit.sweep.phases import Phases
@@ -129,9 +129,17 @@ def cv_epochs(fold_histories: Sequence[Any], restore_best_weights: bool) -> int:
     return max(1, int(np.floor(np.median(counts) + 0.5)))
 
 
+def loop_variant(model: ModelConfig) -> tuple[bool, tuple[int, ...], bool]:
+    """The variant of the loop (`stack.variant`) a stack of this model's seeds compiles."""
+    from overfit.core.loop import PLACES
+
+    noise = (PLACES[model.noise_at],) if model.noise > 0 else ()
+    return model.dropout > 0, noise, model.activity != "none"
+
+
 def compile_ahead(root: Path, configs: Sequence[Config]) -> None:
     """Start compiling, each on a thread of its own, the loops `train_together` will run for
-    these jobs (with and without dropout, per stack group), so that XLA's compilation (~3 s
+    these jobs (one per variant of the loop their remedies need, per stack group), so that XLA's compilation (~3 s
     each) overlaps opening the MLflow store and building the models."""
     from overfit.core.trainer import compile_ahead as compile_loop
 
@@ -145,8 +153,8 @@ def compile_ahead(root: Path, configs: Sequence[Config]) -> None:
         count = sum(first_pass) + sum(c.select.folds for c in jobs)
         folds = any(c.select.folds for c in jobs)
         epochs = max(c.train.epochs for c in jobs)
-        for dropout in sorted({c.model.dropout > 0 for c in jobs}):
-            shape = (count, hidden_units, len(train), len(test), folds, epochs, dropout)
+        for variant in sorted({loop_variant(c.model) for c in jobs}):
+            shape = (count, hidden_units, len(train), len(test), folds, epochs, variant)
             thread = threading.Thread(target=compile_loop, args=shape, daemon=True)
             thread.start()
             _compiling.append(thread)
