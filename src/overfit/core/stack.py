@@ -101,17 +101,24 @@ class Slot:
         return self.curves or self.stopping is not None
 
     @property
+    def kind(self) -> tuple[int, int]:
+        """Which slots may share a stack: those with noise at the same place (or none) and an
+        activity penalty alike (or none). The loop's variant for noise or a penalty is another
+        XLA program, whose fusions can round the other models' sums differently (by an ulp,
+        which 4000 epochs of Adam amplify); dropout's variant leaves them bit-identical."""
+        start = self.start
+        return (start.noise[1] if start.noise[0] > 0 else NO_NOISE, start.activity[2])
+
+    @property
     def cost(self) -> tuple[int, ...]:
         """Sort key putting slots that may end early, and slots alike, in the same stacks.
         Early stopping and dropout come first: the early-stopping stacks may end early and
         others may wait on them, and the dropout variant then compiles beside the plain one
-        instead of after it. Models with noise, or an activity penalty, at one place follow."""
-        start = self.start
+        instead of after it."""
         return (
             self.stopping is None,
-            start.dropout[0] == 0,
-            start.noise[1] if start.noise[0] > 0 else NO_NOISE,
-            start.activity[2],
+            self.start.dropout[0] == 0,
+            *self.kind,
             self.validates,
             self.epochs,
         )

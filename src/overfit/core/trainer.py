@@ -214,7 +214,8 @@ def _train_slots(
     """Lay the slots that train out in equal stacks and train them (`_run_groups`), yielding
     the layout the stacks ran and each finished stack's histories by slot. Slots alike share
     stacks, a slot next to its `owner`'s (a fold beside its model): slots that may stop early
-    share stacks, so a stack whose models all stopped ends early."""
+    share stacks, so a stack whose models all stopped ends early; slots of another `Slot.kind`
+    (noise, an activity penalty) never share one."""
     trained = [i for i, slot in enumerate(slots) if slot.epochs > 0]
     if not trained:  # no folds either: a fold trains at least one epoch
         return
@@ -222,7 +223,10 @@ def _train_slots(
     max_epochs = max([slots[i].epochs for i in trained] + [layout.max_epochs or 0])
     ran = Layout(size, max_epochs, layout.with_training_rows, layout.rows)
     order = sorted(trained, key=lambda i: (slots[i].cost, owner[i], i))
-    stacks = [order[a : a + size] for a in range(0, len(order), size)]
+    kinds: dict[tuple[int, int], list[int]] = {}
+    for i in order:
+        kinds.setdefault(slots[i].kind, []).append(i)
+    stacks = [alike[a : a + size] for alike in kinds.values() for a in range(0, len(alike), size)]
     groups = [[slots[i] for i in stack] for stack in stacks]
     for group, histories in _run_groups(groups, data, ran, workers, checkpoint or (lambda: None)):
         yield ran, dict(zip(stacks[group], histories, strict=True))
