@@ -7,8 +7,11 @@ in one run, not figures taken on different days):
 
 - the article's `model.fit` (with validation_data, as the article), on fewer epochs, per epoch;
 - our compiled loop on one model, 4000 epochs (compiled once beforehand);
-- the same loop on 5 and on 20 stacked models (the seeds of a configuration), and on 95 (every
-  model of the default sweep, as the train stage trains them);
+- the same loop on 5 and on 20 stacked models (the seeds of a configuration), and on 95 (six
+  stacks of 16, two at a time, as the train stage trains them);
+- the loop on a stack of 16 models in each of its variants: without the other remedies, with
+  dropout, with Gaussian noise on the inputs, before the ReLU and after it, and with an activity
+  penalty before and after the ReLU (each stack of one kind, as the train stage stacks them);
 - the default pipeline, `dvc repro` in a clean copy of the project (set-up excluded), and the
   same without cross-validation (`select.folds: 0`, chosen on test), alternately, so the cost
   of cross-validation is a ratio of figures taken side by side;
@@ -18,8 +21,9 @@ in one run, not figures taken on different days):
   can agree);
 - each stage of one clean run, and where the train stage's time goes (TensorFlow import,
   building, training, saving, plotting, MLflow logging), from its own phase timings;
-- the default pipeline without the study (`study.draws: 0`), beside the full one: the study's
-  cost as a ratio; and the study's own phases (planning, building the starts, training,
+- the default pipeline without the study (`study.draws: 0`), and without the noise and activity
+  families (`sweep.noise_stddevs: []`, `sweep.activity_kinds: []`), beside the full one: each
+  one's cost as a ratio; and the study's own phases (planning, building the starts, training,
   measuring on the fresh points), its models per second, and its training with every model
   validated every epoch against once after training, by turns.
 
@@ -206,6 +210,53 @@ def without_study(copy: Path) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
+def without_noise_and_activity(copy: Path) -> None:
+    """params.yaml of the copy without the Gaussian-noise and activity-penalty families."""
+    import yaml
+
+    path = copy / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    params["sweep"] |= {"noise_stddevs": [], "activity_kinds": []}
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+LOOP_VARIANTS = {
+    "plain": {},
+    "dropout": {"dropout": 0.3},
+    "noise_input": {"noise": 0.1, "noise_at": "input"},
+    "noise_pre": {"noise": 0.1, "noise_at": "pre_activation"},
+    "noise_post": {"noise": 0.1, "noise_at": "post_activation"},
+    "activity_pre": {"activity": "l1", "activity_strength": 1e-4, "activity_at": "pre_activation"},
+    "activity_post": {"activity": "l1", "activity_strength": 1e-4},
+}
+
+
+def loop_variants(reps: int) -> dict[str, float]:
+    """The loop on one stack of 16 models, 4000 epochs, in each of its variants, by turns
+    (after one warm-up each): what each remedy's extra work costs per epoch."""
+    from overfit.core.model import build_model
+    from overfit.core.trainer import Layout, train_with_folds
+
+    train, test = article_data()
+
+    def run(settings: dict) -> float:
+        models = [build_model(seed=s, **settings) for s in range(1, 17)]
+        start = time.perf_counter()
+        train_with_folds(
+            models, [], train.x, train.y, test.x, test.y, EPOCHS, layout=Layout(stack_size=16)
+        )
+        return time.perf_counter() - start
+
+    for settings in LOOP_VARIANTS.values():
+        run(settings)
+    times: dict[str, list[float]] = {name: [] for name in LOOP_VARIANTS}
+    for rep in range(reps):
+        names = list(LOOP_VARIANTS) if rep % 2 == 0 else list(reversed(LOOP_VARIANTS))
+        for name in names:
+            times[name].append(run(LOOP_VARIANTS[name]))
+    return {f"loop_16_{name}_s": statistics.median(t) for name, t in times.items()}
+
+
 def study_phases(reps: int) -> dict[str, float]:
     """The default study's phases in this process (planning the sweep, building the starts,
     training, measuring on the fresh points), its models per second, and its training with
@@ -269,7 +320,7 @@ def pipeline(reps: int) -> dict[str, float]:
     The train stage's own phase timings (its MLflow parent run's `seconds_*` metrics) say
     where its time goes.
     """
-    full, no_cv, no_study, noop, phases, process = [], [], [], [], [], []
+    full, no_cv, no_study, no_families, noop, phases, process = [], [], [], [], [], [], []
     for _ in range(reps):
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp)
@@ -289,6 +340,11 @@ def pipeline(reps: int) -> dict[str, float]:
             copy_project(copy)
             without_study(copy)
             no_study.append(dvc(copy, "repro"))
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp)
+            copy_project(copy)
+            without_noise_and_activity(copy)
+            no_families.append(dvc(copy, "repro"))
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp)
         copy_project(copy)
@@ -302,6 +358,8 @@ def pipeline(reps: int) -> dict[str, float]:
         "cv_cost": statistics.median(full) / statistics.median(no_cv) - 1,
         "repro_no_study_s": statistics.median(no_study),
         "study_cost": statistics.median(full) / statistics.median(no_study) - 1,
+        "repro_no_noise_activity_s": statistics.median(no_families),
+        "noise_activity_cost": statistics.median(full) / statistics.median(no_families) - 1,
         "noop_repro_s": statistics.median(noop),
         **{f"stage_{k}_s": v for k, v in stages.items()},
         "train_process_s": train_process,
@@ -322,6 +380,15 @@ def against(revision: str, reps: int) -> dict[str, float | str]:
                 times[who].append(dvc(copy, "repro"))
     this, other = (statistics.median(times[w]) for w in ("this", "other"))
     return {"against": revision, "against_repro_s": other, "this_repro_s": this}
+
+
+def default_sweep_models() -> int:
+    """The default sweep's models: its configurations x seeds (params.yaml)."""
+    from overfit.config import read_params
+    from overfit.sweep.plan import plan_sweep
+
+    configs = plan_sweep(ROOT, read_params(ROOT), []).configs
+    return sum(len(c.train.seeds) for c in configs)
 
 
 def main() -> None:
@@ -360,12 +427,16 @@ def main() -> None:
         "loop_20_models_s": loop_seconds(20, args.reps),
         "loop_95_models_s": loop_seconds(95, args.reps),
     }
+    figures |= loop_variants(args.reps)
     figures |= dropout_against_fit(0.3, args.dropout_seeds, args.dropout_epochs)
     figures |= pipeline(args.pipeline_reps)
     figures |= study_phases(args.reps)
     figures["speedup_one_model"] = figures["fit_4000_epochs_s"] / figures["loop_1_model_s"]
     figures["ratio_20_to_5_models"] = figures["loop_20_models_s"] / figures["loop_5_models_s"]
-    figures["fit_default_sweep_h"] = figures["fit_4000_epochs_s"] * 29 * 5 / 3600
+    figures["default_sweep_models"] = default_sweep_models()
+    figures["fit_default_sweep_h"] = (
+        figures["fit_4000_epochs_s"] * figures["default_sweep_models"] / 3600
+    )
     RESULTS.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     print(table(figures))
     print(f"\nwrote {RESULTS.relative_to(ROOT)}")
@@ -389,14 +460,23 @@ def table(f: dict) -> str:
             f"{f['ratio_20_to_5_models']:.2f}x the time of 5",
         ),
         (
-            "stacked loop, 95 models (default sweep)",
+            "stacked loop, 95 models (6 stacks of 16)",
             f"{f['loop_95_models_s']:.2f} s",
             f"{f['loop_95_models_s'] / 95 * 1000:.0f} ms per model",
+        ),
+        *(
+            (
+                f"stack of 16, {name.replace('_', ' ')}",
+                f"{f[f'loop_16_{name}_s']:.2f} s",
+                f"{f[f'loop_16_{name}_s'] / f['loop_16_plain_s']:.2f}x plain",
+            )
+            for name in LOOP_VARIANTS
         ),
         (
             "dvc repro, default pipeline, clean copy",
             f"{f['repro_s']:.1f} s",
-            f"fit would take ~{f['fit_default_sweep_h']:.1f} h",
+            f"fit would take ~{f['fit_default_sweep_h']:.1f} h "
+            f"({f['default_sweep_models']} models)",
         ),
         (
             "dvc repro, without cross-validation",
@@ -407,6 +487,11 @@ def table(f: dict) -> str:
             "dvc repro, without the study (study.draws 0)",
             f"{f['repro_no_study_s']:.1f} s",
             f"the study adds {f['study_cost']:.0%}",
+        ),
+        (
+            "dvc repro, without noise and activity families",
+            f"{f['repro_no_noise_activity_s']:.1f} s",
+            f"the two families add {f['noise_activity_cost']:.0%}",
         ),
         ("dvc repro, nothing changed", f"{f['noop_repro_s']:.2f} s", ""),
         (
