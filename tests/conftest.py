@@ -29,9 +29,17 @@ FAMILIES = [
     "sweep.patiences=[5]",
     "sweep.constraints=[max_norm]",
     "sweep.max_norms=[0.5]",
+    "sweep.noise_stddevs=[0.1]",
+    "sweep.activity_strengths=[1.0e-3]",
 ]
 # The penalties alone, for tests about something else.
-PENALTIES_ONLY = ["sweep.dropout_rates=[]", "sweep.patiences=[]", "sweep.constraints=[]"]
+PENALTIES_ONLY = [
+    "sweep.dropout_rates=[]",
+    "sweep.patiences=[]",
+    "sweep.constraints=[]",
+    "sweep.noise_stddevs=[]",
+    "sweep.activity_kinds=[]",
+]
 # The unregularized baseline and L2 at 1e-3, for tests that need a sweep to run, not to compare.
 TWO_CONFIGURATIONS = [*PENALTIES_ONLY, "sweep.kinds=[l2]", "sweep.strengths=[1.0e-3]"]
 SHRUNK = [
@@ -350,3 +358,23 @@ def entry(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -
         return status, out, err
 
     return call
+
+
+# --- the article's data, for tests of the trainer against Keras ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def moons() -> tuple:
+    """The article's data: the first 30 of 100 two-moons points train, the other 70 test."""
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=100, noise=0.2, random_state=1)
+    return x[:30], y[:30], x[30:], y[30:]
+
+
+def max_weight_diff(a, b) -> float:
+    """The largest difference between two Keras models' weights."""
+    import numpy as np
+
+    pairs = zip(a.get_weights(), b.get_weights(), strict=True)
+    return max(float(np.max(np.abs(u - w))) for u, w in pairs)

@@ -105,7 +105,7 @@ def raw_params() -> dict:
         ("model", "activity_strength", -1e-3, "model.activity_strength: must be a number >= 0"),
         ("model", "activity_strength", 1e-3, "model.activity_strength: must be 0 when model.act"),
         ("model", "activity_at", "input", "model.activity_at: must be one of pre_activation,"),
-        ("sweep", "noise_stddevs", [0.1, 0.0], "sweep.noise_stddevs: must be a list of numbers > 0"),
+        ("sweep", "noise_stddevs", [0.1, 0.0], "sweep.noise_stddevs: must be a list of numbers >"),
         ("sweep", "noise_stddevs", [-0.1], "sweep.noise_stddevs: must be a list of numbers > 0"),
         ("sweep", "noise_at", "hidden", "sweep.noise_at: must be one of input, pre_activation,"),
         ("sweep", "activity_kinds", ["l3"], "sweep.activity_kinds: must be one of l1, l2, l1_l2"),

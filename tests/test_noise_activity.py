@@ -6,24 +6,14 @@ import keras
 import numpy as np
 import pytest
 from scipy import stats
-from sklearn.datasets import make_moons
 
 from overfit.core.loop import PLACES, gaussian_noise, logits_of, mask_key
 from overfit.core.model import build_model, save_reproducibly
-from overfit.core.trainer import Stopping, train_one, train_stacked
+from overfit.core.trainer import train_one, train_stacked
+
+from .conftest import max_weight_diff
 
 HIDDEN = 500
-
-
-@pytest.fixture(scope="module")
-def moons() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    x, y = make_moons(n_samples=100, noise=0.2, random_state=1)
-    return x[:30], y[:30], x[30:], y[30:]
-
-
-def max_weight_diff(a: keras.Model, b: keras.Model) -> float:
-    pairs = zip(a.get_weights(), b.get_weights(), strict=True)
-    return max(float(np.max(np.abs(u - w))) for u, w in pairs)
 
 
 def layer_names(model: keras.Model) -> list[str]:
@@ -212,8 +202,8 @@ def test_the_loop_adds_its_draws_where_the_layer_is(moons, place):
                            PLACES[place])
         )  # fmt: skip
         reference.fit(x_tr, y_tr, batch_size=30, epochs=1, verbose=0, shuffle=False)
-    trained = [*hidden.get_weights(), *output.get_weights()]
-    assert max(float(np.max(np.abs(u - w))) for u, w in zip(trained, ours.get_weights(), strict=True)) < 1e-5
+    trained = zip([*hidden.get_weights(), *output.get_weights()], ours.get_weights(), strict=True)
+    assert max(float(np.max(np.abs(u - w))) for u, w in trained) < 1e-5
 
 
 @pytest.mark.parametrize("place", list(PLACES))

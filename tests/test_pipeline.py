@@ -22,7 +22,7 @@ from .conftest import sweep_ids
 
 EXPECTED_RUNS = {
     *("none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"),
-    *("dropout_0p5", "patience_5", "max_norm_0p5"),
+    *("dropout_0p5", "patience_5", "max_norm_0p5", "noise_0p1_input", "activity_l1_1e-03_post"),
 }
 SEEDS = [1, 2]
 EPOCHS = 60
@@ -84,6 +84,17 @@ def test_each_job_wrote_its_models_history_and_config(shrunk_pipeline, sweep) ->
             values = [result["per_seed"][s][key] for s in ("1", "2")]
             assert result["mean"][key] == pytest.approx(np.mean(values))
             assert result["std"][key] == pytest.approx(np.std(values))
+    # The new remedies' saved models hold their layer and penalty, and load in safe mode.
+    import keras
+
+    def saved(name: str) -> keras.Model:
+        return keras.models.load_model(root / "models" / name / "seed_1.keras", safe_mode=True)
+
+    noisy, penalised = saved("noise_0p1_input"), saved("activity_l1_1e-03_post")
+    assert [type(layer).__name__ for layer in noisy.layers] == ["GaussianNoise", "Dense", "Dense"]
+    assert (noisy.layers[0].stddev, noisy.layers[0].seed) == (0.1, 1)
+    hidden = penalised.layers[0]
+    assert keras.regularizers.serialize(hidden.activity_regularizer)["config"] == {"l1": 0.001}
 
 
 def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sweep) -> None:
@@ -126,6 +137,12 @@ def test_mlflow_has_a_parent_and_one_child_per_configuration(shrunk_pipeline, sw
         kind = name.split("_1e")[0] if name.startswith("l") else "none"
         assert params["penalty.kind"] == kind
         assert params["model.dropout"] == ("0.5" if name == "dropout_0p5" else "0.0")
+        assert params["model.noise"] == ("0.1" if name == "noise_0p1_input" else "0.0")
+        assert params["model.noise_at"] == "input"
+        activity = name == "activity_l1_1e-03_post"
+        assert params["model.activity"] == ("l1" if activity else "none")
+        assert params["model.activity_strength"] == ("0.001" if activity else "0.0")
+        assert params["model.activity_at"] == "post_activation"
         assert params["model.constraint"] == ("max_norm" if name == "max_norm_0p5" else "none")
         assert params["train.early_stopping.watch"] == ("cv" if name == "patience_5" else "none")
         assert "gate.selected_test_drop" not in params
@@ -278,6 +295,8 @@ def test_summary_sets_both_rules_side_by_side(shrunk_pipeline) -> None:
         ["| dropout", "dropout_0p5"],
         ["| early stopping", "patience_5"],
         ["| max-norm constraint", "max_norm_0p5"],
+        ["| Gaussian noise", "noise_0p1_input"],
+        ["| L1 activity penalty", "activity_l1_1e-03_post"],
     ]
     assert families[2][1].startswith("l1_") and families[3][1].startswith("l2_")
     assert "Best remedy on cross-validation, " in remedies

@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import make_moons
 
 from overfit.core.loop import dropout_scale, logits_of, mask_key
 from overfit.core.model import build_model
@@ -17,17 +16,7 @@ from overfit.core.trainer import (
     train_with_folds,
 )
 
-
-@pytest.fixture(scope="module")
-def moons() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    x, y = make_moons(n_samples=100, noise=0.2, random_state=1)
-    return x[:30], y[:30], x[30:], y[30:]
-
-
-def max_weight_diff(a: keras.Model, b: keras.Model) -> float:
-    pairs = zip(a.get_weights(), b.get_weights(), strict=True)
-    return max(float(np.max(np.abs(u - w))) for u, w in pairs)
-
+from .conftest import max_weight_diff
 
 # --- early stopping ---------------------------------------------------------------------------
 

@@ -13,26 +13,17 @@ from overfit.core.model import build_model
 from overfit.core.stack import Stopping
 from overfit.core.trainer import Fold, Layout, train_one, train_stacked, train_with_folds
 
+from .conftest import max_weight_diff
+
 
 def keras_scores(model, x, y) -> dict[str, float]:
     """Keras' own loss and accuracy of `model` on (x, y), full batch: the reference."""
     return model.evaluate(x, np.reshape(y, (-1, 1)), batch_size=len(x), verbose=0, return_dict=True)
 
 
-@pytest.fixture(scope="module")
-def moons() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The article's data: first 30 rows train, the other 70 test."""
-    x, y = make_moons(n_samples=100, noise=0.2, random_state=1)
-    return x[:30], y[:30], x[30:], y[30:]
-
-
 def max_diff(a: list, b: list) -> float:
     pairs = zip(a, b, strict=True)
     return max(float(np.max(np.abs(np.asarray(u) - np.asarray(w)))) for u, w in pairs)
-
-
-def max_weight_diff(a: keras.Model, b: keras.Model) -> float:
-    return max_diff(a.get_weights(), b.get_weights())
 
 
 # fit (oneDNN kernels) and the trainer (XLA) round differently by ~1 ulp per step; weights

@@ -24,7 +24,7 @@ from .conftest import ROOT, env_for, missing_service, sweep_ids
 
 EXPECTED_RUNS = {
     *("none", "l1_1e-02", "l1_1e-03", "l2_1e-02", "l2_1e-03"),
-    *("dropout_0p5", "patience_5", "max_norm_0p5"),
+    *("dropout_0p5", "patience_5", "max_norm_0p5", "noise_0p1_input", "activity_l1_1e-03_post"),
 }
 # The child runs' metrics the runs table shows, left to right.
 SHOWN_METRICS = ["cv_acc_mean", "test_acc_mean", "fresh_acc_mean", "train_acc_mean", "gap_mean"]

@@ -233,9 +233,9 @@ class SweepConfig:
     noise_at: NoisePlace = "input"
     # Activity penalties of each kind at one place, by strength.
     activity_kinds: list[Remedy] = field(default_factory=list)
-    activity_strengths: list[
-        Annotated[Number, rule(lambda x: x > 0, "a list of numbers > 0")]
-    ] = field(default_factory=list)
+    activity_strengths: list[Annotated[Number, rule(lambda x: x > 0, "a list of numbers > 0")]] = (
+        field(default_factory=list)
+    )
     activity_at: ActivityPlace = "post_activation"
 
     @model_validator(mode="after")

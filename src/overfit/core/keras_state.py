@@ -1,6 +1,7 @@
 """A compiled Keras model as the training loop sees it: its architecture and remedies checked
-and read (weights, Adam's moments, penalties, dropout, constraint, noise, activity penalty), and its trained state
-written back, so that a saved `.keras` file holds exactly what `fit` would have left."""
+and read (weights, Adam's moments, penalties, dropout, constraint, noise, activity penalty),
+and its trained state written back, so that a saved `.keras` file holds exactly what `fit`
+would have left."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The compiled training loop: every epoch of a stack of models inside one XLA-compiled
 `tf.while_loop`, reproducing `model.fit`'s arithmetic (Keras' binary cross-entropy from the
 sigmoid's logits plus the kernel and activity penalties, then a Keras 3 Adam step), with
-dropout, Gaussian noise, a hidden-kernel constraint and early stopping per model. Tensors only: trainer.py reads the
-Keras models into them and writes the results back."""
+dropout, Gaussian noise, a hidden-kernel constraint and early stopping per model. Tensors
+only: trainer.py reads the Keras models into them and writes the results back."""
 
 from __future__ import annotations
 

@@ -114,7 +114,12 @@ def build_model(
     )
     inputs = keras.Input(shape=(2,), name="x1_x2")
     layers = [
-        *noise_layer("input"), hidden, *relu, *noise_layer("post_activation"), *between, output
+        *noise_layer("input"),
+        hidden,
+        *relu,
+        *noise_layer("post_activation"),
+        *between,
+        output,
     ]
     model = keras.Sequential([inputs, *layers], name="mlp")
     model.compile(

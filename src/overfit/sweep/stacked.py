@@ -139,8 +139,8 @@ def loop_variant(model: ModelConfig) -> tuple[bool, tuple[int, ...], bool]:
 
 def compile_ahead(root: Path, configs: Sequence[Config]) -> None:
     """Start compiling, each on a thread of its own, the loops `train_together` will run for
-    these jobs (one per variant of the loop their remedies need, per stack group), so that XLA's compilation (~3 s
-    each) overlaps opening the MLflow store and building the models."""
+    these jobs (one per variant of the loop their remedies need, per stack group), so that
+    XLA's compilation (~3 s each) overlaps opening the MLflow store and building the models."""
     from overfit.core.trainer import compile_ahead as compile_loop
 
     for (data, hidden_units), members in stack_groups(configs).items():
