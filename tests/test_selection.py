@@ -170,11 +170,14 @@ def test_the_default_sweep_has_every_family() -> None:
     config = parse_config(yaml.safe_load((ROOT / "params.yaml").read_text()))
     multiruns = sweep_overrides(config.sweep)
     jobs = [job for m in multiruns for job in job_overrides(m)]
-    assert len(jobs) == 1 + 3 * 6 + 3 + 3 + 3 + 1
+    assert len(jobs) == 1 + 3 * 6 + 3 + 3 + 3 + 1 + 3 + 4
     assert ["model.dropout=0.1"] in jobs
     assert ["train.early_stopping.watch=cv", "train.early_stopping.patience=20"] in jobs
     assert ["model.constraint=max_norm", "model.max_norm=0.25"] in jobs
     assert ["model.constraint=unit_norm"] in jobs
+    assert ["model.noise=0.3", "model.noise_at=input"] in jobs
+    activity = ["model.activity=l1", "model.activity_strength=1e-05"]
+    assert [*activity, "model.activity_at=post_activation"] in jobs
 
 
 def test_a_smaller_patience_or_norm_counts_as_stronger() -> None:
