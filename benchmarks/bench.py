@@ -188,36 +188,31 @@ def dvc(cwd: Path, *args: str) -> float:
 STAGES = ("generate", "split", "train", "study", "evaluate", "plot", "register")
 
 
-def without_cross_validation(copy: Path) -> None:
-    """params.yaml of the copy with no folds: the choice falls back to the test set, and the
-    early-stopping family, which needs the folds' held-out rows, is left out."""
+def edit_params(copy: Path, edit: Callable[[dict], None]) -> None:
+    """params.yaml of the copy, as `edit` changes it (a dict of its sections)."""
     import yaml
 
     path = copy / "params.yaml"
     params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def without_cross_validation(params: dict) -> None:
+    """No folds: the choice falls back to the test set, and the early-stopping family, which
+    needs the folds' held-out rows, is left out."""
     params["select"] |= {"folds": 0, "metric": "test_acc"}
     params["sweep"]["patiences"] = []
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
-def without_study(copy: Path) -> None:
-    """params.yaml of the copy with no study (study.draws: 0)."""
-    import yaml
-
-    path = copy / "params.yaml"
-    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+def without_study(params: dict) -> None:
+    """No study (study.draws: 0)."""
     params["study"]["draws"] = 0
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
-def without_noise_and_activity(copy: Path) -> None:
-    """params.yaml of the copy without the Gaussian-noise and activity-penalty families."""
-    import yaml
-
-    path = copy / "params.yaml"
-    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+def without_noise_and_activity(params: dict) -> None:
+    """Without the Gaussian-noise and activity-penalty families."""
     params["sweep"] |= {"noise_stddevs": [], "activity_kinds": []}
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
 LOOP_VARIANTS = {
@@ -333,17 +328,17 @@ def pipeline(reps: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp)
             copy_project(copy)
-            without_cross_validation(copy)
+            edit_params(copy, without_cross_validation)
             no_cv.append(dvc(copy, "repro"))
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp)
             copy_project(copy)
-            without_study(copy)
+            edit_params(copy, without_study)
             no_study.append(dvc(copy, "repro"))
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp)
             copy_project(copy)
-            without_noise_and_activity(copy)
+            edit_params(copy, without_noise_and_activity)
             no_families.append(dvc(copy, "repro"))
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp)

@@ -155,8 +155,8 @@ def gaussian_noise(
     """The noise [rows, width] the loop adds at `place` to a model's inputs (width 2) or hidden
     outputs (width: its units) in training epoch `epoch` (its optimizer's iteration count)."""
     cells = tf.constant(np.arange(rows * width, dtype=np.uint32).reshape(1, rows, width))
-    args = [tf.constant([x], d) for x, d in ((stddev, tf.float32), (place, tf.int32))]
-    return _noise(*args, place, tf.constant([key], U32), epoch, cells).numpy()[0]
+    stddevs, places = tf.constant([stddev], tf.float32), tf.constant([place], tf.int32)
+    return _noise(stddevs, place, places, tf.constant([key], U32), epoch, cells).numpy()[0]
 
 
 def mask_key(seed: int, stream: int) -> int:

@@ -89,10 +89,10 @@ def _parts(config: Any) -> list[tuple[str, float, str]]:
         parts.append(("max_norm", float(model.max_norm), f"max_norm_{_number(model.max_norm)}"))
     elif model.constraint == "unit_norm":
         parts.append(("unit_norm", 1.0, "unit_norm"))
-    if float(getattr(model, "noise", 0.0)) > 0:
+    if float(model.noise) > 0:
         name = f"noise_{_number(model.noise)}_{PLACE_NAMES[model.noise_at]}"
         parts.append(("noise", float(model.noise), name))
-    if getattr(model, "activity", "none") != "none":
+    if model.activity != "none":
         strength = float(model.activity_strength)
         place = PLACE_NAMES[model.activity_at]
         name = f"activity_{model.activity}_{_strength(strength)}_{place}"

@@ -197,18 +197,18 @@ def _remedies(slots: list[Slot]) -> Remedies:
 Variant = tuple[bool, tuple[int, ...], bool]
 
 
-def variant(starts: Sequence[ModelStart]) -> Variant:
-    """The loop's variant a stack of these models compiles: (with dropout, the places where
+def variant(slots: Sequence[Slot]) -> Variant:
+    """The loop's variant a stack of these slots compiles: (with dropout, the places where
     noise is added, with an activity penalty). Measured per epoch (`make bench`): dropout's
     masks cost 13% more, noise on the hidden layer 5.5 times as much (Box-Muller on every
     cell), an activity penalty 8 to 13%, noise on the inputs 1%: a stack without them compiles
     without their work. Constraints and early stopping cost nothing measurable, and one variant
     fewer saves a compilation (~3 s)."""
-    places = tuple(sorted({s.noise[1] for s in starts if s.noise[0] > 0}))
+    kinds = {slot.kind for slot in slots}
     return (
-        any(s.dropout[0] > 0 for s in starts),
-        places,
-        any(s.activity[2] != NO_ACTIVITY for s in starts),
+        any(slot.start.dropout[0] > 0 for slot in slots),
+        tuple(sorted({noise for noise, _ in kinds} - {NO_NOISE})),
+        any(activity != NO_ACTIVITY for _, activity in kinds),
     )
 
 
@@ -228,7 +228,7 @@ def train_one_stack(
     with np.errstate(over="ignore"):
         pens = np.array([s.penalties for s in starts], np.float32)
     data, fit, val = _stacked_data(padded, datasets, rows)
-    dropout, noise, activity = variant(starts)
+    dropout, noise, activity = variant(padded)
     # Validating every epoch costs about a third of an epoch on 30 training and 70 test rows;
     # a stack where no model stops early or keeps its curves compiles without it.
     validate = any(slot.validates for slot in slots)
